@@ -1,0 +1,149 @@
+"""The Python API: load a trained captioner and caption pictures.
+
+    from showtell import Captioner
+    captioner = Captioner.load("runs/demo", device="cpu")
+    captioner.caption("photo.jpg", beam_size=3)            # -> CaptionResult
+    captioner.caption(["a.jpg", pil_image, raw_bytes])     # -> list of CaptionResult
+
+One lock guards the model, so a Captioner can be shared between threads (the web service does).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .data.images import load_tensor
+from .decode import Ensemble, decode
+from .errors import ConfigError, ImageError
+from .run import load_model
+from .train import resolve_device
+
+
+@dataclass
+class Hypothesis:
+    caption: str
+    logprob: float
+    score: float
+    finished: bool
+    attention: list[list[float]] | None = None   # per word: weights over the encoder grid
+
+
+@dataclass
+class CaptionResult:
+    source: str
+    caption: str = ""
+    logprob: float = 0.0
+    hypotheses: list[Hypothesis] = field(default_factory=list)   # n-best, best first
+    error: str | None = None
+    grid_size: int | None = None                                  # side of the attention grid
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+ImageInput = str | Path | bytes | Image.Image
+
+
+class Captioner:
+    def __init__(self, models, configs, vocab, device: torch.device):
+        self.models, self.configs, self.vocab, self.device = models, configs, vocab, device
+        self.config = configs[0]
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, paths: str | Path | Sequence[str | Path], device: str = "cpu") -> "Captioner":
+        """One run directory (or exported package), or several to decode as an ensemble."""
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        device = resolve_device(device)
+        loaded = [load_model(p, device) for p in paths]
+        vocab = loaded[0][1]
+        for path, (_, other, _) in zip(paths[1:], loaded[1:]):
+            if other != vocab:
+                raise ConfigError(f"{path}: an ensemble needs models with the same vocabulary")
+        return cls([m for _, _, m in loaded], [c for c, _, _ in loaded], vocab, device)
+
+    @property
+    def max_pixels(self) -> int:
+        return self.config.data.max_image_pixels
+
+    def load_images(self, sources: Sequence[ImageInput]) -> tuple[list[list[torch.Tensor] | None], list[str | None]]:
+        """Each picture prepared for each model (models may differ in size); errors per picture."""
+        prepared, errors = [], []
+        for i, source in enumerate(sources):
+            name = source if isinstance(source, (str, Path)) else f"image {i}"
+            try:
+                image = load_tensor(source, self.models[0].transform, self.max_pixels, name=str(name))
+                tensors = [image] + [load_tensor(source, m.transform, self.max_pixels, name=str(name))
+                                     for m in self.models[1:]]
+                prepared.append(tensors)
+                errors.append(None)
+            except ImageError as error:
+                prepared.append(None)
+                errors.append(str(error))
+        return prepared, errors
+
+    @torch.inference_mode()
+    def caption_tensors(self, batch: list[list[torch.Tensor]], beam_size: int | None = None, n_best: int = 1,
+                        max_length: int | None = None, return_attention: bool = False) -> list[list[Hypothesis]]:
+        """Decode prepared pictures (one list of per-model tensors each) in one batched pass."""
+        d = self.config.decode
+        beam = beam_size or d.beam_size
+        n_best = max(1, min(n_best, beam))
+        with self._lock:
+            features = [model.encode(torch.stack([item[m] for item in batch]).to(self.device))
+                        for m, model in enumerate(self.models)]
+            decoder = self.models[0] if len(self.models) == 1 else Ensemble(self.models)
+            feats = features[0] if len(self.models) == 1 else features
+            out = decode(decoder, feats, beam, max_length or d.max_length, d.length_penalty, d.block_unk,
+                         n_best=n_best, return_attention=return_attention)
+        results = []
+        for row in range(len(batch)):
+            hyps = []
+            for k in range(out.sequences.shape[1]):
+                score = float(out.scores[row, k])
+                if score == float("-inf"):
+                    continue
+                length = int(out.lengths[row, k])
+                attention = None
+                if return_attention and out.attention is not None:
+                    attention = out.attention[row, k, :length].float().cpu().tolist()
+                hyps.append(Hypothesis(self.vocab.decode(out.sequences[row, k, :length].tolist()),
+                                       float(out.logprobs[row, k]), score, bool(out.finished[row, k]), attention))
+            results.append(hyps)
+        return results
+
+    def caption(self, images: ImageInput | Sequence[ImageInput], beam_size: int | None = None, n_best: int = 1,
+                batch_size: int = 32, return_attention: bool = False):
+        """Caption one picture (-> CaptionResult) or a list (-> list). Unreadable pictures give
+        a result with `error` set instead of raising, so one bad file spoils nothing else."""
+        single = isinstance(images, (str, Path, bytes, Image.Image))
+        sources = [images] if single else list(images)
+        results = []
+        for start in range(0, len(sources), batch_size):
+            chunk = sources[start:start + batch_size]
+            prepared, errors = self.load_images(chunk)
+            good = [p for p in prepared if p is not None]
+            hyps = iter(self.caption_tensors(good, beam_size, n_best, return_attention=return_attention) if good else [])
+            for i, (source, error) in enumerate(zip(chunk, errors)):
+                name = str(source) if isinstance(source, (str, Path)) else f"image {start + i}"
+                if error:
+                    results.append(CaptionResult(name, error=error))
+                    continue
+                h = next(hyps)
+                results.append(CaptionResult(name, h[0].caption if h else "", h[0].logprob if h else 0.0, h,
+                                             grid_size=self.grid_side if return_attention else None))
+        return results[0] if single else results
+
+    @property
+    def grid_side(self) -> int:
+        return int(round(self.models[0].encoder.grid_size ** 0.5))
+
+    @property
+    def has_attention(self) -> bool:
+        return all(getattr(m.decoder, "uses_grid", False) for m in self.models)

@@ -1,0 +1,352 @@
+"""The `showtell` command: parse arguments, call the library, print. Nothing else lives here.
+
+A user's mistake ends in one line on standard error naming the problem and a non-zero exit
+status (2 for bad input, 1 for images that could not be captioned), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import ShowtellError
+
+log = logging.getLogger("showtell")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "showtell: warning: " if record.levelno >= logging.WARNING else "showtell: "
+        return prefix + record.getMessage()
+
+
+def setup_logging(quiet: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage errors, in our one-line style
+        self.exit(2, f"showtell: error: {message} (see {self.prog} --help)\n")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config file, or a built-in preset name (synth)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one setting, e.g. --set model.hidden_dim=512 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="showtell", description="Train, evaluate and serve Show and Tell image captioners.")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors on standard error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("synth", help="draw the built-in synthetic dataset (shapes with five captions each)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--images", type=int, default=3000, help="number of pictures (default 3000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=128, help="picture side in pixels (default 128)")
+
+    p = sub.add_parser("train", help="train a captioner")
+    p.add_argument("--data", action="append", default=[], metavar="[SPLIT=]FILE",
+                   help="annotations: COCO captions JSON, Karpathy split JSON, CSV or JSONL (repeatable)")
+    p.add_argument("--images", metavar="DIR", help="image folder (default: the annotation file's folder)")
+    p.add_argument("--features", metavar="DATA_DIR", help="train from features cached by `showtell prepare`")
+    p.add_argument("--out", metavar="RUN_DIR", type=Path, help="run directory to create")
+    p.add_argument("--resume", metavar="RUN_DIR", type=Path, help="continue a run from its last checkpoint")
+    p.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes, keeping the best checkpoint")
+    _config_args(p)
+
+    p = sub.add_parser("caption", help="caption pictures with a trained model")
+    p.add_argument("run", help="run directory or exported model")
+    p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--ensemble", action="append", default=[], metavar="RUN", help="another run to average with (repeatable)")
+    p.add_argument("--beam-size", type=int, help="beam width (default: the run's decode.beam_size; 1 = greedy)")
+    p.add_argument("--n-best", type=int, default=1, help="alternatives per picture (with --json/--csv)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--attention", metavar="OUT_DIR", type=Path, help="write attention maps (attention models)")
+    p.add_argument("--device", default="cpu")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object per line")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header")
+
+    p = sub.add_parser("evaluate", help="score a trained model on a dataset split and write report.html")
+    p.add_argument("run")
+    p.add_argument("--data", action="append", default=[], metavar="[SPLIT=]FILE")
+    p.add_argument("--images", metavar="DIR")
+    p.add_argument("--features", metavar="DATA_DIR", help="use features cached by `showtell prepare`")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--beam-size", type=int)
+    p.add_argument("--ensemble", action="append", default=[], metavar="RUN")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N pictures of the split")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object of scores")
+
+    p = sub.add_parser("prepare", help="cache encoder features and vocabulary for a frozen encoder")
+    p.add_argument("--data", action="append", default=[], metavar="[SPLIT=]FILE", required=True)
+    p.add_argument("--images", metavar="DIR")
+    p.add_argument("--out", metavar="DATA_DIR", type=Path, required=True)
+    p.add_argument("--batch-size", type=int, default=32)
+    _config_args(p)
+
+    p = sub.add_parser("export", help="copy a run's model package (config, vocabulary, weights)")
+    p.add_argument("run")
+    p.add_argument("out", type=Path)
+
+    p = sub.add_parser("serve", help="HTTP service and web page for a trained model")
+    p.add_argument("run")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("demo", help="synthesise data, train, evaluate and show captions (about 5 minutes)")
+    p.add_argument("--out", type=Path, default=Path("demo-run"), help="folder for the data and the run (default demo-run)")
+    p.add_argument("--minutes", type=float, default=3.5, help="training budget in minutes (default 3.5)")
+    p.add_argument("--images", type=int, default=3000, help="synthetic pictures (default 3000)")
+
+    p = sub.add_parser("config", help="print the resolved config, or every setting with --list")
+    p.add_argument("--list", action="store_true")
+    _config_args(p)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def expand_images(items: list[str]) -> list[str]:
+    """Files as given; folders and glob patterns expanded to the pictures in them, sorted."""
+    out = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            out += sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif not path.exists() and any(c in item for c in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            out += matches if matches else [item]
+        else:
+            out.append(item)
+    return out
+
+
+def cmd_synth(args) -> int:
+    from tqdm import tqdm
+
+    from .data.synthetic import write_dataset
+
+    if args.images < 10:
+        raise ShowtellError(f"--images: at least 10 pictures are needed for train/val/test splits, got {args.images}")
+    if not 32 <= args.size <= 1024:
+        raise ShowtellError(f"--size: expected 32 to 1024 pixels, got {args.size}")
+    with tqdm(total=args.images, desc="drawing", unit="img", file=sys.stderr) as bar:
+        path = write_dataset(args.out_dir, args.images, args.seed, args.size, bar.update)
+    print(f"wrote {args.images} pictures and their captions to {path}")
+    return 0
+
+
+def _records(args, config):
+    from .data.formats import load_dataset
+
+    if not args.data:
+        raise ShowtellError("--data: give an annotation file (COCO, Karpathy, CSV or JSONL)")
+    return load_dataset(args.data, args.images, config.data)
+
+
+def _absolute(spec: str) -> str:
+    """A --data value with its file made absolute (kept in the run, for --resume from anywhere)."""
+    split, _, name = spec.rpartition("=")
+    if split not in ("train", "val", "test"):
+        split, name = "", spec
+    return (split + "=" if split else "") + str(Path(name).resolve())
+
+
+def cmd_train(args) -> int:
+    from . import distributed as dist
+    from .config import load_config
+    from .train import resolve_device, resume, train
+
+    if args.resume:
+        from .run import Run
+
+        run = Run(args.resume)
+        config = run.config()
+        sources = run.sources()
+        args.data = args.data or sources.get("data", [])
+        args.images = args.images or sources.get("images")
+        args.features = args.features or sources.get("features")
+    else:
+        if not args.out:
+            raise ShowtellError("--out: give a run directory to create (or --resume RUN_DIR)")
+        config = load_config(args.config, args.set)
+    dist.init(resolve_device(config.train.device).type)
+    try:
+        features = None
+        if args.features:
+            from .data.features import FeatureCache
+
+            features = FeatureCache.open(args.features, config)
+        records = features.records() if features else _records(args, config)
+        if args.resume:
+            summary = resume(args.resume, records, args.max_minutes, features=features)
+            out = args.resume
+        else:
+            sources = {"data": [_absolute(spec) for spec in args.data],
+                       "images": str(Path(args.images).resolve()) if args.images else None,
+                       "features": str(Path(args.features).resolve()) if args.features else None}
+            summary = train(config, records, args.out, sources, args.max_minutes, features=features)
+            out = args.out
+    finally:
+        dist.cleanup()
+    if dist.is_main():
+        print(f"trained {summary['steps']} steps ({summary['epochs']} epochs); best model in {out}/model.safetensors")
+        print(f"next: showtell caption {out} IMAGE...   or   showtell evaluate {out} --data FILE")
+    return 0
+
+
+def _write_attention(args, captioner, results) -> None:
+    from .report import attention_figure
+
+    if not captioner.has_attention:
+        raise ShowtellError(f"--attention: {args.run} is not an attention model (model.decoder=attention)")
+    args.attention.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        if result.error or not result.hypotheses:
+            continue
+        target = args.attention / (Path(result.source).stem + ".png")
+        attention_figure(result.source, result.hypotheses[0], captioner.grid_side, target)
+
+
+def cmd_caption(args) -> int:
+    from tqdm import tqdm
+
+    from .api import Captioner
+
+    captioner = Captioner.load([args.run] + args.ensemble, device=args.device)
+    if args.beam_size is not None and args.beam_size < 1:
+        raise ShowtellError(f"--beam-size: expected 1 or more, got {args.beam_size}")
+    files = expand_images(args.images)
+    if not files:
+        raise ShowtellError("no pictures found in " + " ".join(args.images))
+    writer = csv.writer(sys.stdout) if args.csv else None
+    if writer:
+        writer.writerow(["image", "caption", "logprob", "rank", "error"])
+    failed = 0
+    want_attention = args.attention is not None
+    with tqdm(total=len(files), desc="captioning", unit="img", file=sys.stderr, disable=len(files) < 2) as bar:
+        for start in range(0, len(files), args.batch_size):
+            chunk = files[start:start + args.batch_size]
+            results = captioner.caption(chunk, beam_size=args.beam_size, n_best=args.n_best,
+                                        batch_size=args.batch_size, return_attention=want_attention)
+            for result in results:
+                if result.error:
+                    failed += 1
+                    print(f"showtell: error: {result.error}", file=sys.stderr)
+                if args.json:
+                    print(json.dumps({"image": result.source, "caption": result.caption, "logprob": result.logprob,
+                                      "error": result.error,
+                                      "hypotheses": [{"caption": h.caption, "logprob": h.logprob, "score": h.score}
+                                                     for h in result.hypotheses]}), flush=True)
+                elif writer:
+                    if result.error:
+                        writer.writerow([result.source, "", "", "", result.error])
+                    for rank, h in enumerate(result.hypotheses[: args.n_best], start=1):
+                        writer.writerow([result.source, h.caption, f"{h.logprob:.4f}", rank, ""])
+                elif not result.error:
+                    print(f"{result.source}\t{result.caption}", flush=True)
+            if want_attention:
+                _write_attention(args, captioner, results)
+            bar.update(len(chunk))
+    if failed:
+        print(f"showtell: {failed} of {len(files)} pictures could not be captioned", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate_run import evaluate_run, format_table
+
+    report = evaluate_run(args.run, args.data, args.images, args.split, args.beam_size, args.ensemble,
+                          device=args.device, features_dir=args.features, max_images=args.max_images)
+    if args.json:
+        print(json.dumps(report["scores"], sort_keys=True))
+    else:
+        print(format_table(report))
+        print(f"report: {report['report_path']}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .config import load_config
+    from .data.features import prepare
+
+    config = load_config(args.config, args.set)
+    records = _records(args, config)
+    out = prepare(records, config, args.out, batch_size=args.batch_size, sources=args.data)
+    print(f"features and vocabulary in {out}; train with: showtell train --features {out} --out RUN_DIR")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .run import Run
+
+    out = Run(args.run).export(args.out)
+    print(f"exported config.json, vocab.json and model.safetensors to {out}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve.app import serve
+
+    serve(args.run, args.host, args.port, args.device)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, minutes=args.minutes, n_images=args.images)
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import describe, load_config
+
+    print(describe() if args.list else load_config(args.config, args.set).to_json(), end="")
+    return 0
+
+
+COMMANDS = {"synth": cmd_synth, "train": cmd_train, "caption": cmd_caption, "evaluate": cmd_evaluate,
+            "prepare": cmd_prepare, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
+            "config": cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except ShowtellError as error:
+        print(f"showtell: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("showtell: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as error:  # disk full, permission denied: the system's words, one line
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"showtell: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""One typed configuration for everything: defaults here, a YAML file, then `--set key=value`.
+
+Every setting is a dataclass field with a comment-like `help` saying what it is and why the
+default. A run directory records the fully resolved config as `config.json`, so a trained model
+always knows exactly how it was built and how its images must be prepared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+def setting(default, help: str, choices: tuple | None = None, min: float | None = None,
+            max: float | None = None):
+    """A config field with its documentation and the range of values it accepts."""
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max})
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = setting(
+        "vgg16", "CNN that turns a picture into a vector: 'small' (compact CNN trained from "
+        "scratch on small images) or a torchvision classification model name (vgg16 as in the "
+        "Show and Tell write-up, resnet50, efficientnet_b0, convnext_tiny, vit_b_16, ...)")
+    encoder_weights: str = setting(
+        "imagenet", "'imagenet' (torchvision's weights, downloaded once into its cache), 'none' "
+        "(random initialisation) or the path of a .pth/.safetensors state dict")
+    freeze_encoder: bool = setting(
+        True, "keep the CNN fixed; a pretrained CNN is normally frozen at first (and its features "
+        "can then be cached), a CNN trained from scratch must not be")
+    decoder: str = setting("nic", "sentence model: 'nic' (Show and Tell LSTM) or 'attention' (Show, Attend and Tell)",
+                           choices=("nic", "attention"))
+    image_injection: str = setting(
+        "init_state", "how the image conditions the LSTM: as its initial hidden/cell state "
+        "(init_state) or as its input at step -1 (first_input, as in the paper)",
+        choices=("init_state", "first_input"))
+    embed_dim: int = setting(512, "word embedding size (follows the vectors when word_embeddings is set)", min=1)
+    hidden_dim: int = setting(512, "LSTM hidden size (512 in the paper)", min=1)
+    num_layers: int = setting(1, "stacked LSTM layers", min=1, max=8)
+    dropout: float = setting(0.5, "dropout on embeddings and LSTM outputs (the paper's main regulariser)", min=0.0, max=0.95)
+    attention_dim: int = setting(512, "size of the attention MLP (attention decoder only)", min=1)
+    attention_regularization: float = setting(
+        1.0, "weight of the doubly stochastic attention penalty (Xu et al.'s lambda; attention decoder only)", min=0.0)
+    word_embeddings: str = setting(
+        "", "initialise word vectors from 'glove:PATH', 'word2vec:PATH' or 'spacy:PACKAGE' (empty: random)")
+    freeze_embeddings: bool = setting(False, "keep pretrained word vectors fixed instead of fine-tuning them")
+
+
+@dataclass
+class DataConfig:
+    image_size: int | None = setting(
+        None, "side of the square image given to the CNN; empty means the encoder's own size "
+        "(the weights' crop size for torchvision models, 64 for 'small')", min=16, max=2048)
+    min_word_count: int = setting(5, "words seen fewer times in the training captions become <unk> (5 as in Karpathy's split)", min=1)
+    max_caption_length: int = setting(20, "training captions are cut to this many words", min=1, max=200)
+    skip_missing_images: bool = setting(
+        False, "continue when annotated images are missing from the image folder (they are counted and reported)")
+    split_ratio: str = setting(
+        "0.9,0.05,0.05", "train,val,test fractions for datasets whose file gives no split (CSV/JSONL without a split column, one COCO file)")
+    split_seed: int = setting(0, "seed of the random split for CSV/JSONL datasets without a split column")
+    karpathy_split: str = setting(
+        "", "Karpathy split JSON (dataset_coco.json) giving COCO-format files their train/val/test split by image id")
+    num_workers: int = setting(0, "DataLoader worker processes that decode images (0: in the training process)", min=0, max=64)
+    cache_images: str = setting(
+        "auto", "keep decoded, resized images in memory: 'auto' (when they fit in 2 GB), 'yes' or 'no'",
+        choices=("auto", "yes", "no"))
+    max_image_pixels: int = setting(
+        89_478_485, "refuse images with more pixels than this (decompression-bomb guard; PIL's default)", min=1)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = setting(10, "passes over the training images", min=1)
+    batch_size: int = setting(32, "images per optimisation step (each with captions_per_image captions)", min=1)
+    captions_per_image: int = setting(
+        5, "captions trained per image per step; the CNN runs once per image, so this is nearly free", min=1, max=20)
+    lr: float = setting(4e-4, "Adam learning rate of the decoder (and of a trained-from-scratch encoder)", min=0.0)
+    encoder_lr: float = setting(1e-5, "learning rate of a pretrained encoder once it is fine-tuned", min=0.0)
+    finetune_encoder_after: int = setting(
+        -1, "unfreeze a pretrained encoder after this many epochs (-1: never); bypasses the feature cache", min=-1)
+    weight_decay: float = setting(0.0, "Adam weight decay", min=0.0)
+    grad_clip: float = setting(5.0, "clip the gradient norm to this (0: no clipping)", min=0.0)
+    lr_schedule: str = setting("cosine", "'cosine' decay to 0 over all steps after warm-up, or 'constant'",
+                               choices=("cosine", "constant"))
+    warmup_steps: int = setting(100, "linear learning-rate warm-up steps", min=0)
+    seed: int = setting(0, "seed for initialisation, data order and dropout (same seed, same weights)")
+    max_minutes: float | None = setting(
+        None, "stop cleanly after this many minutes of training, keeping the best checkpoint", min=0.0)
+    val_metric: str = setting("CIDEr", "validation score that picks the best checkpoint (decoded captions, not teacher forcing)",
+                              choices=("CIDEr", "Bleu_4", "loss"))
+    val_beam_size: int = setting(1, "beam size of validation decoding (1: greedy)", min=1, max=20)
+    val_max_images: int = setting(1000, "decode at most this many validation images per evaluation", min=1)
+    device: str = setting("auto", "'auto' (GPU when present), 'cpu', 'cuda' or 'cuda:N'")
+    precision: str = setting("fp32", "'bf16' runs matrix products in bfloat16 autocast", choices=("fp32", "bf16"))
+    checkpoint_every: int = setting(200, "save a resumable checkpoint every this many steps (and at each epoch's end)", min=1)
+    keep_checkpoints: int = setting(3, "resumable checkpoints kept besides the best model", min=1)
+    scheduled_sampling: str = setting(
+        "", "feed the model's own prediction instead of the true word with a probability that grows: "
+        "'linear:MAX:EPOCHS' (0 to MAX over EPOCHS) or empty for none")
+    scst_epochs: int = setting(0, "self-critical (CIDEr-D reward) fine-tuning epochs after cross-entropy training", min=0)
+    scst_lr: float = setting(5e-5, "learning rate of self-critical training", min=0.0)
+    scst_samples: int = setting(5, "sampled captions per image in self-critical training", min=1, max=20)
+
+
+@dataclass
+class DecodeConfig:
+    beam_size: int = setting(3, "beam width at inference (1: greedy); the paper found 3 a good trade-off", min=1, max=100)
+    max_length: int = setting(20, "longest caption generated, in words", min=1, max=200)
+    length_penalty: float = setting(
+        0.0, "rank beams by log-probability / length**alpha; 0 ranks by log-probability alone", min=0.0, max=5.0)
+    block_unk: bool = setting(True, "never generate <unk>")
+    temperature: float = setting(1.0, "sampling temperature", min=1e-3, max=100.0)
+    top_k: int = setting(0, "sample among the k most likely words (0: all)", min=0)
+    top_p: float = setting(1.0, "sample among the smallest set of words with this much probability", min=0.0, max=1.0)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def all_settings() -> dict[str, dataclasses.Field]:
+    """Every setting by its dotted name, e.g. 'model.hidden_dim'."""
+    out = {}
+    for section, cls in _section_classes().items():
+        for f in dataclasses.fields(cls):
+            out[f"{section}.{f.name}"] = f
+    return out
+
+
+def _unknown(name: str, known) -> ConfigError:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"unknown setting '{name}'{hint}")
+
+
+def _convert(name: str, value: Any, annotation, where: str) -> Any:
+    """Check and convert one value to its field's type, or raise a one-line ConfigError."""
+    args = typing.get_args(annotation)
+    optional = (typing.get_origin(annotation) in (typing.Union, types.UnionType)) and type(None) in args
+    if optional:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    bad = ConfigError(f"{where}{name}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise bad
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad from None
+        if not math.isfinite(number) or number != int(number):
+            raise bad
+        return int(number)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(number):
+            raise bad
+        return number
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise bad
+        return "" if value is None else str(value)
+    raise bad
+
+
+def _check_range(name: str, value: Any, meta, where: str) -> None:
+    if value is None:
+        return
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{where}{name}: {value!r} is not one of {', '.join(meta['choices'])}")
+    if meta["min"] is not None and value < meta["min"]:
+        raise ConfigError(f"{where}{name}: {value!r} is below the minimum {meta['min']}")
+    if meta["max"] is not None and value > meta["max"]:
+        raise ConfigError(f"{where}{name}: {value!r} is above the maximum {meta['max']}")
+
+
+def apply(config: Config, values: dict[str, Any], where: str = "") -> Config:
+    """Return a copy of `config` with dotted-name `values` applied and checked."""
+    known = all_settings()
+    hints = {s: typing.get_type_hints(c) for s, c in _section_classes().items()}
+    result = dataclasses.replace(config, **{s: dataclasses.replace(getattr(config, s)) for s in SECTIONS})
+    for name, raw in values.items():
+        if name not in known:
+            raise _unknown(name, known)
+        section, key = name.split(".", 1)
+        value = _convert(name, raw, hints[section][key], where)
+        _check_range(name, value, known[name].metadata, where)
+        setattr(getattr(result, section), key, value)
+    validate(result, where)
+    return result
+
+
+def flatten(tree: dict[str, Any], source: str) -> dict[str, Any]:
+    """{'model': {'encoder': 'small'}} -> {'model.encoder': 'small'}, refusing other shapes."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (model, data, train, decode)")
+    flat = {}
+    for section, body in tree.items():
+        if section not in SECTIONS:
+            raise _unknown(str(section), SECTIONS)
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping of settings")
+        for key, value in body.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def validate(config: Config, where: str = "") -> None:
+    """Checks that involve several settings."""
+    ratio = config.data.split_ratio
+    try:
+        parts = [float(p) for p in ratio.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or any(p < 0 for p in parts) or not math.isclose(sum(parts), 1.0, abs_tol=1e-6):
+        raise ConfigError(f"{where}data.split_ratio: expected three fractions 'train,val,test' summing to 1, got {ratio!r}")
+    if config.model.encoder_weights not in ("imagenet", "none") and not config.model.encoder_weights.strip():
+        raise ConfigError(f"{where}model.encoder_weights: expected 'imagenet', 'none' or a file path")
+    spec = config.model.word_embeddings
+    if spec and spec.split(":", 1)[0] not in ("glove", "word2vec", "spacy") or (spec and ":" not in spec):
+        raise ConfigError(f"{where}model.word_embeddings: expected 'glove:PATH', 'word2vec:PATH' or 'spacy:PACKAGE', got {spec!r}")
+    if config.train.scheduled_sampling:
+        from .schedules import parse_scheduled_sampling  # local: keeps config free of training code
+
+        parse_scheduled_sampling(config.train.scheduled_sampling)
+    device = config.train.device
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"{where}train.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("showtell.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{at}") from None
+    return flatten(tree or {}, source)
+
+
+def load_config(config_file: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then a YAML file (or a built-in preset name such as 'synth'), then KEY=VALUE overrides."""
+    config = Config()
+    if config_file:
+        path = Path(config_file)
+        if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+            if not path.is_file():
+                raise ConfigError(f"{config_file}: config file not found")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                raise ConfigError(f"{config_file}: cannot read config file ({error.__class__.__name__})") from None
+            config = apply(config, _read_yaml(text, config_file), where=f"{config_file}: ")
+        elif config_file in preset_names():
+            text = resources.files("showtell.presets").joinpath(f"{config_file}.yaml").read_text(encoding="utf-8")
+            config = apply(config, _read_yaml(text, f"preset {config_file}"), where=f"preset {config_file}: ")
+        else:
+            raise ConfigError(f"{config_file}: no such config file or preset (presets: {', '.join(preset_names())})")
+    values = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set model.hidden_dim=512")
+        key, raw = item.split("=", 1)
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            values[key.strip()] = raw
+    return apply(config, values, where="--set ") if values else config
+
+
+def config_from_dict(tree: dict[str, Any], source: str) -> Config:
+    """Rebuild a Config saved as config.json (strict: an unknown key means a mismatched version)."""
+    return apply(Config(), flatten(tree, source), where=f"{source}: ")
+
+
+def describe() -> str:
+    """All settings with their defaults and help, for `showtell config --list`."""
+    lines = []
+    for name, f in all_settings().items():
+        lines.append(f"{name} = {f.default!r}\n    {f.metadata['help']}")
+    return "\n".join(lines)

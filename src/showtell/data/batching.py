@@ -1,0 +1,139 @@
+"""From records to training batches.
+
+A batch is a set of images, each with `captions_per_image` of its captions, so the CNN runs once
+per image however many captions it has. The order of images and the captions drawn for each are
+a pure function of (seed, epoch): a run resumed mid-epoch replays exactly the batches it had not
+seen yet, and every rank of a distributed run agrees on the global batch without talking.
+
+Pictures come from one of three sources, all returning uint8 tensors or features by index:
+files decoded on the fly (DataLoader workers), an in-memory cache of decoded pictures (small
+datasets), or a feature cache written by `showtell prepare`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ImageError
+from ..vocab import PAD, Vocabulary
+from .formats import ImageRecord
+from .images import DEFAULT_MAX_PIXELS, ImageTransform, load_tensor
+
+
+class CaptionTable:
+    """Every caption of a list of records as token ids: `ids` (N, T) padded, and for image i its
+    captions are rows offsets[i] .. offsets[i] + counts[i] - 1."""
+
+    def __init__(self, records: Sequence[ImageRecord], vocab: Vocabulary, max_words: int):
+        encoded = [vocab.encode(tokens, max_words) for r in records for tokens in r.tokens]
+        width = max((len(e) for e in encoded), default=2)
+        self.ids = torch.full((len(encoded), width), PAD, dtype=torch.long)
+        for row, e in enumerate(encoded):
+            self.ids[row, : len(e)] = torch.tensor(e)
+        self.counts = [len(r.tokens) for r in records]
+        self.offsets = [0]
+        for c in self.counts[:-1]:
+            self.offsets.append(self.offsets[-1] + c)
+
+    def rows_for(self, image: int, chosen: Sequence[int]) -> list[int]:
+        return [self.offsets[image] + c for c in chosen]
+
+    def batch(self, rows: Sequence[int]) -> torch.Tensor:
+        """(len(rows), T') token ids, trimmed to the longest caption of the batch."""
+        ids = self.ids[list(rows)]
+        length = int((ids != PAD).sum(dim=1).max())
+        return ids[:, :length]
+
+
+def epoch_order(n_images: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    order = list(range(n_images))
+    if shuffle:
+        random.Random(f"order/{seed}/{epoch}").shuffle(order)
+    return order
+
+
+def epoch_batches(n_images: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+                  drop_last: bool = False) -> list[list[int]]:
+    order = epoch_order(n_images, seed, epoch, shuffle)
+    batches = [order[i:i + batch_size] for i in range(0, n_images, batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size and len(batches) > 1:
+        batches.pop()
+    return batches
+
+
+def choose_captions(count: int, per_image: int, seed: int, epoch: int, image: int) -> list[int]:
+    """`per_image` caption indices of one image for one epoch: a shuffled pass over its captions,
+    repeated when it has fewer."""
+    rng = random.Random(f"captions/{seed}/{epoch}/{image}")
+    chosen = []
+    while len(chosen) < per_image:
+        block = list(range(count))
+        rng.shuffle(block)
+        chosen += block
+    return chosen[:per_image]
+
+
+class ImageSet(Dataset):
+    """Pictures of `records` as uint8 tensors; a bad picture yields its error instead of failing."""
+
+    def __init__(self, records: Sequence[ImageRecord], transform: ImageTransform,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache: torch.Tensor | None = None):
+        self.records = list(records)
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.cache = cache
+        self.bad: dict[int, str] = {}   # pictures known to be unusable (found while preloading)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        if index in self.bad:
+            return index, None, self.bad[index]
+        if self.cache is not None:
+            return index, self.cache[index], None
+        try:
+            return index, load_tensor(self.records[index].path, self.transform, self.max_pixels), None
+        except ImageError as error:
+            return index, None, str(error)
+
+
+def collate(items):
+    """Stack the good pictures (uint8 tensors, or dicts of cached feature tensors); report the
+    bad ones by index with their messages."""
+    good = [(i, x) for i, x, err in items if err is None]
+    bad = [(i, err) for i, _, err in items if err is not None]
+    if not good:
+        return torch.empty(0, dtype=torch.long), None, bad
+    first = good[0][1]
+    if isinstance(first, dict):
+        stacked = {k: torch.stack([x[k] for _, x in good]) for k in first}
+    else:
+        stacked = torch.stack([x for _, x in good])
+    return torch.tensor([i for i, _ in good]), stacked, bad
+
+
+def preload(images: ImageSet, progress=None) -> None:
+    """Decode every picture once into one uint8 tensor kept by `images`; bad ones are remembered."""
+    side = images.transform.crop
+    cache = torch.zeros((len(images), 3, side, side), dtype=torch.uint8)
+    for index in range(len(images)):
+        _, tensor, error = images[index]
+        if error:
+            images.bad[index] = error
+        else:
+            cache[index] = tensor
+        if progress:
+            progress(1)
+    images.cache = cache
+
+
+def make_loader(images: Dataset, batches: list[list[int]], num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """A loader that yields exactly `batches` (lists of indices), in order."""
+    # a private generator: creating a loader must not consume the global RNG (exact resume)
+    return DataLoader(images, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin_memory, generator=torch.Generator())

@@ -1,0 +1,325 @@
+"""Annotation files in the formats people have, read into one record type.
+
+- Karpathy split JSON (`dataset_coco.json`, `dataset_flickr8k.json`, `dataset_flickr30k.json`):
+  `images[].filepath/filename/split/sentences[].raw/tokens`; `restval` counts as train.
+- COCO captions JSON (`captions_train2014.json`, `captions_val2017.json`):
+  `images[].id/file_name`, `annotations[].image_id/caption`. The split comes from the file
+  (`--data val=captions_val2014.json`), from a Karpathy split file matched by COCO id
+  (`data.karpathy_split=dataset_coco.json`), or from a seeded ratio.
+- CSV or JSON Lines of `image,caption[,split]` rows, several rows per image allowed.
+
+The format is detected from the file. Every problem is reported as one line naming the file,
+the record and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from ..vocab import tokenize
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ImageRecord:
+    """One picture and its reference captions."""
+
+    key: str                    # stable id: COCO image id, or the image's relative path
+    path: Path                  # where the picture is
+    split: str                  # train | val | test
+    captions: list[str] = field(default_factory=list)        # as written
+    tokens: list[list[str]] = field(default_factory=list)    # Karpathy-style tokens of each caption
+    extra: dict = field(default_factory=dict)                # anything else the file says (scene, ids)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; --data takes an annotation file") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def _load_json(path: Path):
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+
+
+def _caption(value, where: str) -> tuple[str, list[str]]:
+    if not isinstance(value, str):
+        raise DataError(f"{where}: caption must be text, got {type(value).__name__}")
+    tokens = tokenize(value)
+    if not tokens:
+        raise DataError(f"{where}: empty caption {value!r}")
+    return value.strip(), tokens
+
+
+def _split(value, where: str) -> str:
+    split = "train" if value == "restval" else value
+    if split not in SPLITS:
+        raise DataError(f"{where}: split must be train, val, test or restval, got {value!r}")
+    return split
+
+
+def read_karpathy(path: Path, data, images_dir: Path) -> list[ImageRecord]:
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise DataError(f"{path}: 'images' must be a list")
+    records = []
+    for i, item in enumerate(images):
+        where = f"{path}: images[{i}]"
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: expected an object")
+        filename = item.get("filename")
+        if not isinstance(filename, str) or not filename:
+            raise DataError(f"{where}: missing 'filename'")
+        folder = item.get("filepath", "")
+        if not isinstance(folder, str):
+            raise DataError(f"{where}: 'filepath' must be text")
+        sentences = item.get("sentences")
+        if not isinstance(sentences, list) or not sentences:
+            raise DataError(f"{where} ({filename}): missing or empty 'sentences'")
+        captions, tokens = [], []
+        for k, sentence in enumerate(sentences):
+            swhere = f"{where}.sentences[{k}]"
+            if not isinstance(sentence, dict):
+                raise DataError(f"{swhere}: expected an object with 'raw' and/or 'tokens'")
+            raw = sentence.get("raw")
+            if raw is None and isinstance(sentence.get("tokens"), list):
+                raw = " ".join(map(str, sentence["tokens"]))
+            caption, toks = _caption(raw, swhere)
+            if isinstance(sentence.get("tokens"), list) and all(isinstance(t, str) for t in sentence["tokens"]):
+                # the file's own tokens are the reference tokenisation (they are for COCO/Flickr)
+                toks = [t.lower() for t in sentence["tokens"] if t.strip()] or toks
+            captions.append(caption)
+            tokens.append(toks)
+        key = item.get("cocoid", item.get("imgid"))
+        key = str(key) if key is not None else f"{folder}/{filename}".strip("/")
+        extra = {k: item[k] for k in ("scene", "cocoid", "imgid") if k in item}
+        records.append(ImageRecord(key, images_dir / folder / filename, _split(item.get("split"), where),
+                                   captions, tokens, extra))
+    return records
+
+
+def _coco_folder(path: Path, file_name: str) -> str | None:
+    """COCO images live in folders named after the file's set: COCO_val2014_000..jpg -> val2014."""
+    if file_name.startswith("COCO_") and file_name.count("_") >= 2:
+        return file_name.split("_")[1]
+    stem = path.stem  # captions_val2017 -> val2017
+    return stem.split("_", 1)[1] if "_" in stem else None
+
+
+def read_coco(path: Path, data, images_dir: Path, split: str | None) -> list[ImageRecord]:
+    images, annotations = data.get("images"), data.get("annotations")
+    if not isinstance(images, list) or not isinstance(annotations, list):
+        raise DataError(f"{path}: a COCO captions file needs 'images' and 'annotations' lists")
+    by_id: dict[int, ImageRecord] = {}
+    seen_files: dict[str, int] = {}
+    for i, item in enumerate(images):
+        where = f"{path}: images[{i}]"
+        if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("file_name"), str):
+            raise DataError(f"{where}: needs 'id' and 'file_name'")
+        image_id, name = item["id"], item["file_name"]
+        if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
+            raise DataError(f"{where}: 'id' must be a number or text")
+        if image_id in by_id:
+            raise DataError(f"{where}: duplicate image id {image_id}")
+        if name in seen_files:
+            raise DataError(f"{where}: {name} is listed twice (ids {seen_files[name]} and {image_id})")
+        seen_files[name] = image_id
+        location = images_dir / name
+        folder = _coco_folder(path, name)
+        if not location.exists() and folder and (images_dir / folder / name).exists():
+            location = images_dir / folder / name
+        by_id[image_id] = ImageRecord(str(image_id), location, split or "", extra={"cocoid": image_id})
+    for i, ann in enumerate(annotations):
+        where = f"{path}: annotations[{i}]"
+        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
+            raise DataError(f"{where}: needs 'image_id' and 'caption'")
+        record = by_id.get(ann["image_id"])
+        if record is None:
+            raise DataError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
+        caption, tokens = _caption(ann["caption"], where)
+        record.captions.append(caption)
+        record.tokens.append(tokens)
+    records = [r for r in by_id.values() if r.captions]
+    if not records:
+        raise DataError(f"{path}: no image has a caption")
+    return records
+
+
+def _table_rows(path: Path) -> list[tuple[str, dict]]:
+    """(where, row) pairs from a CSV with a header or a JSON Lines file."""
+    text = _read_text(path)
+    rows = []
+    if path.suffix.lower() == ".jsonl":
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}: line {n}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {n}: expected an object with 'image' and 'caption'")
+            rows.append((f"{path}: line {n}", row))
+        return rows
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or not {"image", "caption"} <= {f.strip().lower() for f in reader.fieldnames}:
+        raise DataError(f"{path}: a CSV file needs a header with 'image' and 'caption' columns")
+    for n, row in enumerate(reader, start=2):
+        rows.append((f"{path}: line {n}", {(k or "").strip().lower(): v for k, v in row.items()}))
+    return rows
+
+
+def read_table(path: Path, images_dir: Path) -> list[ImageRecord]:
+    by_image: dict[str, ImageRecord] = {}
+    for where, row in _table_rows(path):
+        image = row.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise DataError(f"{where}: missing 'image'")
+        caption, tokens = _caption(row.get("caption"), where)
+        split = row.get("split")
+        split = _split(split.strip().lower(), where) if isinstance(split, str) and split.strip() else ""
+        record = by_image.setdefault(image, ImageRecord(image, images_dir / image, split))
+        if split and record.split and split != record.split:
+            raise DataError(f"{where}: {image} is given split {split!r} here and {record.split!r} before")
+        record.split = record.split or split
+        record.captions.append(caption)
+        record.tokens.append(tokens)
+    if not by_image:
+        raise DataError(f"{path}: no rows")
+    return list(by_image.values())
+
+
+def assign_ratio_splits(records: list[ImageRecord], ratio: str, seed: int) -> None:
+    """Give records without a split one at random, in the proportions 'train,val,test'."""
+    todo = sorted((r for r in records if not r.split), key=lambda r: r.key)
+    if not todo:
+        return
+    fractions = [float(p) for p in ratio.split(",")]
+    random.Random(seed).shuffle(todo)
+    n_train = round(fractions[0] * len(todo))
+    n_val = round(fractions[1] * len(todo))
+    for i, record in enumerate(todo):
+        record.split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+
+
+def apply_karpathy_split(records: list[ImageRecord], split_file: Path) -> list[ImageRecord]:
+    """Splits for COCO-format records from Karpathy's file, matched by COCO image id; images
+    that the split file does not list are left out, as in the papers that use it."""
+    data = _load_json(split_file)
+    if detect_format(split_file) != "karpathy":
+        raise DataError(f"{split_file}: data.karpathy_split must be a Karpathy split JSON (dataset_coco.json)")
+    splits = {}
+    for i, item in enumerate(data["images"]):
+        if isinstance(item, dict) and "cocoid" in item:
+            splits[str(item["cocoid"])] = _split(item.get("split"), f"{split_file}: images[{i}]")
+    if not splits:
+        raise DataError(f"{split_file}: no image has a 'cocoid' to match COCO ids against")
+    kept = [r for r in records if r.key in splits]
+    for record in kept:
+        record.split = splits[record.key]
+    return kept
+
+
+def detect_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".jsonl"):
+        return suffix[1:]
+    data = _load_json(path)
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        if "annotations" in data:
+            return "coco"
+        first = next((x for x in data["images"] if isinstance(x, dict)), {})
+        if "sentences" in first or "filename" in first:
+            return "karpathy"
+    raise DataError(f"{path}: unrecognised annotation format (expected a COCO captions JSON, a Karpathy split "
+                    "JSON, a CSV with image,caption columns or a JSON Lines file)")
+
+
+def read_annotations(spec: str, images_dir: str | Path | None, split_ratio: str = "0.9,0.05,0.05",
+                     split_seed: int = 0, karpathy_split: str = "") -> list[ImageRecord]:
+    """Records from one `--data` value: 'FILE' or 'SPLIT=FILE' (the whole file is that split)."""
+    forced = None
+    if "=" in spec and spec.split("=", 1)[0] in SPLITS:
+        forced, spec = spec.split("=", 1)
+    path = Path(spec)
+    root = Path(images_dir) if images_dir else path.parent
+    if not path.exists():
+        raise DataError(f"{path}: annotation file not found")
+    if images_dir and not root.is_dir():
+        raise DataError(f"{root}: image folder not found")
+    kind = detect_format(path)
+    if kind == "karpathy":
+        records = read_karpathy(path, _load_json(path), root)
+    elif kind == "coco":
+        records = read_coco(path, _load_json(path), root, forced)
+        if karpathy_split and not forced:
+            records = apply_karpathy_split(records, Path(karpathy_split))
+    else:
+        records = read_table(path, root)
+    if forced:
+        for record in records:
+            record.split = forced
+    assign_ratio_splits(records, split_ratio, split_seed)
+    return records
+
+
+def merge(record_lists: list[list[ImageRecord]], sources: list[str]) -> list[ImageRecord]:
+    """Records of several files; the same picture twice is an error (it would leak across splits)."""
+    merged, origin = [], {}
+    for records, source in zip(record_lists, sources):
+        for record in records:
+            where = str(record.path)
+            if where in origin:
+                raise DataError(f"{source}: {record.path.name} is already listed in {origin[where]}")
+            origin[where] = source
+            merged.append(record)
+    return merged
+
+
+def check_images(records: list[ImageRecord], skip_missing: bool, source: str) -> tuple[list[ImageRecord], int]:
+    """Drop-or-refuse records whose picture is missing; returns (records kept, number missing)."""
+    missing = [r for r in records if not r.path.is_file()]
+    if missing and not skip_missing:
+        raise DataError(f"{source}: {len(missing)} of {len(records)} listed images are missing "
+                        f"(first: {missing[0].path}); check --images or set data.skip_missing_images=true")
+    lost = {id(r) for r in missing}
+    return [r for r in records if id(r) not in lost], len(missing)
+
+
+def split_counts(records: list[ImageRecord]) -> dict[str, int]:
+    counts = Counter(r.split for r in records)
+    return {s: counts.get(s, 0) for s in SPLITS}
+
+
+def load_dataset(specs: list[str], images_dir: str | Path | None, data_config) -> list[ImageRecord]:
+    """Records of one or more `--data` values, checked: pictures present, no picture twice."""
+    import logging
+
+    lists = [read_annotations(spec, images_dir, data_config.split_ratio, data_config.split_seed,
+                              data_config.karpathy_split) for spec in specs]
+    records = merge(lists, specs)
+    records, missing = check_images(records, data_config.skip_missing_images, ", ".join(specs))
+    if missing:
+        logging.getLogger("showtell").warning("%d listed images are missing and were left out "
+                                              "(data.skip_missing_images=true)", missing)
+    if not records:
+        raise DataError(f"{', '.join(specs)}: no usable images")
+    return records

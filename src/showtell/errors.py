@@ -1,0 +1,39 @@
+"""User-facing errors.
+
+Anything a user can cause (a missing file, a bad setting, a malformed annotation) raises a
+`ShowtellError` whose message is one line naming the file or setting and the problem. The CLI
+prints that line and exits non-zero; the library never prints a traceback for such mistakes.
+"""
+
+from __future__ import annotations
+
+
+class ShowtellError(Exception):
+    """A problem the user can fix; `str(error)` is the whole message."""
+
+    exit_code = 2
+
+
+class ConfigError(ShowtellError):
+    """An unknown setting, a value of the wrong type or out of range."""
+
+
+class DataError(ShowtellError):
+    """A malformed or missing annotation file, image folder or dataset record."""
+
+
+class ImageError(ShowtellError):
+    """One image that cannot be used: unreadable, too large, not an image."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class RunError(ShowtellError):
+    """A run directory or model package that is missing, incomplete or corrupt."""
+
+
+class WeightsError(ShowtellError):
+    """Pretrained weights that cannot be found, downloaded or loaded."""

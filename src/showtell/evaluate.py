@@ -1,0 +1,158 @@
+"""Evaluating a captioner on a split: decoded captions, coco-caption scores, perplexity.
+
+Validation during training and `showtell evaluate` share this code, so the number that picks the
+best checkpoint is computed the way the final one is: from captions the model actually writes
+(greedy or beam search), never from teacher-forced predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .data.batching import CaptionTable, make_loader
+from .decode import decode
+from .metrics import perplexity, ptb_tokenize, score_tokenised
+from .vocab import PAD, Vocabulary
+
+log = logging.getLogger("showtell")
+
+
+@dataclass
+class Caption:
+    text: str
+    logprob: float
+    score: float
+    finished: bool
+    attention: list[list[float]] | None = None   # (words, L) when asked for
+
+
+@dataclass
+class ImageResult:
+    index: int
+    captions: list[Caption] = field(default_factory=list)   # best first
+    error: str | None = None
+
+    @property
+    def best(self) -> str:
+        return self.captions[0].text if self.captions else ""
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast where asked for (CPU or GPU); a no-op context for fp32."""
+    enabled = precision == "bf16"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
+def features_of(model, batch, device: torch.device) -> dict[str, torch.Tensor]:
+    """Encoder features of a batch of uint8 pictures, or the batch itself if it is cached features."""
+    batch = to_device(batch, device)
+    if isinstance(batch, dict):
+        return {k: v.float() for k, v in batch.items()}
+    return model.encode(batch)
+
+
+@torch.no_grad()
+def caption_images(model, images, device: torch.device, beam_size: int = 1, max_length: int = 20,
+                   length_penalty: float = 0.0, block_unk: bool = True, n_best: int = 1, batch_size: int = 64,
+                   vocab: Vocabulary | None = None, precision: str = "fp32", return_attention: bool = False,
+                   num_workers: int = 0, progress=None, indices: Sequence[int] | None = None) -> list[ImageResult]:
+    """Decode every picture of an ImageSet (or feature set) in batches."""
+    model.eval()
+    order = list(indices) if indices is not None else list(range(len(images)))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    results: dict[int, ImageResult] = {}
+    for ids, batch, bad in make_loader(images, batches, num_workers):
+        for index, message in bad:
+            results[index] = ImageResult(index, error=message)
+        if batch is not None:
+            with autocast(device, precision):
+                feats = features_of(model, batch, device)
+                out = decode(model, feats, beam_size, max_length, length_penalty, block_unk,
+                             n_best=n_best, return_attention=return_attention)
+            for row, index in enumerate(ids.tolist()):
+                caps = []
+                for k in range(out.sequences.shape[1]):
+                    if not math.isfinite(float(out.scores[row, k])):
+                        continue
+                    length = int(out.lengths[row, k])
+                    words = out.sequences[row, k, :length].tolist()
+                    attention = None
+                    if return_attention and out.attention is not None:
+                        attention = out.attention[row, k, :length].float().cpu().tolist()
+                    caps.append(Caption(vocab.decode(words) if vocab else " ".join(map(str, words)),
+                                        float(out.logprobs[row, k]), float(out.scores[row, k]),
+                                        bool(out.finished[row, k]), attention))
+                results[index] = ImageResult(index, caps)
+        if progress:
+            progress(len(ids) + len(bad))
+    return [results[i] for i in order]
+
+
+@torch.no_grad()
+def teacher_forced_nll(model, images, table: CaptionTable, device: torch.device, batch_size: int = 64,
+                       precision: str = "fp32", indices: Sequence[int] | None = None) -> tuple[float, int]:
+    """Total negative log-likelihood (nats) of all captions of the pictures, and their word count
+    (including each caption's <end>)."""
+    model.eval()
+    order = list(indices) if indices is not None else list(range(len(images)))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    total, words = 0.0, 0
+    for ids, batch, _ in make_loader(images, batches, 0):
+        if batch is None:
+            continue
+        counts = [table.counts[i] for i in ids.tolist()]
+        rows = [table.offsets[i] + c for i, n in zip(ids.tolist(), counts) for c in range(n)]
+        tokens = table.batch(rows).to(device)
+        targets = tokens[:, 1:]
+        positions = targets != PAD
+        with autocast(device, precision):
+            feats = features_of(model, batch, device)
+            feats = {k: v.repeat_interleave(torch.tensor(counts, device=v.device), dim=0) for k, v in feats.items()}
+            logits = model(tokens[:, :-1], positions, features=feats)
+            if isinstance(logits, tuple):   # (logits, attention penalty)
+                logits = logits[0]
+        total += float(F.cross_entropy(logits.float(), targets[positions], reduction="sum"))
+        words += int(positions.sum())
+    return total, words
+
+
+def split_scores(results: Sequence[ImageResult], references: Sequence[Sequence[str]],
+                 metrics: Sequence[str], use_java: bool | None = None):
+    """coco-caption scores of the best captions; returns (scores, per-image scores, tokenised refs)."""
+    keys = [str(r.index) for r in results if r.error is None]
+    refs = {str(r.index): list(references[i]) for i, r in enumerate(results) if r.error is None}
+    both = {f"r{k}": refs[k] for k in keys}
+    both.update({f"c{r.index}": [r.best] for r in results if r.error is None})
+    tokenised = ptb_tokenize(both, use_java)
+    gts = {k: tokenised[f"r{k}"] for k in keys}
+    res = {k: tokenised[f"c{k}"] for k in keys}
+    scores, per_image = score_tokenised(gts, res, metrics)
+    return scores, per_image, gts
+
+
+def validation_scores(model, images, table: CaptionTable, references: Sequence[Sequence[str]], vocab: Vocabulary,
+                      device: torch.device, beam_size: int, max_length: int, precision: str = "fp32",
+                      limit: int | None = None) -> dict[str, float]:
+    """Loss, perplexity, and BLEU-4/CIDEr-D of decoded captions on (at most `limit` of) a split.
+    Uses the Python PTB tokeniser: no JVM start per epoch, same tokens on ordinary captions."""
+    indices = list(range(min(len(images), limit or len(images))))
+    nll, words = teacher_forced_nll(model, images, table, device, precision=precision, indices=indices)
+    results = caption_images(model, images, device, beam_size, max_length, vocab=vocab, precision=precision,
+                             indices=indices)
+    scores, _, _ = split_scores(results, [references[i] for i in indices], ("Bleu_4", "CIDEr"), use_java=False)
+    loss = nll / max(words, 1)
+    distinct = len({r.best for r in results if r.error is None})
+    return {"val_loss": loss, "val_perplexity": perplexity(loss), **{f"val_{k}": v for k, v in scores.items()},
+            "val_distinct_captions": distinct, "val_images": len(results)}

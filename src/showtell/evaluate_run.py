@@ -1,0 +1,112 @@
+"""`showtell evaluate`: decode a split with a trained run, score it like the papers, write the report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .api import Captioner
+from .data.batching import CaptionTable, ImageSet, preload
+from .data.formats import load_dataset
+from .errors import DataError
+from .evaluate import teacher_forced_nll
+from .metrics import METRICS, human_bound, perplexity, ptb_tokenize, score_tokenised
+from .report import attention_figure, write_report
+from .run import Run
+
+log = logging.getLogger("showtell")
+
+
+def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, split: str = "test",
+                 beam_size: int | None = None, ensemble: list[str] = (), device: str = "cpu",
+                 features_dir: str | None = None, max_images: int | None = None, batch_size: int = 32,
+                 write_html: bool = True, show_progress: bool = True, metrics=METRICS) -> dict:
+    run = Run(run_dir)
+    captioner = Captioner.load([run_dir, *ensemble], device=device)
+    config = captioner.config
+    beam = beam_size or config.decode.beam_size
+    if not data:  # default: the data the run was trained on
+        sources = run.sources() if (run.path / "data.json").exists() else {}
+        data, images_dir = sources.get("data") or [], images_dir or sources.get("images")
+        if not data:
+            raise DataError("--data: give the annotation file to evaluate on")
+    records = [r for r in load_dataset(data, images_dir, config.data) if r.split == split]
+    if max_images:
+        records = records[:max_images]
+    if not records:
+        raise DataError(f"{', '.join(data)}: no images in the '{split}' split")
+
+    results = []
+    with tqdm(total=len(records), desc=f"captioning {split}", unit="img", disable=not show_progress) as bar:
+        for start in range(0, len(records), batch_size):
+            chunk = records[start:start + batch_size]
+            results += captioner.caption([str(r.path) for r in chunk], beam_size=beam, n_best=beam,
+                                         batch_size=batch_size, return_attention=captioner.has_attention)
+            bar.update(len(chunk))
+    ok = [i for i, r in enumerate(results) if r.error is None]
+    for i, r in enumerate(results):
+        if r.error:
+            log.warning("skipped %s", r.error)
+    if not ok:
+        raise DataError(f"none of the {len(records)} '{split}' images could be read")
+
+    # coco-caption scores (PTB tokeniser, pycocoevalcap scorers, CIDEr-D)
+    keys = [str(i) for i in ok]
+    both = {f"r{i}": list(records[i].captions) for i in ok}
+    both.update({f"c{i}": [results[i].caption] for i in ok})
+    tokenised = ptb_tokenize(both)
+    gts = {k: tokenised[f"r{k}"] for k in keys}
+    res = {k: tokenised[f"c{k}"] for k in keys}
+    scores, per_image = score_tokenised(gts, res, metrics)
+    human = human_bound({k: [r for r in records[int(k)].captions] for k in keys},
+                        [m for m in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr") if m in metrics])
+
+    # perplexity under the (first) model, teacher forcing
+    model = captioner.models[0]
+    images = ImageSet([records[i] for i in ok], model.transform, config.data.max_image_pixels)
+    table = CaptionTable(images.records, captioner.vocab, config.data.max_caption_length)
+    nll, words = teacher_forced_nll(model, images, table, captioner.device, precision=config.train.precision)
+    ppl = perplexity(nll / max(words, 1))
+
+    distinct = len({results[i].caption for i in ok})
+    summary = {**scores, "perplexity": ppl, "n_images": len(ok), "n_failed": len(records) - len(ok),
+               "distinct_captions": distinct, "beam_size": beam, "split": split}
+    report_path = None
+    if write_html:
+        items = []
+        attention_dir = run.path / "report_files"
+        for n, (record, result) in enumerate(zip(records, results)):
+            item = {"path": str(record.path), "caption": result.caption, "references": record.captions,
+                    "alternatives": [(h.caption, h.score) for h in result.hypotheses],
+                    "cider": per_image.get("CIDEr", {}).get(str(n)), "error": result.error}
+            if captioner.has_attention and result.hypotheses and result.hypotheses[0].attention and n < 200:
+                name = f"attention{n:05d}.png"
+                attention_figure(record.path, result.hypotheses[0], captioner.grid_side, attention_dir / name)
+                item["attention_png"] = name
+            items.append(item)
+        title = f"{run.path.name}: {split} split, " + ("greedy" if beam == 1 else f"beam {beam}")
+        report_path = write_report(run.path, title, scores, human, items, run.history(),
+                                   {"images": len(ok), "perplexity": f"{ppl:.3f}",
+                                    "distinct captions": f"{distinct} of {len(ok)}",
+                                    "models": ", ".join([str(run_dir), *ensemble])})
+    return {"scores": summary, "human": human, "report_path": report_path, "results": results, "records": records,
+            "per_image": per_image}
+
+
+def format_table(report: dict) -> str:
+    scores, human = report["scores"], report["human"]
+    lines = [f"{'metric':<10} {'model':>8} {'human':>8} {'ratio':>6}"]
+    for name in METRICS:
+        if name not in scores:
+            continue
+        h = human.get(name)
+        ratio = f"{scores[name] / h:6.2f}" if h else ""
+        lines.append(f"{name:<10} {scores[name]:8.4f} {h if h is not None else float('nan'):8.4f} {ratio}"
+                     if h is not None else f"{name:<10} {scores[name]:8.4f}")
+    lines.append(f"{'perplexity':<10} {scores['perplexity']:8.3f}")
+    lines.append(f"{scores['n_images']} {scores['split']} images, beam {scores['beam_size']}, "
+                 f"{scores['distinct_captions']} distinct captions" +
+                 (f", {scores['n_failed']} unreadable" if scores["n_failed"] else ""))
+    return "\n".join(lines)

@@ -1,0 +1,273 @@
+"""The image encoder: a CNN that turns pictures into a vector (for NIC) and a grid (for attention).
+
+`Encoder(images)` takes uint8 (or [0, 1] float) images of shape (B, 3, S, S) and returns
+`{"global": (B, Dg), "grid": (B, L, Dc)}`: the pooled image vector and the spatial feature map
+flattened to L = h*w locations (VGG16 conv5 at 224 px: 14x14x512; ResNet: 7x7x2048).
+
+Backbones come from torchvision by name. Their weights come from torchvision's weights API (and
+its download cache), from a local state dict, or from nothing (random). The normalisation and
+geometry come from the weights' own metadata, so preprocessing cannot mismatch the network.
+`small` is a compact CNN for training from scratch on small pictures; it sees two extra input
+channels holding each pixel's x and y (CoordConv), so its features know where things are.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from ..data.images import ImageTransform
+from ..errors import ConfigError, WeightsError
+
+SMALL_DEFAULT_SIZE = 64
+
+
+class SmallCNN(nn.Module):
+    """Four stride-2 stages of two 3x3 convolutions: S x S pictures -> (S/16)^2 locations x 256."""
+
+    def __init__(self, channels=(32, 64, 128, 256)):
+        super().__init__()
+        layers, cin = [], 5  # RGB + the x and y coordinate channels
+        for cout in channels:
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                       nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        self.body = nn.Sequential(*layers)
+        self.out_channels = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+        xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+        return self.body(torch.cat([x, xs, ys], dim=1))
+
+
+class SmallGlobalHead(nn.Module):
+    """The grid flattened in place order, then a linear layer: unlike average pooling it keeps
+    where each thing is, which captions about left/right/above need."""
+
+    def __init__(self, channels: int, grid_side: int, dim: int = 512):
+        super().__init__()
+        self.fc = nn.Linear(channels * grid_side * grid_side, dim)
+        self.dim = dim
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fc(grid.flatten(1)))
+
+
+class PoolHead(nn.Module):
+    """Average pooling followed by (part of) the backbone's own classifier."""
+
+    def __init__(self, tail: nn.Module | None = None, pre=None):
+        super().__init__()
+        self.tail = tail if tail is not None else nn.Identity()
+        self.pre = pre
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        if self.pre is not None:
+            grid = self.pre(grid)
+        return self.tail(torch.flatten(F.adaptive_avg_pool2d(grid, 1), 1))
+
+
+class VGGHead(nn.Module):
+    """conv5 -> last max-pool -> 7x7 average pool -> fc6 -> fc7: the 4096-d vector of the write-up."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.pool, self.avgpool = model.features[-1], model.avgpool
+        self.fc = nn.Sequential(*list(model.classifier.children())[:-1])
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.avgpool(self.pool(grid)), 1))
+
+
+class ViTTrunk(nn.Module):
+    """torchvision ViT: patch tokens as the grid, the class token as the global vector."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        tokens = m._process_input(x)
+        tokens = torch.cat([m.class_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        tokens = m.encoder(tokens)  # (B, 1 + L, D), layer-normed
+        side = int((tokens.shape[1] - 1) ** 0.5)
+        self.class_vector = tokens[:, 0]
+        return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+
+
+class ClassTokenHead(nn.Module):
+    def __init__(self, trunk: ViTTrunk):
+        super().__init__()
+        self._trunk = [trunk]  # not a submodule: avoid registering the ViT twice
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        return self._trunk[0].class_vector
+
+
+def _carve(name: str, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Split a torchvision classifier into (trunk -> grid, head: grid -> global vector)."""
+    if name.startswith("vgg"):
+        return nn.Sequential(*list(model.features.children())[:-1]), VGGHead(model)
+    if name.startswith(("resnet", "resnext", "wide_resnet")):
+        trunk = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
+                              model.layer1, model.layer2, model.layer3, model.layer4)
+        return trunk, PoolHead()
+    if name.startswith("regnet"):
+        return nn.Sequential(model.stem, model.trunk_output), PoolHead()
+    if name.startswith("convnext"):
+        return model.features, PoolHead(nn.Sequential(*list(model.classifier.children())[:-1]), pre=None)
+    if name.startswith("densenet"):
+        return model.features, PoolHead(pre=F.relu)
+    if name.startswith("swin"):
+        return nn.Sequential(model.features, model.norm, model.permute), PoolHead()
+    if name.startswith("vit"):
+        trunk = ViTTrunk(model)
+        return trunk, ClassTokenHead(trunk)
+    if name.startswith(("efficientnet", "mobilenet", "alexnet", "squeezenet")):
+        return model.features, PoolHead()
+    raise ConfigError(f"model.encoder: {name} is a torchvision model showtell cannot take apart; use one of "
+                      "vgg*, resnet*, resnext*, wide_resnet*, regnet*, efficientnet*, mobilenet*, convnext*, "
+                      "densenet*, swin*, vit*, alexnet, squeezenet* or 'small'")
+
+
+def _default_weights(name: str):
+    try:
+        return torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError):
+        return None
+
+
+def imagenet_weights_file(name: str) -> tuple[str, Path]:
+    """The download address of a backbone's ImageNet weights and where torchvision caches them."""
+    weights = _default_weights(name)
+    if weights is None:
+        raise ConfigError(f"model.encoder_weights: torchvision has no ImageNet weights for {name}")
+    return weights.url, Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a .pth/.pt file (loaded with weights_only, never plain pickle)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"{path}: model.encoder_weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt files raise many different errors
+        raise WeightsError(f"{path}: cannot read state dict ({str(error).splitlines()[0][:160]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def _imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
+    url, cached = imagenet_weights_file(name)
+    if cached.is_file():
+        return read_state_dict(cached)
+    try:
+        return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        reason = getattr(error, "reason", None) or error.__class__.__name__
+        raise WeightsError(
+            f"could not download the ImageNet weights of {name} ({reason}); on a machine without internet, "
+            f"download {url} elsewhere and place it at {cached}, or set model.encoder_weights to a state dict file"
+        ) from None
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        first = str(error).split("\n")[1].strip() if "\n" in str(error) else str(error)
+        raise WeightsError(f"{source}: weights do not fit the model ({first[:200]})") from None
+    if missing or unexpected:
+        raise WeightsError(f"{source}: weights do not fit the model (missing {list(missing)[:3]}, "
+                           f"unexpected {list(unexpected)[:3]})")
+
+
+class Encoder(nn.Module):
+    def __init__(self, name: str, weights: str = "none", image_size: int | None = None, pretrained: bool = True):
+        """`pretrained=False` builds the architecture only (a saved run supplies all weights)."""
+        super().__init__()
+        self.name = name
+        self.frozen = False
+        if name == "small":
+            size = image_size or SMALL_DEFAULT_SIZE
+            if size % 16:
+                raise ConfigError(f"data.image_size: the small encoder needs a multiple of 16, got {size}")
+            self.trunk = SmallCNN()
+            self.head = SmallGlobalHead(self.trunk.out_channels, size // 16)
+            self.transform = ImageTransform(crop=size, resize=size, mode="squash")
+            mean, std = [0.5] * 3, [0.5] * 3
+            if pretrained and weights not in ("none", "imagenet"):
+                _load_into(self, read_state_dict(weights), weights)
+            elif pretrained and weights == "imagenet":
+                raise ConfigError("model.encoder_weights: the small encoder has no ImageNet weights; use 'none'")
+        else:
+            if name not in torchvision.models.list_models(module=torchvision.models):
+                raise ConfigError(f"model.encoder: unknown encoder {name!r} (use 'small' or a torchvision "
+                                  "classification model such as vgg16, resnet50, efficientnet_b0, vit_b_16)")
+            meta = _default_weights(name)
+            model = torchvision.models.get_model(name, weights=None)
+            if pretrained and weights == "imagenet":
+                _load_into(model, _imagenet_state_dict(name), f"ImageNet weights of {name}")
+            elif pretrained and weights != "none":
+                _load_into(model, read_state_dict(weights), weights)
+            preset = meta.transforms() if meta is not None else None
+            crop = preset.crop_size[0] if preset else 224
+            resize = preset.resize_size[0] if preset else 256
+            if image_size and image_size != crop:
+                if name.startswith(("vit", "swin")):
+                    raise ConfigError(f"data.image_size: {name} works at {crop} px only, got {image_size}")
+                resize, crop = round(image_size * resize / crop), image_size
+            interpolation = preset.interpolation.value if preset else "bilinear"
+            self.transform = ImageTransform(crop=crop, resize=resize, mode="crop", interpolation=interpolation)
+            mean = list(preset.mean) if preset else [0.485, 0.456, 0.406]
+            std = list(preset.std) if preset else [0.229, 0.224, 0.225]
+            self.trunk, self.head = _carve(name, model)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        with torch.no_grad():
+            was_training = self.training
+            self.eval()
+            probe = self(torch.zeros(1, 3, self.transform.crop, self.transform.crop, dtype=torch.uint8))
+            self.train(was_training)
+        self.global_dim = probe["global"].shape[-1]
+        self.grid_dim = probe["grid"].shape[-1]
+        self.grid_size = probe["grid"].shape[1]
+
+    def freeze(self, frozen: bool = True) -> None:
+        """A frozen encoder keeps its weights and its batch-norm statistics."""
+        self.frozen = frozen
+        self.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            super().train(False)
+        return self
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        grid = self.trunk(self.normalize(images))          # (B, C, h, w)
+        vector = self.head(grid)                            # (B, Dg)
+        return {"global": vector, "grid": grid.flatten(2).transpose(1, 2)}  # grid: (B, h*w, C)

@@ -1,0 +1,70 @@
+"""Show and Tell (Vinyals et al., 2015): an LSTM language model conditioned on one image vector.
+
+    p(S | I) = prod_t p(S_t | I, S_0 .. S_{t-1})
+
+The image vector enters the LSTM once, either as its initial hidden and cell state
+(`init_state`, the write-up we follow) or as its input at step -1 before the <start> word
+(`first_input`, the paper). Training feeds the true previous words (teacher forcing) through
+`nn.LSTM` over the whole sequence at once; decoding calls `step` one word at a time.
+
+Decoding interface shared by every decoder (see decode.py):
+    state = decoder.init_state(features)           # dict of tensors, batch first
+    logprobs, state, attention = decoder.step(words, state)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NICDecoder(nn.Module):
+    uses_grid = False
+
+    def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = 512, hidden_dim: int = 512,
+                 num_layers: int = 1, dropout: float = 0.5, image_injection: str = "init_state"):
+        super().__init__()
+        self.vocab_size, self.hidden_dim, self.num_layers = vocab_size, hidden_dim, num_layers
+        self.image_injection = image_injection
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        if image_injection == "init_state":
+            self.init_h = nn.Linear(feature_dim, num_layers * hidden_dim)
+            self.init_c = nn.Linear(feature_dim, num_layers * hidden_dim)
+        else:
+            self.image_proj = nn.Linear(feature_dim, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden_dim, num_layers, batch_first=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(hidden_dim, vocab_size)
+
+    def _lstm_state(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        image = features["global"]                                          # (B, Dg)
+        b = image.shape[0]
+        if self.image_injection == "init_state":
+            h = torch.tanh(self.init_h(image)).view(b, self.num_layers, self.hidden_dim)
+            c = self.init_c(image).view(b, self.num_layers, self.hidden_dim)
+            return h.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous()  # (layers, B, H)
+        x = self.dropout(self.image_proj(image)).unsqueeze(1)               # (B, 1, E): the step -1 input
+        _, (h, c) = self.lstm(x)
+        return h, c
+
+    def forward(self, features: dict[str, torch.Tensor], inputs: torch.Tensor,
+                positions: torch.Tensor | None = None, **_) -> torch.Tensor:
+        """Teacher forcing: inputs (B, T) = <start> w1 .. -> logits (B, T, V), or (N, V) for the
+        N positions where `positions` (B, T) is true (skips the vocabulary layer on padding)."""
+        hidden, _ = self.lstm(self.dropout(self.embed(inputs)), self._lstm_state(features))  # (B, T, H)
+        if positions is not None:
+            hidden = hidden[positions]                                      # (N, H)
+        return self.output(self.dropout(hidden))
+
+    def init_state(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        h, c = self._lstm_state(features)
+        return {"h": h.transpose(0, 1), "c": c.transpose(0, 1)}             # batch first: (B, layers, H)
+
+    def step(self, words: torch.Tensor, state: dict[str, torch.Tensor]):
+        """One word (B,) -> log-probabilities of the next (B, V), the new state, no attention."""
+        h, c = state["h"].transpose(0, 1).contiguous(), state["c"].transpose(0, 1).contiguous()
+        out, (h, c) = self.lstm(self.dropout(self.embed(words)).unsqueeze(1), (h, c))
+        logprobs = F.log_softmax(self.output(self.dropout(out[:, 0])).float(), dim=-1)
+        return logprobs, {"h": h.transpose(0, 1), "c": c.transpose(0, 1)}, None

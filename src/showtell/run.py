@@ -1,0 +1,172 @@
+"""The run directory: a trained model package plus everything needed to resume its training.
+
+    RUN/config.json          the fully resolved config (JSON, never pickle)
+    RUN/vocab.json           the vocabulary
+    RUN/model.safetensors    weights of the best checkpoint (what `caption`, `serve`, `evaluate` use)
+    RUN/data.json            where the training data came from (so --resume needs nothing else)
+    RUN/history.jsonl        one line of losses and validation scores per evaluation
+    RUN/checkpoints/         the last K resumable checkpoints: step-N.safetensors + step-N.state.pt
+
+Every file is written atomically. A checkpoint's state file records the SHA-256 of its weights
+file, so a damaged checkpoint is detected and resume falls back to the previous good one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, config_from_dict
+from .errors import RunError
+from .fileio import atomic_write_text, load_state, load_weights, save_state, save_weights, sha256_file
+from .vocab import Vocabulary
+
+log = logging.getLogger("showtell")
+
+FORMAT = "showtell-run-1"
+PACKAGE_FILES = ("config.json", "vocab.json", "model.safetensors")
+
+
+class Run:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # --- creation ------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, config: Config, vocab: Vocabulary, sources: dict[str, Any]) -> "Run":
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise RunError(f"{run.path}: exists and is not a folder")
+        if (run.path / "config.json").exists():
+            raise RunError(f"{run.path}: already holds a run; use --resume {run.path} to continue it or choose another --out")
+        run.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.path / "config.json", config.to_json())
+        vocab.save(run.path / "vocab.json")
+        atomic_write_text(run.path / "data.json", json.dumps(sources, indent=2) + "\n")
+        return run
+
+    # --- reading -------------------------------------------------------------------------------
+    def _need(self, name: str) -> Path:
+        path = self.path / name
+        if not path.is_file():
+            if not self.path.is_dir():
+                raise RunError(f"{self.path}: run directory not found")
+            raise RunError(f"{self.path}: not a showtell run (missing {name})")
+        return path
+
+    def config(self) -> Config:
+        path = self._need("config.json")
+        try:
+            tree = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise RunError(f"{path}: unreadable config ({error.__class__.__name__})") from None
+        return config_from_dict(tree, str(path))
+
+    def vocab(self) -> Vocabulary:
+        return Vocabulary.load(self._need("vocab.json"))
+
+    def sources(self) -> dict[str, Any]:
+        path = self._need("data.json")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return load_weights(self._need("model.safetensors"))
+
+    def has_model(self) -> bool:
+        return (self.path / "model.safetensors").is_file()
+
+    # --- best model ----------------------------------------------------------------------------
+    def save_model(self, model: torch.nn.Module, metadata: dict[str, Any]) -> None:
+        save_weights(self.path / "model.safetensors", model.state_dict(),
+                     {"format": FORMAT, **{k: str(v) for k, v in metadata.items()}})
+
+    # --- history -------------------------------------------------------------------------------
+    def append_history(self, record: dict[str, Any]) -> None:
+        lines = self.history()
+        lines.append(record)
+        atomic_write_text(self.path / "history.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
+
+    def history(self) -> list[dict[str, Any]]:
+        path = self.path / "history.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def rewrite_history(self, records: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.path / "history.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+    # --- resumable checkpoints -------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoints(self) -> list[int]:
+        if not self.checkpoint_dir.is_dir():
+            return []
+        steps = []
+        for p in self.checkpoint_dir.glob("step-*.state.pt"):
+            try:
+                steps.append(int(p.name[len("step-"):-len(".state.pt")]))
+            except ValueError:
+                continue
+        return sorted(steps)
+
+    def save_checkpoint(self, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int) -> None:
+        """Weights first, then the state that vouches for them: a kill in between leaves a
+        weights file without state, which is ignored."""
+        weights = self.checkpoint_dir / f"step-{step:09d}.safetensors"
+        save_weights(weights, model.state_dict(), {"format": FORMAT, "step": str(step)})
+        save_state(self.checkpoint_dir / f"step-{step:09d}.state.pt", {**state, "weights_sha256": sha256_file(weights)})
+        for old in self.checkpoints()[:-keep]:
+            for suffix in (".state.pt", ".safetensors"):
+                (self.checkpoint_dir / f"step-{old:09d}{suffix}").unlink(missing_ok=True)
+
+    def load_checkpoint(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+        """The newest checkpoint that reads back whole; damaged newer ones are skipped with a warning."""
+        steps = self.checkpoints()
+        if not steps:
+            raise RunError(f"{self.path}: no resumable checkpoint in {self.checkpoint_dir}")
+        for step in reversed(steps):
+            weights_path = self.checkpoint_dir / f"step-{step:09d}.safetensors"
+            try:
+                state = load_state(self.checkpoint_dir / f"step-{step:09d}.state.pt")
+                if not weights_path.is_file() or sha256_file(weights_path) != state.get("weights_sha256"):
+                    raise RunError(f"{weights_path}: missing or does not match its state file")
+                return step, load_weights(weights_path), state
+            except RunError as error:
+                log.warning("checkpoint at step %d is damaged (%s); trying the previous one", step, error)
+        raise RunError(f"{self.path}: every checkpoint is damaged; cannot resume")
+
+    # --- model package ---------------------------------------------------------------------------
+    def export(self, out: str | Path) -> Path:
+        """Copy the files a user of the model needs (config, vocabulary, best weights)."""
+        out = Path(out)
+        for name in PACKAGE_FILES:
+            self._need(name)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in PACKAGE_FILES:
+            tmp = out / f".{name}.tmp"
+            shutil.copyfile(self.path / name, tmp)
+            tmp.replace(out / name)
+        return out
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(config, vocab, model in eval mode) from a run directory or an exported package."""
+    from .models.captioner import build_model
+
+    run = Run(path)
+    config, vocab = run.config(), run.vocab()
+    model = build_model(config, vocab, pretrained=False)
+    state = run.weights()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise RunError(f"{run.path / 'model.safetensors'}: weights do not match config.json "
+                       f"({str(error).splitlines()[0][:160]})") from None
+    return config, vocab, model.to(device).eval()

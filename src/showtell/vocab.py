@@ -1,0 +1,87 @@
+"""Caption preprocessing and the vocabulary.
+
+Preprocessing follows Karpathy's split files: lower-case, punctuation removed, split on white
+space ("A dog's ball." -> ["a", "dogs", "ball"]). The vocabulary keeps training words seen at
+least `min_word_count` times; the rest become <unk>. The four special tokens have fixed ids so
+that decoding code needs no vocabulary object.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .errors import RunError
+from .fileio import atomic_write_text
+
+PAD, START, END, UNK = 0, 1, 2, 3
+SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def tokenize(text: str) -> list[str]:
+    """Karpathy-style tokens: lower-case, ASCII punctuation deleted, split on white space."""
+    return text.lower().translate(_PUNCTUATION).split()
+
+
+class Vocabulary:
+    def __init__(self, words: Sequence[str], min_word_count: int = 1):
+        if tuple(words[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError("a vocabulary starts with the special tokens " + " ".join(SPECIALS))
+        self.words = list(words)
+        self.min_word_count = min_word_count
+        self.index = {w: i for i, w in enumerate(self.words)}
+        if len(self.index) != len(self.words):
+            raise ValueError("duplicate words in vocabulary")
+
+    @classmethod
+    def build(cls, captions: Iterable[Sequence[str]], min_word_count: int) -> "Vocabulary":
+        """From tokenised training captions; most frequent first, ties alphabetical (deterministic)."""
+        counts = Counter(w for tokens in captions for w in tokens)
+        kept = sorted((w for w, c in counts.items() if c >= min_word_count and w not in SPECIALS),
+                      key=lambda w: (-counts[w], w))
+        return cls(list(SPECIALS) + kept, min_word_count)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Vocabulary) and self.words == other.words
+
+    def encode(self, tokens: Sequence[str], max_words: int | None = None) -> list[int]:
+        """[<start>, w1 .. wn, <end>] ids, unknown words as <unk>, cut to max_words words."""
+        words = list(tokens)[:max_words] if max_words else list(tokens)
+        return [START] + [self.index.get(w, UNK) for w in words] + [END]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids to a sentence, stopping at <end>, dropping <start> and <pad>."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == END:
+                break
+            if i in (PAD, START):
+                continue
+            words.append(self.words[i])
+        return " ".join(words)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": "showtell-vocab-1", "min_word_count": self.min_word_count,
+                           "words": self.words}, ensure_ascii=False, indent=0) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocabulary":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(data["words"], int(data.get("min_word_count", 1)))
+        except FileNotFoundError:
+            raise RunError(f"{path}: vocabulary file not found") from None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise RunError(f"{path}: not a showtell vocabulary ({error.__class__.__name__})") from None

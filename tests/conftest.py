@@ -1,0 +1,55 @@
+"""Shared fixtures: everything a test needs is made here, in temporary folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small synthetic dataset (80 pictures at 64 px) shared by the whole session."""
+    from showtell.data.synthetic import write_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    write_dataset(out, n_images=80, seed=3, side=64)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_config_args() -> list[str]:
+    """Settings for a model that trains in seconds."""
+    return ["--config", "synth", "--set", "model.embed_dim=32", "--set", "model.hidden_dim=64",
+            "--set", "train.epochs=2", "--set", "train.batch_size=16", "--set", "data.image_size=32",
+            "--set", "train.val_max_images=16", "--set", "train.warmup_steps=2"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, synth_dir, tiny_config_args) -> Path:
+    """A run directory trained for two short epochs (a real, if weak, model package)."""
+    from showtell.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    code = main(["--quiet", "train", "--data", str(synth_dir / "dataset.json"), "--out", str(out), *tiny_config_args])
+    assert code == 0
+    return out
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
+    """Run `python -m showtell ...` in a subprocess; returns CompletedProcess with text output."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "showtell", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
