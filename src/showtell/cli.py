@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .errors import ShowtellError
+from .progress import progress_bar
 
 log = logging.getLogger("showtell")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -139,7 +140,6 @@ def expand_images(items: list[str]) -> list[str]:
 
 
 def cmd_synth(args) -> int:
-    from tqdm import tqdm
 
     from .data.synthetic import write_dataset
 
@@ -147,7 +147,7 @@ def cmd_synth(args) -> int:
         raise ShowtellError(f"--images: at least 10 pictures are needed for train/val/test splits, got {args.images}")
     if not 32 <= args.size <= 1024:
         raise ShowtellError(f"--size: expected 32 to 1024 pixels, got {args.size}")
-    with tqdm(total=args.images, desc="drawing", unit="img", file=sys.stderr) as bar:
+    with progress_bar(total=args.images, desc="drawing", unit="img") as bar:
         path = write_dataset(args.out_dir, args.images, args.seed, args.size, bar.update)
     print(f"wrote {args.images} pictures and their captions to {path}")
     return 0
@@ -226,7 +226,6 @@ def _write_attention(args, captioner, results) -> None:
 
 
 def cmd_caption(args) -> int:
-    from tqdm import tqdm
 
     from .api import Captioner
 
@@ -241,7 +240,7 @@ def cmd_caption(args) -> int:
         writer.writerow(["image", "caption", "logprob", "rank", "error"])
     failed = 0
     want_attention = args.attention is not None
-    with tqdm(total=len(files), desc="captioning", unit="img", file=sys.stderr, disable=len(files) < 2) as bar:
+    with progress_bar(total=len(files), desc="captioning", unit="img", disable=len(files) < 2) as bar:
         for start in range(0, len(files), args.batch_size):
             chunk = files[start:start + args.batch_size]
             results = captioner.caption(chunk, beam_size=args.beam_size, n_best=args.n_best,

@@ -69,7 +69,8 @@ class DataConfig:
     skip_missing_images: bool = setting(
         False, "continue when annotated images are missing from the image folder (they are counted and reported)")
     split_ratio: str = setting(
-        "0.9,0.05,0.05", "train,val,test fractions for datasets whose file gives no split (CSV/JSONL without a split column, one COCO file)")
+        "0.9,0.05,0.05", "train,val,test fractions for datasets whose file gives no split "
+        "(CSV/JSONL without a split column, one COCO file)")
     split_seed: int = setting(0, "seed of the random split for CSV/JSONL datasets without a split column")
     karpathy_split: str = setting(
         "", "Karpathy split JSON (dataset_coco.json) giving COCO-format files their train/val/test split by image id")

@@ -8,17 +8,15 @@ bound, some pictures' captions next to their references, and where everything wa
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from pathlib import Path
-
-from tqdm import tqdm
 
 from .config import load_config
 from .data.formats import load_dataset
 from .data.synthetic import write_dataset
 from .errors import ShowtellError
 from .evaluate_run import evaluate_run
+from .progress import progress_bar
 from .report import samples_figure
 from .train import train
 
@@ -45,7 +43,7 @@ def run_demo(out: Path, minutes: float = 3.5, n_images: int = 3000, seed: int = 
     data_dir, run_dir = out / "data", out / "run"
 
     say(f"[1/4] drawing {n_images} synthetic scenes (one to three shapes, five captions each) into {data_dir}")
-    with tqdm(total=n_images, unit="img", file=sys.stderr, leave=False) as bar:
+    with progress_bar(total=n_images, unit="img", leave=False) as bar:
         annotations = write_dataset(data_dir, n_images, seed=seed, progress=bar.update)
 
     config = load_config("synth")
@@ -54,17 +52,19 @@ def run_demo(out: Path, minutes: float = 3.5, n_images: int = 3000, seed: int = 
     summary = train(config, records, run_dir, {"data": [str(annotations.resolve())], "images": None, "features": None},
                     max_minutes=minutes)
 
-    say("[3/4] captioning the held-out test pictures with beam search (beam 3)")
-    report = evaluate_run(run_dir, [str(annotations)], None, "test", beam_size=3, metrics=DEMO_METRICS)
+    say("[3/4] captioning the held-out test pictures (greedy, then beam search with beam 3)")
+    report = evaluate_run(run_dir, [str(annotations)], None, "test", beam_size=1, metrics=DEMO_METRICS)
+    beam = evaluate_run(run_dir, [str(annotations)], None, "test", beam_size=3, metrics=("Bleu_4", "CIDEr"),
+                        write_html=False, show_progress=False)["scores"]
     scores, human = report["scores"], report["human"]
 
-    say("[4/4] results\n")
-    say(f"{'':10} {'model':>8} {'human':>8} {'model/human':>12}")
-    for name in ("Bleu_4", "CIDEr"):
-        say(f"{name:10} {scores[name]:8.3f} {human[name]:8.3f} {scores[name] / human[name]:12.2f}")
-    say(f"{'perplexity':10} {scores['perplexity']:8.3f}")
-    say(f"(human: each reference scored against the other four; {scores['n_images']} test pictures, "
-        f"{scores['distinct_captions']} distinct captions)\n")
+    say("[4/4] results on the test split\n")
+    say(f"{'':14} {'BLEU-4':>7} {'CIDEr':>7} {'CIDEr/human':>12} {'distinct':>9}")
+    for label, s in (("model, greedy", scores), ("model, beam 3", beam)):
+        say(f"{label:14} {s['Bleu_4']:7.3f} {s['CIDEr']:7.3f} {s['CIDEr'] / human['CIDEr']:12.2f} "
+            f"{s['distinct_captions']:>5}/{s['n_images']}")
+    say(f"{'human':14} {human['Bleu_4']:7.3f} {human['CIDEr']:7.3f} {1:12.2f}")
+    say(f"(human: each reference scored against the other four; perplexity {scores['perplexity']:.3f})\n")
 
     picks = list(range(0, len(report["records"]), max(1, len(report["records"]) // 8)))[:8]
     for i in picks[:6]:
@@ -81,7 +81,7 @@ def run_demo(out: Path, minutes: float = 3.5, n_images: int = 3000, seed: int = 
     say(f"  full report:            {report['report_path']}")
     say("next:")
     say(f"  showtell caption {run_dir} {example}")
-    say(f"  showtell evaluate {run_dir} --data {annotations} --beam-size 5")
+    say(f"  showtell evaluate {run_dir} --data {annotations} --beam-size 1")
     say(f"  showtell serve {run_dir}")
     say(f"demo finished in {(time.monotonic() - started) / 60:.1f} minutes")
     return report

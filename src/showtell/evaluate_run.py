@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .api import Captioner
-from .data.batching import CaptionTable, ImageSet, preload
+from .data.batching import CaptionTable, ImageSet
 from .data.formats import load_dataset
 from .errors import DataError
 from .evaluate import teacher_forced_nll
 from .metrics import METRICS, human_bound, perplexity, ptb_tokenize, score_tokenised
+from .progress import progress_bar
 from .report import attention_figure, write_report
 from .run import Run
 
@@ -39,7 +38,7 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
         raise DataError(f"{', '.join(data)}: no images in the '{split}' split")
 
     results = []
-    with tqdm(total=len(records), desc=f"captioning {split}", unit="img", disable=not show_progress) as bar:
+    with progress_bar(total=len(records), desc=f"captioning {split}", unit="img", disable=not show_progress) as bar:
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
             results += captioner.caption([str(r.path) for r in chunk], beam_size=beam, n_best=beam,

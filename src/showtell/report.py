@@ -80,7 +80,7 @@ def samples_figure(paths: Sequence[str | Path], captions: Sequence[str], referen
                    out: Path, columns: int = 4) -> Path:
     """A grid of pictures with the model's caption (bold) and one reference under each."""
     rows = math.ceil(len(paths) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 4.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, path, caption, reference in zip(axes.flat, paths, captions, references):
@@ -88,9 +88,11 @@ def samples_figure(paths: Sequence[str | Path], captions: Sequence[str], referen
             ax.imshow(load_image(path))
         except ImageError:
             continue
-        ax.set_title(_wrap(caption), fontsize=9, fontweight="bold", loc="left")
-        ax.text(0, -0.04, "ref: " + _wrap(reference, 38), transform=ax.transAxes, fontsize=7.5, va="top", color="#555")
-    fig.tight_layout()
+        wrapped = _wrap(caption)
+        ax.text(0, -0.03, wrapped, transform=ax.transAxes, fontsize=9, fontweight="bold", va="top")
+        below = -0.05 - 0.075 * (wrapped.count("\n") + 1)
+        ax.text(0, below, "ref: " + _wrap(reference, 38), transform=ax.transAxes, fontsize=7.5, va="top", color="#555")
+    fig.subplots_adjust(hspace=0.55, wspace=0.08)
     _save_figure(fig, out)
     return out
 

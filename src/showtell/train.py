@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from . import distributed as dist
 from .config import Config
@@ -33,6 +32,7 @@ from .data.formats import ImageRecord
 from .errors import ConfigError, DataError, RunError
 from .evaluate import autocast, to_device, validation_scores
 from .models.captioner import CaptionModel, build_model
+from .progress import progress_bar
 from .run import Run
 from .schedules import lr_factor, sampling_probability
 from .vocab import PAD, Vocabulary
@@ -79,7 +79,7 @@ def make_split(records: list[ImageRecord], model: CaptionModel, vocab: Vocabular
         side = model.transform.crop
         want = config.data.cache_images
         if want == "yes" or (want == "auto" and len(records) * 3 * side * side <= CACHE_LIMIT_BYTES):
-            bar = tqdm(total=len(records), desc=f"loading {split} images", unit="img", leave=False,
+            bar = progress_bar(total=len(records), desc=f"loading {split} images", unit="img", leave=False,
                        disable=not show_progress or not dist.is_main())
             preload(images, bar.update)
             bar.close()
@@ -230,9 +230,8 @@ class Trainer:
                                  pin_memory=self.device.type == "cuda")
             if self._encoder_trains() and self.config.model.freeze_encoder:
                 self.model.encoder.freeze(False)
-            bar = tqdm(total=len(batches), initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
-                       unit="batch", disable=not self.show_progress or not dist.is_main(), dynamic_ncols=True,
-                       mininterval=1.0)
+            bar = progress_bar(total=len(batches), initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
+                               unit="batch", disable=not self.show_progress or not dist.is_main())
             losses, started, seen = [], time.monotonic(), 0
             for ids, batch, bad in loader:
                 for index, message in bad:

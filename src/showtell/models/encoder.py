@@ -28,36 +28,48 @@ SMALL_DEFAULT_SIZE = 64
 
 
 class SmallCNN(nn.Module):
-    """Four stride-2 stages of two 3x3 convolutions: S x S pictures -> (S/16)^2 locations x 256."""
+    """Four stride-2 stages of two 3x3 convolutions: S x S pictures -> (S/16)^2 locations x 256.
+    It also keeps the average- and max-pooled output of every stage (`pooled`): colour is plain
+    in the early stages and shape and layout in the late ones, and pooling all of them gives the
+    image vector each at once (with only the last stage, learning colour from captions stalls)."""
 
     def __init__(self, channels=(32, 64, 128, 256)):
         super().__init__()
-        layers, cin = [], 5  # RGB + the x and y coordinate channels
+        stages, cin = [], 5  # RGB + the x and y coordinate channels
         for cout in channels:
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                       nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            stages.append(nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)))
             cin = cout
-        self.body = nn.Sequential(*layers)
+        self.stages = nn.ModuleList(stages)
         self.out_channels = cin
+        self.pooled_dim = 2 * sum(channels)
+        self.pooled: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
         xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
-        return self.body(torch.cat([x, xs, ys], dim=1))
+        x = torch.cat([x, xs, ys], dim=1).contiguous(memory_format=torch.channels_last)
+        pooled = []
+        for stage in self.stages:
+            x = stage(x)
+            pooled += [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
+        self.pooled = torch.cat(pooled, dim=1)                  # (B, 2 * sum(channels))
+        return x
 
 
-class SmallGlobalHead(nn.Module):
-    """The grid flattened in place order, then a linear layer: unlike average pooling it keeps
-    where each thing is, which captions about left/right/above need."""
+class MultiScaleHead(nn.Module):
+    """The small CNN's image vector: its stages' pooled features (the coordinate channels let
+    them encode where things are, so pooling does not lose left from right)."""
 
-    def __init__(self, channels: int, grid_side: int, dim: int = 512):
+    def __init__(self, trunk: SmallCNN):
         super().__init__()
-        self.fc = nn.Linear(channels * grid_side * grid_side, dim)
-        self.dim = dim
+        self._trunk = [trunk]  # not a submodule: the trunk is registered once, by the encoder
+        self.dim = trunk.pooled_dim
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.fc(grid.flatten(1)))
+        return self._trunk[0].pooled
 
 
 class PoolHead(nn.Module):
@@ -209,8 +221,8 @@ class Encoder(nn.Module):
             size = image_size or SMALL_DEFAULT_SIZE
             if size % 16:
                 raise ConfigError(f"data.image_size: the small encoder needs a multiple of 16, got {size}")
-            self.trunk = SmallCNN()
-            self.head = SmallGlobalHead(self.trunk.out_channels, size // 16)
+            self.trunk = SmallCNN().to(memory_format=torch.channels_last)
+            self.head = MultiScaleHead(self.trunk)
             self.transform = ImageTransform(crop=size, resize=size, mode="squash")
             mean, std = [0.5] * 3, [0.5] * 3
             if pretrained and weights not in ("none", "imagenet"):

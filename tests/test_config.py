@@ -1,0 +1,69 @@
+"""The typed config: defaults, YAML files, presets, --set overrides and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from showtell.config import Config, all_settings, config_from_dict, load_config
+from showtell.errors import ConfigError
+
+REQUIRED = ["model.encoder", "model.encoder_weights", "model.decoder", "model.image_injection", "model.embed_dim",
+            "model.hidden_dim", "data.image_size", "train.epochs", "train.batch_size", "train.lr"]
+
+
+def test_the_documented_settings_exist_with_help():
+    settings = all_settings()
+    for name in REQUIRED:
+        assert name in settings
+    assert all(f.metadata["help"] for f in settings.values())
+    assert Config().model.encoder == "vgg16" and Config().model.image_injection == "init_state"
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  hidden_dim: 128\n  image_injection: first_input\ntrain:\n  lr: 0.01\n")
+    config = load_config(str(path), ["train.lr=0.5", "data.image_size=96", "model.freeze_encoder=false"])
+    assert config.model.hidden_dim == 128 and config.model.image_injection == "first_input"
+    assert config.train.lr == 0.5 and config.data.image_size == 96 and config.model.freeze_encoder is False
+
+
+def test_preset_and_round_trip_through_json():
+    config = load_config("synth", ["train.epochs=3"])
+    assert config.model.encoder == "small" and config.train.epochs == 3
+    again = config_from_dict(json.loads(config.to_json()), "config.json")
+    assert again == config
+
+
+@pytest.mark.parametrize("override, message", [
+    (["model.hiden_dim=5"], "unknown setting 'model.hiden_dim' (did you mean model.hidden_dim?)"),
+    (["model.hidden_dim=lots"], "model.hidden_dim: expected int, got 'lots'"),
+    (["model.hidden_dim=0"], "model.hidden_dim: 0 is below the minimum 1"),
+    (["model.image_injection=sideways"], "model.image_injection: 'sideways' is not one of init_state, first_input"),
+    (["train.lr=nan"], "train.lr: expected float"),
+    (["model.freeze_encoder=maybe"], "model.freeze_encoder: expected bool"),
+    (["data.split_ratio=0.5,0.5"], "data.split_ratio: expected three fractions"),
+    (["hidden_dim"], "expected KEY=VALUE"),
+    (["train.device=tpu"], "train.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+])
+def test_bad_settings_give_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, override)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(str(bad))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("modle:\n  encoder: small\n")
+    with pytest.raises(ConfigError, match="unknown setting 'modle' \\(did you mean model\\?\\)"):
+        load_config(str(unknown))
+    with pytest.raises(ConfigError, match="no such config file or preset"):
+        load_config("no-such-preset")

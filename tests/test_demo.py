@@ -1,0 +1,34 @@
+"""`showtell demo` end to end, shortened: it trains a real captioner whose captions depend on the picture."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+
+
+@pytest.mark.slow
+def test_demo_trains_a_captioner_that_looks_at_the_pictures(tmp_path):
+    out = tmp_path / "demo"
+    done = run_cli("demo", "--out", str(out), "--minutes", "1.2", "--images", "1000", timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout
+    for expected in ("model, greedy", "model, beam 3", "human", "CIDEr", "BLEU-4", "model:", "reference:",
+                     f"showtell caption {out / 'run'}"):
+        assert expected in text
+    for name in ("model.safetensors", "config.json", "vocab.json", "samples.png", "report.html"):
+        assert (out / "run" / name).is_file(), name
+
+    # the classic failure is one caption for every picture; and colours must follow the picture
+    from showtell import Captioner
+
+    data = json.loads((out / "data" / "dataset.json").read_text())
+    test = [im for im in data["images"] if im["split"] == "test"]
+    captioner = Captioner.load(out / "run")
+    results = captioner.caption([str(out / "data" / im["filepath"] / im["filename"]) for im in test], beam_size=1)
+    captions = [r.caption for r in results]
+    assert len(set(captions)) >= 0.3 * len(captions), f"only {len(set(captions))} distinct captions"
+    singles = [(im, c) for im, c in zip(test, captions) if len(im["scene"]["objects"]) == 1]
+    right = sum(im["scene"]["objects"][0]["colour"] in c.split() for im, c in singles)
+    assert right >= 0.6 * len(singles), f"colour right in {right} of {len(singles)} one-object pictures"
