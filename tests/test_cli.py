@@ -77,3 +77,16 @@ def test_synth_and_export(tmp_path, trained_run, capsys):
     assert main(["caption", str(tmp_path / "package"), str(image)]) == 0
     assert capsys.readouterr().out.startswith(str(image))
     shutil.rmtree(tmp_path / "package")
+
+
+def test_caption_sampling_gives_n_different_reproducible_captions(trained_run, synth_dir, capsys):
+    image = str(sorted((synth_dir / "images").glob("*.png"))[0])
+    args = ["caption", str(trained_run), image, "--json", "--sample", "--n-best", "6", "--temperature", "1.5", "--seed", "3"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert first == again
+    hyps = first["hypotheses"]
+    assert len(hyps) == 6 and len({h["caption"] for h in hyps}) > 1
+    assert [h["logprob"] for h in hyps] == sorted((h["logprob"] for h in hyps), reverse=True)

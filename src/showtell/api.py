@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .data.images import load_tensor
-from .decode import Ensemble, decode
+from .decode import Ensemble, decode, sample
 from .errors import ConfigError, ImageError
 from .run import load_model
 from .train import resolve_device
@@ -90,18 +90,24 @@ class Captioner:
 
     @torch.inference_mode()
     def caption_tensors(self, batch: list[list[torch.Tensor]], beam_size: int | None = None, n_best: int = 1,
-                        max_length: int | None = None, return_attention: bool = False) -> list[list[Hypothesis]]:
-        """Decode prepared pictures (one list of per-model tensors each) in one batched pass."""
+                        max_length: int | None = None, return_attention: bool = False,
+                        sampling: dict | None = None) -> list[list[Hypothesis]]:
+        """Decode prepared pictures (one list of per-model tensors each) in one batched pass:
+        greedy or beam search, or, with `sampling` ({temperature, top_k, top_p, seed}), n_best
+        random captions per picture, most probable first."""
         d = self.config.decode
         beam = beam_size or d.beam_size
-        n_best = max(1, min(n_best, beam))
+        n_best = max(1, n_best if sampling is not None else min(n_best, beam))
         with self._lock:
             features = [model.encode(torch.stack([item[m] for item in batch]).to(self.device))
                         for m, model in enumerate(self.models)]
             decoder = self.models[0] if len(self.models) == 1 else Ensemble(self.models)
             feats = features[0] if len(self.models) == 1 else features
-            out = decode(decoder, feats, beam, max_length or d.max_length, d.length_penalty, d.block_unk,
-                         n_best=n_best, return_attention=return_attention)
+            if sampling is not None:
+                out = self._sample(decoder, feats, len(batch), n_best, max_length or d.max_length, sampling)
+            else:
+                out = decode(decoder, feats, beam, max_length or d.max_length, d.length_penalty, d.block_unk,
+                             n_best=n_best, return_attention=return_attention)
         results = []
         for row in range(len(batch)):
             hyps = []
@@ -118,10 +124,28 @@ class Captioner:
             results.append(hyps)
         return results
 
+    def _sample(self, decoder, feats, batch: int, n: int, max_length: int, sampling: dict):
+        d = self.config.decode
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(sampling.get("seed") or 0))
+        out, _, _ = sample(decoder, feats, max_length, sampling.get("temperature") or d.temperature,
+                           sampling.get("top_k") if sampling.get("top_k") is not None else d.top_k,
+                           sampling.get("top_p") if sampling.get("top_p") is not None else d.top_p,
+                           d.block_unk, generator, samples_per_image=n)
+        # (B*n, 1, ...) -> (B, n, ...), most probable sample first
+        shape = lambda x: x.view(batch, n, *x.shape[2:])  # noqa: E731
+        sequences, lengths, logprobs, finished = (shape(x) for x in (out.sequences, out.lengths, out.logprobs, out.finished))
+        order = logprobs.argsort(dim=1, descending=True)
+        pick = lambda x: x.gather(1, order.view(batch, n, *([1] * (x.dim() - 2))).expand_as(x))  # noqa: E731
+        sequences, lengths, logprobs, finished = (pick(x) for x in (sequences, lengths, logprobs, finished))
+        return type(out)(sequences, lengths, logprobs, logprobs, finished)
+
     def caption(self, images: ImageInput | Sequence[ImageInput], beam_size: int | None = None, n_best: int = 1,
-                batch_size: int = 32, return_attention: bool = False):
+                batch_size: int = 32, return_attention: bool = False, sampling: dict | None = None):
         """Caption one picture (-> CaptionResult) or a list (-> list). Unreadable pictures give
-        a result with `error` set instead of raising, so one bad file spoils nothing else."""
+        a result with `error` set instead of raising, so one bad file spoils nothing else.
+        `sampling={"temperature": 0.8, "top_k": 0, "top_p": 0.9, "seed": 1}` draws captions
+        instead of searching for the most probable one."""
         single = isinstance(images, (str, Path, bytes, Image.Image))
         sources = [images] if single else list(images)
         results = []
@@ -129,7 +153,8 @@ class Captioner:
             chunk = sources[start:start + batch_size]
             prepared, errors = self.load_images(chunk)
             good = [p for p in prepared if p is not None]
-            hyps = iter(self.caption_tensors(good, beam_size, n_best, return_attention=return_attention) if good else [])
+            hyps = iter(self.caption_tensors(good, beam_size, n_best, return_attention=return_attention,
+                                             sampling=sampling) if good else [])
             for i, (source, error) in enumerate(zip(chunk, errors)):
                 name = str(source) if isinstance(source, (str, Path)) else f"image {start + i}"
                 if error:

@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", action="append", default=[], metavar="RUN", help="another run to average with (repeatable)")
     p.add_argument("--beam-size", type=int, help="beam width (default: the run's decode.beam_size; 1 = greedy)")
     p.add_argument("--n-best", type=int, default=1, help="alternatives per picture (with --json/--csv)")
+    p.add_argument("--sample", action="store_true", help="draw captions at random instead of searching (--n-best of them)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: decode.temperature)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely words")
+    p.add_argument("--top-p", type=float, help="sample among the words holding this much probability")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--attention", metavar="OUT_DIR", type=Path, help="write attention maps (attention models)")
     p.add_argument("--device", default="cpu")
@@ -232,6 +237,14 @@ def cmd_caption(args) -> int:
     captioner = Captioner.load([args.run] + args.ensemble, device=args.device)
     if args.beam_size is not None and args.beam_size < 1:
         raise ShowtellError(f"--beam-size: expected 1 or more, got {args.beam_size}")
+    if args.n_best < 1:
+        raise ShowtellError(f"--n-best: expected 1 or more, got {args.n_best}")
+    if args.temperature is not None and args.temperature <= 0:
+        raise ShowtellError(f"--temperature: expected a positive number, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ShowtellError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed} \
+        if args.sample else None
     files = expand_images(args.images)
     if not files:
         raise ShowtellError("no pictures found in " + " ".join(args.images))
@@ -243,8 +256,8 @@ def cmd_caption(args) -> int:
     with progress_bar(total=len(files), desc="captioning", unit="img", disable=len(files) < 2) as bar:
         for start in range(0, len(files), args.batch_size):
             chunk = files[start:start + args.batch_size]
-            results = captioner.caption(chunk, beam_size=args.beam_size, n_best=args.n_best,
-                                        batch_size=args.batch_size, return_attention=want_attention)
+            results = captioner.caption(chunk, beam_size=args.beam_size, n_best=args.n_best, batch_size=args.batch_size,
+                                        return_attention=want_attention, sampling=sampling)
             for result in results:
                 if result.error:
                     failed += 1
