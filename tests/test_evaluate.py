@@ -6,8 +6,8 @@ import json
 import re
 
 import pytest
-
 from conftest import run_cli
+
 from showtell.metrics import score
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,32 +19,10 @@ from PIL import Image
 
 from .data.images import load_tensor
 from .decode import Ensemble, decode, sample
+from .distributed import resolve_device
 from .errors import ConfigError, ImageError
+from .results import CaptionResult, Hypothesis, hypotheses_from, result_from
 from .run import load_model
-from .train import resolve_device
-
-
-@dataclass
-class Hypothesis:
-    caption: str
-    logprob: float
-    score: float
-    finished: bool
-    attention: list[list[float]] | None = None   # per word: weights over the encoder grid
-
-
-@dataclass
-class CaptionResult:
-    source: str
-    caption: str = ""
-    logprob: float = 0.0
-    hypotheses: list[Hypothesis] = field(default_factory=list)   # n-best, best first
-    error: str | None = None
-    grid_size: int | None = None                                  # side of the attention grid
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 ImageInput = str | Path | bytes | Image.Image
 
@@ -108,21 +85,7 @@ class Captioner:
             else:
                 out = decode(decoder, feats, beam, max_length or d.max_length, d.length_penalty, d.block_unk,
                              n_best=n_best, return_attention=return_attention)
-        results = []
-        for row in range(len(batch)):
-            hyps = []
-            for k in range(out.sequences.shape[1]):
-                score = float(out.scores[row, k])
-                if score == float("-inf"):
-                    continue
-                length = int(out.lengths[row, k])
-                attention = None
-                if return_attention and out.attention is not None:
-                    attention = out.attention[row, k, :length].float().cpu().tolist()
-                hyps.append(Hypothesis(self.vocab.decode(out.sequences[row, k, :length].tolist()),
-                                       float(out.logprobs[row, k]), score, bool(out.finished[row, k]), attention))
-            results.append(hyps)
-        return results
+        return hypotheses_from(out, self.vocab, return_attention)
 
     def _sample(self, decoder, feats, batch: int, n: int, max_length: int, sampling: dict):
         d = self.config.decode
@@ -160,9 +123,7 @@ class Captioner:
                 if error:
                     results.append(CaptionResult(name, error=error))
                     continue
-                h = next(hyps)
-                results.append(CaptionResult(name, h[0].caption if h else "", h[0].logprob if h else 0.0, h,
-                                             grid_size=self.grid_side if return_attention else None))
+                results.append(result_from(name, next(hyps), self.grid_side if return_attention else None))
         return results[0] if single else results
 
     @property

@@ -177,7 +177,8 @@ def _absolute(spec: str) -> str:
 def cmd_train(args) -> int:
     from . import distributed as dist
     from .config import load_config
-    from .train import resolve_device, resume, train
+    from .distributed import resolve_device
+    from .train import resume, train
 
     if args.resume:
         from .run import Run
@@ -198,7 +199,9 @@ def cmd_train(args) -> int:
         if args.features:
             from .data.features import FeatureCache
 
-            features = FeatureCache.open(args.features, config)
+            features = FeatureCache.open(args.features)
+            if not args.resume:
+                config = features.adapt(config)
         records = features.records() if features else _records(args, config)
         if args.resume:
             summary = resume(args.resume, records, args.max_minutes, features=features)

@@ -15,6 +15,19 @@ import torch
 import torch.distributed as td
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' is this rank's GPU when there is one, else the CPU."""
+    from .errors import ConfigError
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank())
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name} asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 

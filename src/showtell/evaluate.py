@@ -8,9 +8,7 @@ best checkpoint is computed the way the final one is: from captions the model ac
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,29 +16,10 @@ import torch.nn.functional as F
 from .data.batching import CaptionTable, make_loader
 from .decode import decode
 from .metrics import perplexity, ptb_tokenize, score_tokenised
+from .results import CaptionResult, hypotheses_from, result_from
 from .vocab import PAD, Vocabulary
 
 log = logging.getLogger("showtell")
-
-
-@dataclass
-class Caption:
-    text: str
-    logprob: float
-    score: float
-    finished: bool
-    attention: list[list[float]] | None = None   # (words, L) when asked for
-
-
-@dataclass
-class ImageResult:
-    index: int
-    captions: list[Caption] = field(default_factory=list)   # best first
-    error: str | None = None
-
-    @property
-    def best(self) -> str:
-        return self.captions[0].text if self.captions else ""
 
 
 def autocast(device: torch.device, precision: str):
@@ -67,34 +46,23 @@ def features_of(model, batch, device: torch.device) -> dict[str, torch.Tensor]:
 def caption_images(model, images, device: torch.device, beam_size: int = 1, max_length: int = 20,
                    length_penalty: float = 0.0, block_unk: bool = True, n_best: int = 1, batch_size: int = 64,
                    vocab: Vocabulary | None = None, precision: str = "fp32", return_attention: bool = False,
-                   num_workers: int = 0, progress=None, indices: Sequence[int] | None = None) -> list[ImageResult]:
-    """Decode every picture of an ImageSet (or feature set) in batches."""
+                   num_workers: int = 0, progress=None, indices: Sequence[int] | None = None) -> list[CaptionResult]:
+    """Decode every picture of an ImageSet (or feature set) in batches, in order."""
     model.eval()
     order = list(indices) if indices is not None else list(range(len(images)))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    results: dict[int, ImageResult] = {}
+    results: dict[int, CaptionResult] = {}
+    source = lambda i: str(images.records[i].path)  # noqa: E731
     for ids, batch, bad in make_loader(images, batches, num_workers):
         for index, message in bad:
-            results[index] = ImageResult(index, error=message)
+            results[index] = CaptionResult(source(index), error=message)
         if batch is not None:
             with autocast(device, precision):
                 feats = features_of(model, batch, device)
                 out = decode(model, feats, beam_size, max_length, length_penalty, block_unk,
                              n_best=n_best, return_attention=return_attention)
-            for row, index in enumerate(ids.tolist()):
-                caps = []
-                for k in range(out.sequences.shape[1]):
-                    if not math.isfinite(float(out.scores[row, k])):
-                        continue
-                    length = int(out.lengths[row, k])
-                    words = out.sequences[row, k, :length].tolist()
-                    attention = None
-                    if return_attention and out.attention is not None:
-                        attention = out.attention[row, k, :length].float().cpu().tolist()
-                    caps.append(Caption(vocab.decode(words) if vocab else " ".join(map(str, words)),
-                                        float(out.logprobs[row, k]), float(out.scores[row, k]),
-                                        bool(out.finished[row, k]), attention))
-                results[index] = ImageResult(index, caps)
+            for index, hyps in zip(ids.tolist(), hypotheses_from(out, vocab, return_attention)):
+                results[index] = result_from(source(index), hyps)
         if progress:
             progress(len(ids) + len(bad))
     return [results[i] for i in order]
@@ -128,18 +96,17 @@ def teacher_forced_nll(model, images, table: CaptionTable, device: torch.device,
     return total, words
 
 
-def split_scores(results: Sequence[ImageResult], references: Sequence[Sequence[str]],
+def split_scores(results: Sequence[CaptionResult], references: Sequence[Sequence[str]],
                  metrics: Sequence[str], use_java: bool | None = None):
-    """coco-caption scores of the best captions; returns (scores, per-image scores, tokenised refs)."""
-    keys = [str(r.index) for r in results if r.error is None]
-    refs = {str(r.index): list(references[i]) for i, r in enumerate(results) if r.error is None}
-    both = {f"r{k}": refs[k] for k in keys}
-    both.update({f"c{r.index}": [r.best] for r in results if r.error is None})
+    """coco-caption scores of the best captions of the readable pictures; returns (scores,
+    per-image scores keyed by position in `results`)."""
+    keys = [str(i) for i, r in enumerate(results) if r.error is None]
+    both = {f"r{k}": list(references[int(k)]) for k in keys}
+    both.update({f"c{k}": [results[int(k)].caption] for k in keys})
     tokenised = ptb_tokenize(both, use_java)
     gts = {k: tokenised[f"r{k}"] for k in keys}
     res = {k: tokenised[f"c{k}"] for k in keys}
-    scores, per_image = score_tokenised(gts, res, metrics)
-    return scores, per_image, gts
+    return score_tokenised(gts, res, metrics)
 
 
 def validation_scores(model, images, table: CaptionTable, references: Sequence[Sequence[str]], vocab: Vocabulary,
@@ -151,8 +118,8 @@ def validation_scores(model, images, table: CaptionTable, references: Sequence[S
     nll, words = teacher_forced_nll(model, images, table, device, precision=precision, indices=indices)
     results = caption_images(model, images, device, beam_size, max_length, vocab=vocab, precision=precision,
                              indices=indices)
-    scores, _, _ = split_scores(results, [references[i] for i in indices], ("Bleu_4", "CIDEr"), use_java=False)
+    scores, _ = split_scores(results, [references[i] for i in indices], ("Bleu_4", "CIDEr"), use_java=False)
     loss = nll / max(words, 1)
-    distinct = len({r.best for r in results if r.error is None})
+    distinct = len({r.caption for r in results if r.error is None})
     return {"val_loss": loss, "val_perplexity": perplexity(loss), **{f"val_{k}": v for k, v in scores.items()},
             "val_distinct_captions": distinct, "val_images": len(results)}

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from .api import Captioner
 from .data.batching import CaptionTable, ImageSet
+from .data.features import FeatureCache
 from .data.formats import load_dataset
 from .errors import DataError
-from .evaluate import teacher_forced_nll
+from .evaluate import caption_images, teacher_forced_nll
 from .metrics import METRICS, human_bound, perplexity, ptb_tokenize, score_tokenised
 from .progress import progress_bar
 from .report import attention_figure, write_report
@@ -26,26 +27,40 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
     captioner = Captioner.load([run_dir, *ensemble], device=device)
     config = captioner.config
     beam = beam_size or config.decode.beam_size
-    if not data:  # default: the data the run was trained on
-        sources = run.sources() if (run.path / "data.json").exists() else {}
-        data, images_dir = sources.get("data") or [], images_dir or sources.get("images")
-        if not data:
-            raise DataError("--data: give the annotation file to evaluate on")
-    records = [r for r in load_dataset(data, images_dir, config.data) if r.split == split]
-    if max_images:
-        records = records[:max_images]
+    model = captioner.models[0]
+    attention = captioner.has_attention
+    if features_dir:  # decode from the feature cache: no picture is read or encoded
+        if ensemble:
+            raise DataError("--features: decoding from a feature cache takes one run, not an ensemble")
+        cache = FeatureCache.open(features_dir)
+        records = [r for r in cache.records() if r.split == split][:max_images or None]
+        images = cache.split_set(records, split)
+    else:
+        if not data:  # default: the data the run was trained on
+            sources = run.sources() if (run.path / "data.json").exists() else {}
+            data, images_dir = sources.get("data") or [], images_dir or sources.get("images")
+            if not data:
+                raise DataError("--data: give the annotation file to evaluate on")
+        records = [r for r in load_dataset(data, images_dir, config.data) if r.split == split][:max_images or None]
+        images = ImageSet(records, model.transform, config.data.max_image_pixels)
     if not records:
-        raise DataError(f"{', '.join(data)}: no images in the '{split}' split")
+        raise DataError(f"no images in the '{split}' split")
 
-    results = []
     with progress_bar(total=len(records), desc=f"captioning {split}", unit="img", disable=not show_progress) as bar:
-        for start in range(0, len(records), batch_size):
-            chunk = records[start:start + batch_size]
-            results += captioner.caption([str(r.path) for r in chunk], beam_size=beam, n_best=beam,
-                                         batch_size=batch_size, return_attention=captioner.has_attention)
-            bar.update(len(chunk))
+        if features_dir:
+            results = caption_images(model, images, captioner.device, beam, config.decode.max_length,
+                                     config.decode.length_penalty, config.decode.block_unk, n_best=beam,
+                                     batch_size=batch_size, vocab=captioner.vocab, return_attention=attention,
+                                     progress=bar.update)
+        else:
+            results = []
+            for start in range(0, len(records), batch_size):
+                chunk = records[start:start + batch_size]
+                results += captioner.caption([str(r.path) for r in chunk], beam_size=beam, n_best=beam,
+                                             batch_size=batch_size, return_attention=attention)
+                bar.update(len(chunk))
     ok = [i for i, r in enumerate(results) if r.error is None]
-    for i, r in enumerate(results):
+    for r in results:
         if r.error:
             log.warning("skipped %s", r.error)
     if not ok:
@@ -63,10 +78,8 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
                         [m for m in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr") if m in metrics])
 
     # perplexity under the (first) model, teacher forcing
-    model = captioner.models[0]
-    images = ImageSet([records[i] for i in ok], model.transform, config.data.max_image_pixels)
-    table = CaptionTable(images.records, captioner.vocab, config.data.max_caption_length)
-    nll, words = teacher_forced_nll(model, images, table, captioner.device, precision=config.train.precision)
+    table = CaptionTable(records, captioner.vocab, config.data.max_caption_length)
+    nll, words = teacher_forced_nll(model, images, table, captioner.device, precision=config.train.precision, indices=ok)
     ppl = perplexity(nll / max(words, 1))
 
     distinct = len({results[i].caption for i in ok})
@@ -80,7 +93,7 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
             item = {"path": str(record.path), "caption": result.caption, "references": record.captions,
                     "alternatives": [(h.caption, h.score) for h in result.hypotheses],
                     "cider": per_image.get("CIDEr", {}).get(str(n)), "error": result.error}
-            if captioner.has_attention and result.hypotheses and result.hypotheses[0].attention and n < 200:
+            if attention and result.hypotheses and result.hypotheses[0].attention and n < 200:
                 name = f"attention{n:05d}.png"
                 attention_figure(record.path, result.hypotheses[0], captioner.grid_side, attention_dir / name)
                 item["attention_png"] = name

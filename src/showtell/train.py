@@ -29,7 +29,8 @@ from . import distributed as dist
 from .config import Config
 from .data.batching import CaptionTable, ImageSet, choose_captions, epoch_batches, make_loader, preload
 from .data.formats import ImageRecord
-from .errors import ConfigError, DataError, RunError
+from .distributed import resolve_device
+from .errors import DataError, RunError
 from .evaluate import autocast, to_device, validation_scores
 from .models.captioner import CaptionModel, build_model
 from .progress import progress_bar
@@ -40,16 +41,6 @@ from .vocab import PAD, Vocabulary
 log = logging.getLogger("showtell")
 
 CACHE_LIMIT_BYTES = 2 << 30
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank() if dist.is_distributed() else 0)
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name} asked for, but no CUDA GPU is available")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -102,6 +93,22 @@ class Trainer:
         self.best_score, self.best_epoch = -math.inf, None
         self.skipped: dict[int, str] = {}
         self.ddp = dist.wrap(self.model, device) if dist.is_distributed() else None
+        self.features_in_use = not isinstance(train.images, ImageSet)
+
+    def _start_finetuning(self) -> None:
+        """Unfreeze a pretrained encoder (train.finetune_encoder_after): from now on features
+        come from the pictures, since the cached ones no longer match the changing CNN."""
+        log.info("fine-tuning the encoder from epoch %d (lr %g)", self.epoch + 1, self.config.train.encoder_lr)
+        self.model.encoder.freeze(False)
+        if self.features_in_use:
+            self.train_data = make_split(self.train_data.records, self.model, self.vocab, self.config, None, "train",
+                                         self.show_progress)
+            if self.val_data is not None:
+                self.val_data = make_split(self.val_data.records, self.model, self.vocab, self.config, None, "val",
+                                           self.show_progress)
+            self.features_in_use = False
+        if self.ddp is not None:  # DDP fixes its parameter set when built
+            self.ddp = dist.wrap(self.model, self.device)
 
     # --- optimisation ----------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -228,8 +235,8 @@ class Trainer:
             todo = [dist.shard(b) for b in batches[self.step_in_epoch:]]
             loader = make_loader(self.train_data.images, todo, self.config.data.num_workers,
                                  pin_memory=self.device.type == "cuda")
-            if self._encoder_trains() and self.config.model.freeze_encoder:
-                self.model.encoder.freeze(False)
+            if self._encoder_trains() and self.model.encoder.frozen:
+                self._start_finetuning()
             bar = progress_bar(total=len(batches), initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
                                unit="batch", disable=not self.show_progress or not dist.is_main())
             losses, started, seen = [], time.monotonic(), 0
@@ -303,7 +310,7 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
     vocab = Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count)
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
-    model = build_model(config, vocab, pretrained=True)
+    model = build_model(config, vocab, pretrained=True, encoder_state=features.encoder_state() if features else None)
     if config.model.word_embeddings:
         config.model.embed_dim = model.decoder.embed.embedding_dim   # the vectors decide
     run = None
@@ -333,6 +340,9 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
         raise RunError(f"{run.path}: the training data differs from the data this run started with")
     device = resolve_device(config.train.device)
     model = build_model(config, vocab, pretrained=False)
+    if 0 <= config.train.finetune_encoder_after <= int(state["epoch"]) and config.model.freeze_encoder:
+        model.encoder.freeze(False)  # the checkpoint was taken while fine-tuning
+        features = None
     train_data = make_split(train_records, model, vocab, config, features, "train", show_progress)
     val_data = make_split(val_records, model, vocab, config, features, "val", show_progress) if val_records else None
     trainer = Trainer(config, run, model, vocab, train_data, val_data, device, show_progress)

@@ -7,12 +7,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from ..config import Config
 from .encoder import Encoder
 from .nic import NICDecoder
+
+log = logging.getLogger("showtell")
 
 
 class CaptionModel(nn.Module):
@@ -81,24 +85,35 @@ def repeat_features(features: dict[str, torch.Tensor], repeats: int) -> dict[str
     return {k: v.repeat_interleave(repeats, dim=0) for k, v in features.items()}
 
 
-def build_model(config: Config, vocab, pretrained: bool = True) -> CaptionModel:
+def build_model(config: Config, vocab, pretrained: bool = True, encoder_state: dict | None = None) -> CaptionModel:
     """The model described by `config`. `pretrained=False` builds the architecture only, for
-    loading a saved run (whose weights file supplies everything, so nothing is downloaded)."""
+    loading a saved run (whose weights file supplies everything, so nothing is downloaded).
+    `encoder_state` gives the encoder's weights directly (those a feature cache was made with)."""
     m = config.model
-    encoder = Encoder(m.encoder, m.encoder_weights, config.data.image_size, pretrained=pretrained)
+    encoder = Encoder(m.encoder, m.encoder_weights, config.data.image_size,
+                      pretrained=pretrained and encoder_state is None)
+    if encoder_state is not None:
+        encoder.load_state_dict(encoder_state)
+    embed_dim, table = m.embed_dim, None
+    if pretrained and m.word_embeddings:
+        from .embeddings import embedding_matrix
+
+        table, coverage = embedding_matrix(m.word_embeddings, vocab.words, seed=config.train.seed)
+        embed_dim = table.shape[1]  # the vectors decide the embedding size
+        log.info("word vectors %s cover %.1f%% of the %d vocabulary words (%d-d); the rest start random",
+                 m.word_embeddings, 100 * coverage, len(vocab) - 4, embed_dim)
     if m.decoder == "attention":
         from .attention import AttentionDecoder
 
-        decoder = AttentionDecoder(len(vocab), encoder.grid_dim, m.embed_dim, m.hidden_dim, m.attention_dim,
+        decoder = AttentionDecoder(len(vocab), encoder.grid_dim, embed_dim, m.hidden_dim, m.attention_dim,
                                    m.dropout, m.attention_regularization)
     else:
-        decoder = NICDecoder(len(vocab), encoder.global_dim, m.embed_dim, m.hidden_dim, m.num_layers,
+        decoder = NICDecoder(len(vocab), encoder.global_dim, embed_dim, m.hidden_dim, m.num_layers,
                              m.dropout, m.image_injection)
     model = CaptionModel(encoder, decoder)
-    if pretrained and m.word_embeddings:
-        from .embeddings import load_word_embeddings
-
-        load_word_embeddings(decoder.embed, vocab, m.word_embeddings)
+    if table is not None:
+        with torch.no_grad():
+            decoder.embed.weight.copy_(table)
     if m.freeze_embeddings:
         decoder.embed.weight.requires_grad_(False)
     encoder.freeze(m.freeze_encoder)

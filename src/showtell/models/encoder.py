@@ -282,4 +282,9 @@ class Encoder(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         grid = self.trunk(self.normalize(images))          # (B, C, h, w)
         vector = self.head(grid)                            # (B, Dg)
-        return {"global": vector, "grid": grid.flatten(2).transpose(1, 2)}  # grid: (B, h*w, C)
+        out = {"global": vector, "grid": grid.flatten(2).transpose(1, 2)}  # grid: (B, h*w, C)
+        if self.frozen:
+            # a frozen encoder's features are what the feature cache stores (float16), so training
+            # from the cache and from the pictures sees the very same numbers
+            out = {k: v.to(torch.float16).float() for k, v in out.items()}
+        return out
