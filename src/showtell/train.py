@@ -231,12 +231,12 @@ class Trainer:
         stopped_early = False
         last_record = None
         while self.epoch < t.epochs and not stopped_early:
+            if self._encoder_trains() and self.model.encoder.frozen:
+                self._start_finetuning()
             batches = epoch_batches(len(self.train_data.records), t.batch_size, t.seed, self.epoch)
             todo = [dist.shard(b) for b in batches[self.step_in_epoch:]]
             loader = make_loader(self.train_data.images, todo, self.config.data.num_workers,
                                  pin_memory=self.device.type == "cuda")
-            if self._encoder_trains() and self.model.encoder.frozen:
-                self._start_finetuning()
             bar = progress_bar(total=len(batches), initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
                                unit="batch", disable=not self.show_progress or not dist.is_main())
             losses, started, seen = [], time.monotonic(), 0

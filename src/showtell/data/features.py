@@ -96,7 +96,7 @@ def prepare(records: list[ImageRecord], config: Config, out: str | Path, batch_s
     loader = make_loader(images, batches, config.data.num_workers, pin_memory=device.type == "cuda")
     bar = progress_bar(total=len(mine), initial=len(mine) - len(todo), desc="encoding", unit="img",
                        disable=not show_progress or not dist.is_main())
-    started, last_save = time.monotonic(), time.monotonic()
+    started = time.monotonic()
     with torch.inference_mode():
         for ids, batch, bad in loader:
             for index, message in bad:
@@ -109,14 +109,9 @@ def prepare(records: list[ImageRecord], config: Config, out: str | Path, batch_s
                     arrays[name][rows] = feats[name].to(torch.float16).cpu().numpy()
             progress["done"] += len(ids) + len(bad)
             bar.update(len(ids) + len(bad))
-            if time.monotonic() - last_save > 5 or progress["done"] == len(mine):
-                for array in arrays.values():
-                    array.flush()  # rows on disk first, then the promise that they are
-                atomic_write_text(progress_path, json.dumps(progress))
-                last_save = time.monotonic()
-    for array in arrays.values():
-        array.flush()
-    atomic_write_text(progress_path, json.dumps(progress))
+            for array in arrays.values():
+                array.flush()  # the rows reach the disk first, then the promise that they did
+            atomic_write_text(progress_path, json.dumps(progress))
     bar.close()
     dist.barrier()
     if dist.is_main():

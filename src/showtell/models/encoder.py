@@ -73,7 +73,8 @@ class MultiScaleHead(nn.Module):
 
 
 class PoolHead(nn.Module):
-    """Average pooling followed by (part of) the backbone's own classifier."""
+    """Average pooling followed by (part of) the backbone's own classifier, which gets the pooled
+    (B, C, 1, 1) map (ConvNeXt's layer norm wants it so) and ends flattened."""
 
     def __init__(self, tail: nn.Module | None = None, pre=None):
         super().__init__()
@@ -83,7 +84,7 @@ class PoolHead(nn.Module):
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         if self.pre is not None:
             grid = self.pre(grid)
-        return self.tail(torch.flatten(F.adaptive_avg_pool2d(grid, 1), 1))
+        return torch.flatten(self.tail(F.adaptive_avg_pool2d(grid, 1)), 1)
 
 
 class VGGHead(nn.Module):
