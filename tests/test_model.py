@@ -18,7 +18,7 @@ from showtell.vocab import PAD, Vocabulary
 def test_small_encoder_shapes_and_transform():
     encoder = Encoder("small", "none", 64)
     out = encoder(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
-    assert out["grid"].shape == (2, 16, 256) and out["global"].shape == (2, encoder.global_dim)
+    assert out["grid"].shape == (2, 16, 480) and out["global"].shape == (2, encoder.global_dim)
     assert encoder.transform.mode == "squash" and encoder.transform.crop == 64
     assert encoder.grid_size == 16
 

@@ -97,8 +97,9 @@ def samples_figure(paths: Sequence[str | Path], captions: Sequence[str], referen
     return out
 
 
-def attention_figure(image_source, hypothesis, grid_side: int, out: Path) -> Path:
-    """The picture once per word with that word's attention upsampled over it, word underneath."""
+def attention_figure(image_source, hypothesis, grid_side: int, out: Path) -> tuple[Path, int]:
+    """The picture once per word with that word's attention upsampled over it, word underneath;
+    returns the file and the number of panels drawn."""
     image = load_image(image_source) if not isinstance(image_source, Image.Image) else image_source
     words = hypothesis.caption.split()
     weights = hypothesis.attention or []
@@ -110,7 +111,9 @@ def attention_figure(image_source, hypothesis, grid_side: int, out: Path) -> Pat
         ax.axis("off")
     side = 224
     shown = np.asarray(image.resize((side, side)))
+    panels = 0
     for ax, word, alpha in zip(axes.flat, words, weights):
+        panels += 1
         grid = np.asarray(alpha, dtype=np.float32).reshape(grid_side, grid_side)
         heat = np.asarray(Image.fromarray((grid / max(grid.max(), 1e-8) * 255).astype(np.uint8)).resize(
             (side, side), Image.BILINEAR), dtype=np.float32) / 255.0
@@ -119,7 +122,7 @@ def attention_figure(image_source, hypothesis, grid_side: int, out: Path) -> Pat
         ax.set_title(word, fontsize=11, y=-0.16)
     fig.tight_layout()
     _save_figure(fig, out)
-    return out
+    return out, panels
 
 
 def _thumbnail(path: Path, out: Path, side: int = 160) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,13 @@ import torch.nn.functional as F
 
 from . import distributed as dist
 from .config import Config
+from .config import apply as apply_settings
 from .data.batching import CaptionTable, ImageSet, choose_captions, epoch_batches, make_loader, preload
 from .data.formats import ImageRecord
 from .distributed import resolve_device
-from .errors import DataError, RunError
+from .errors import ConfigError, DataError, RunError
 from .evaluate import autocast, to_device, validation_scores
+from .fileio import atomic_write_text
 from .models.captioner import CaptionModel, build_model
 from .progress import progress_bar
 from .run import Run
@@ -92,6 +95,9 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_score, self.best_epoch = -math.inf, None
         self.skipped: dict[int, str] = {}
+        self.epoch_losses: list[float] = []  # this epoch's batch losses so far, so a resumed epoch reports the same mean
+        self.total_epochs = config.train.epochs + config.train.scst_epochs
+        self.phase, self.scst = "xe", None   # cross-entropy, then self-critical (train.scst_epochs)
         self.ddp = dist.wrap(self.model, device) if dist.is_distributed() else None
         self.features_in_use = not isinstance(train.images, ImageSet)
 
@@ -109,6 +115,22 @@ class Trainer:
             self.features_in_use = False
         if self.ddp is not None:  # DDP fixes its parameter set when built
             self.ddp = dist.wrap(self.model, self.device)
+
+    def _start_scst(self, restoring: bool = False) -> None:
+        """Self-critical fine-tuning starts from the best cross-entropy model, with its own
+        optimiser at a constant train.scst_lr."""
+        from .scst import SelfCritical
+
+        if not restoring:
+            log.info("self-critical training (CIDEr-D reward, greedy baseline) for %d epochs", self.config.train.scst_epochs)
+            if self.run is not None and self.run.has_model():
+                self.model.load_state_dict(self.run.weights())
+                if dist.is_main():  # keep the cross-entropy model it started from
+                    shutil.copyfile(self.run.path / "model.safetensors", self.run.path / "model-xe.safetensors")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=self.config.train.scst_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        self.phase, self.scst = "scst", SelfCritical(self)
 
     # --- optimisation ----------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -173,14 +195,14 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "phase": self.phase,
                 "best_score": self.best_score, "best_epoch": self.best_epoch,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng_torch": torch.get_rng_state(), "rng_python": list(random.getstate()[1]),
                 "rng_numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
                 "rng_numpy_pos": int(np.random.get_state()[2]),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "skipped": dict(self.skipped)}
+                "skipped": dict(self.skipped), "epoch_losses": list(self.epoch_losses)}
 
     def save_checkpoint(self) -> None:
         if self.run is not None and dist.is_main():
@@ -188,6 +210,8 @@ class Trainer:
 
     def restore(self, weights: dict, state: dict) -> None:
         self.model.load_state_dict(weights)
+        if state.get("phase") == "scst":
+            self._start_scst(restoring=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
@@ -199,13 +223,16 @@ class Trainer:
         if state.get("rng_cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.skipped = {int(k): v for k, v in state.get("skipped", {}).items()}
+        self.epoch_losses = [float(x) for x in state.get("epoch_losses", [])]
 
     # --- validation ----------------------------------------------------------------------------------
     def validate(self, train_loss: float | None) -> dict:
         t = self.config.train
-        record = {"epoch": self.epoch, "step": self.global_step, "train_loss": train_loss,
+        record = {"epoch": self.epoch, "step": self.global_step, "phase": self.phase, "train_loss": train_loss,
                   "train_perplexity": math.exp(min(train_loss, 50)) if train_loss is not None else None,
                   "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.phase == "scst":  # the running value is the reward over the greedy baseline, not a loss
+            record.update(train_loss=None, train_perplexity=None, scst_advantage=train_loss)
         if self.val_data is not None and len(self.val_data.records):
             record.update(validation_scores(self.model, self.val_data.images, self.val_data.table,
                                             self.val_data.references, self.vocab, self.device, t.val_beam_size,
@@ -225,44 +252,58 @@ class Trainer:
         return record
 
     # --- the loop ------------------------------------------------------------------------------------
+    def _out_of_time(self, deadline: float | None) -> bool:
+        """Every rank must stop at the same step, so rank 0's clock decides for all."""
+        if deadline is None:
+            return False
+        late = float(time.monotonic() > deadline) if dist.is_main() else 0.0
+        return dist.all_reduce_sum(late, self.device) > 0
+
     def fit(self, max_minutes: float | None = None) -> dict:
         t = self.config.train
         deadline = time.monotonic() + 60 * max_minutes if max_minutes else None
         stopped_early = False
         last_record = None
-        while self.epoch < t.epochs and not stopped_early:
+        if self.global_step == 0:
+            self.save_checkpoint()  # so that --resume works even after a kill in the very first steps
+        while self.epoch < self.total_epochs and not stopped_early:
             if self._encoder_trains() and self.model.encoder.frozen:
                 self._start_finetuning()
+            if self.epoch >= t.epochs and self.phase == "xe":
+                self._start_scst()
             batches = epoch_batches(len(self.train_data.records), t.batch_size, t.seed, self.epoch)
             todo = [dist.shard(b) for b in batches[self.step_in_epoch:]]
             loader = make_loader(self.train_data.images, todo, self.config.data.num_workers,
                                  pin_memory=self.device.type == "cuda")
-            bar = progress_bar(total=len(batches), initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
+            label = f"epoch {self.epoch + 1}/{self.total_epochs}" + (" (self-critical)" if self.phase == "scst" else "")
+            bar = progress_bar(total=len(batches), initial=self.step_in_epoch, desc=label,
                                unit="batch", disable=not self.show_progress or not dist.is_main())
-            losses, started, seen = [], time.monotonic(), 0
+            losses, started, seen = self.epoch_losses, time.monotonic(), 0
             for ids, batch, bad in loader:
                 for index, message in bad:
                     if index not in self.skipped:
                         self.skipped[index] = message
                         log.warning("skipping %s", message)
                 if batch is not None and len(ids):
-                    losses.append(self.train_step(ids, batch, self.epoch))
+                    step = self.scst.step if self.phase == "scst" else self.train_step
+                    losses.append(step(ids, batch, self.epoch))
                     seen += len(ids) * dist.world_size()
                 self.step_in_epoch += 1
                 self.global_step += 1
                 bar.update(1)
                 rate = seen / max(time.monotonic() - started, 1e-9)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "-", img_s=f"{rate:.0f}", refresh=False)
+                name = "advantage" if self.phase == "scst" else "loss"
+                bar.set_postfix({name: f"{losses[-1]:.3f}" if losses else "-", "img_s": f"{rate:.0f}"}, refresh=False)
                 if self.global_step % t.checkpoint_every == 0:
                     self.save_checkpoint()
-                if deadline and time.monotonic() > deadline:
+                if self._out_of_time(deadline):
                     stopped_early = True
                     break
             bar.close()
             train_loss = sum(losses) / len(losses) if losses else None
             finished_epoch = not stopped_early or self.step_in_epoch >= len(batches)
             if finished_epoch:
-                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                self.epoch, self.step_in_epoch, self.epoch_losses = self.epoch + 1, 0, []
             last_record = self.validate(train_loss) if dist.is_main() else None
             dist.barrier()
             self.save_checkpoint()
@@ -283,6 +324,8 @@ def format_record(record: dict) -> str:
     parts = [f"epoch {record['epoch']}"]
     if record.get("train_loss") is not None:
         parts.append(f"train loss {record['train_loss']:.3f} (ppl {record['train_perplexity']:.2f})")
+    if record.get("scst_advantage") is not None:
+        parts.append(f"self-critical advantage {record['scst_advantage']:+.3f}")
     if "val_loss" in record:
         parts.append(f"val loss {record['val_loss']:.3f} (ppl {record['val_perplexity']:.2f})")
     for key in ("val_Bleu_4", "val_CIDEr"):
@@ -321,19 +364,30 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
     val_data = make_split(val_records, model, vocab, config, features, "val", show_progress) if val_records else None
     trainer = Trainer(config, run, model, vocab, train_data, val_data, device, show_progress)
     summary = trainer.fit(max_minutes if max_minutes is not None else config.train.max_minutes)
-    if config.train.scst_epochs and summary["epochs"] >= config.train.epochs:
-        from .scst import self_critical
-
-        summary["scst"] = self_critical(trainer, max_minutes)
     summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
     return summary
 
 
+RESUME_SETTINGS = ("train.epochs", "train.scst_epochs", "train.scst_lr", "train.scst_samples", "train.max_minutes",
+                   "train.checkpoint_every", "train.keep_checkpoints", "train.val_max_images", "train.val_beam_size",
+                   "data.num_workers", "train.device")
+
+
 def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | None = None,
-           show_progress: bool = True, features=None) -> dict:
-    """Continue the run in `path` from its newest good checkpoint."""
+           show_progress: bool = True, features=None, overrides: list[str] | None = None) -> dict:
+    """Continue the run in `path` from its newest good checkpoint. `overrides` may change the
+    settings that do not alter what was already trained (more epochs, self-critical epochs, ...)."""
     run = Run(path)
     config, vocab = run.config(), run.vocab()
+    if overrides:
+        values = {}
+        for item in overrides:
+            key = item.split("=", 1)[0].strip()
+            if key not in RESUME_SETTINGS:
+                raise ConfigError(f"--set {key}: cannot change when resuming (allowed: {', '.join(RESUME_SETTINGS)})")
+            values[key] = item.split("=", 1)[1] if "=" in item else ""
+        config = apply_settings(config, values, where="--set ")
+        atomic_write_text(run.path / "config.json", config.to_json())
     step, weights, state = run.load_checkpoint()
     train_records, val_records = split_records(records)
     if Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count) != vocab:
@@ -351,9 +405,5 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     run.rewrite_history([r for r in run.history() if r["step"] <= step])
     log.info("resuming %s at epoch %d, step %d", run.path, trainer.epoch + 1, trainer.step_in_epoch)
     summary = trainer.fit(max_minutes if max_minutes is not None else config.train.max_minutes)
-    if config.train.scst_epochs and summary["epochs"] >= config.train.epochs:
-        from .scst import self_critical
-
-        summary["scst"] = self_critical(trainer, max_minutes)
     summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
     return summary
