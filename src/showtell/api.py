@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .data.images import load_tensor
+from .data.images import load_image
 from .decode import Ensemble, decode, sample
 from .distributed import resolve_device
 from .errors import ConfigError, ImageError
@@ -49,20 +49,20 @@ class Captioner:
     def max_pixels(self) -> int:
         return self.config.data.max_image_pixels
 
-    def load_images(self, sources: Sequence[ImageInput]) -> tuple[list[list[torch.Tensor] | None], list[str | None]]:
-        """Each picture prepared for each model (models may differ in size); errors per picture."""
+    def load_images(self, sources: Sequence[ImageInput], max_pixels: int | None = None,
+                    names: Sequence[str] | None = None) -> tuple[list[list[torch.Tensor] | None], list[ImageError | None]]:
+        """Each picture prepared for each model (models may differ in size); an error per picture."""
         prepared, errors = [], []
+        limit = max_pixels or self.max_pixels
         for i, source in enumerate(sources):
-            name = source if isinstance(source, (str, Path)) else f"image {i}"
+            name = names[i] if names else (source if isinstance(source, (str, Path)) else f"image {i}")
             try:
-                image = load_tensor(source, self.models[0].transform, self.max_pixels, name=str(name))
-                tensors = [image] + [load_tensor(source, m.transform, self.max_pixels, name=str(name))
-                                     for m in self.models[1:]]
-                prepared.append(tensors)
+                image = load_image(source, limit, name=str(name))  # decoded once, shaped per model
+                prepared.append([model.transform(image) for model in self.models])
                 errors.append(None)
             except ImageError as error:
                 prepared.append(None)
-                errors.append(str(error))
+                errors.append(error)
         return prepared, errors
 
     @torch.inference_mode()
@@ -121,7 +121,7 @@ class Captioner:
             for i, (source, error) in enumerate(zip(chunk, errors)):
                 name = str(source) if isinstance(source, (str, Path)) else f"image {start + i}"
                 if error:
-                    results.append(CaptionResult(name, error=error))
+                    results.append(CaptionResult(name, error=str(error)))
                     continue
                 results.append(result_from(name, next(hyps), self.grid_side if return_attention else None))
         return results[0] if single else results
