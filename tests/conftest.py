@@ -53,3 +53,58 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def attention_run(tmp_path_factory, synth_dir, tiny_config_args) -> Path:
+    """A tiny Show, Attend and Tell run."""
+    from showtell.cli import main
+
+    out = tmp_path_factory.mktemp("att") / "run"
+    code = main(["--quiet", "train", "--data", str(synth_dir / "dataset.json"), "--out", str(out), *tiny_config_args,
+                 "--set", "model.decoder=attention", "--set", "model.attention_dim=32"])
+    assert code == 0
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`showtell serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, run: Path, *options: str):
+        import subprocess
+        import time
+
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "showtell", "serve", str(run), "--port", str(self.port),
+                                         *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("server exited: " + self.process.stderr.read()[-2000:])
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> str:
+        self.process.terminate()
+        try:
+            _, err = self.process.communicate(timeout=20)
+        except Exception:
+            self.process.kill()
+            _, err = self.process.communicate()
+        return err

@@ -183,7 +183,8 @@ def beam_search(model, features, beam_size: int = 3, max_length: int = 20, lengt
         if bool((fin_score[:, -1] >= bound).all()):
             break
 
-    # images with fewer than n_best finished hypotheses get their best unfinished ones
+    # images with fewer than n_best finished hypotheses get their best unfinished ones, ranked after
+    # every complete caption (a sentence cut off at max_length is a worse answer than a whole one)
     steps = alive_seq.shape[-1]
     alive_score = _normalise(alive_lp, steps, length_penalty)
     alive_order = alive_score.argsort(dim=1, descending=True)[:, :n_best]

@@ -23,12 +23,14 @@ class DataError(ShowtellError):
 
 
 class ImageError(ShowtellError):
-    """One image that cannot be used: unreadable, too large, not an image."""
+    """One image that cannot be used. `kind` says why, for callers that map it to a status:
+    'missing', 'empty', 'format' (not an image), 'corrupt' (truncated, broken) or 'too_large'."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, kind: str = "corrupt"):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.kind = kind
 
 
 class RunError(ShowtellError):

@@ -81,6 +81,8 @@ def read_karpathy(path: Path, data, images_dir: Path) -> list[ImageRecord]:
     if not isinstance(images, list):
         raise DataError(f"{path}: 'images' must be a list")
     records = []
+    seen_keys: dict[str, int] = {}
+    seen_files: dict[str, int] = {}
     for i, item in enumerate(images):
         where = f"{path}: images[{i}]"
         if not isinstance(item, dict):
@@ -110,6 +112,12 @@ def read_karpathy(path: Path, data, images_dir: Path) -> list[ImageRecord]:
             tokens.append(toks)
         key = item.get("cocoid", item.get("imgid"))
         key = str(key) if key is not None else f"{folder}/{filename}".strip("/")
+        location = f"{folder}/{filename}".strip("/")
+        if key in seen_keys:
+            raise DataError(f"{where}: duplicate image id {key} (also images[{seen_keys[key]}])")
+        if location in seen_files:
+            raise DataError(f"{where}: {location} is listed twice (also images[{seen_files[location]}])")
+        seen_keys[key], seen_files[location] = i, i
         extra = {k: item[k] for k in ("scene", "cocoid", "imgid") if k in item}
         records.append(ImageRecord(key, images_dir / folder / filename, _split(item.get("split"), where),
                                    captions, tokens, extra))

@@ -58,25 +58,27 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = DEFAU
         try:
             data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
         except FileNotFoundError:
-            raise ImageError(label, "file not found") from None
+            raise ImageError(label, "file not found", "missing") from None
         except IsADirectoryError:
-            raise ImageError(label, "is a folder, not an image") from None
+            raise ImageError(label, "is a folder, not an image", "format") from None
         except OSError as error:
-            raise ImageError(label, f"cannot read file ({error.strerror or error.__class__.__name__})") from None
+            raise ImageError(label, f"cannot read file ({error.strerror or error.__class__.__name__})", "missing") from None
         if not data:
-            raise ImageError(label, "empty file (0 bytes)")
+            raise ImageError(label, "empty file (0 bytes)", "empty")
         try:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
-            raise ImageError(label, "not an image (unrecognised format)") from None
+            raise ImageError(label, "not an image (unrecognised format)", "format") from None
+        except Image.DecompressionBombError as error:
+            raise ImageError(label, f"possible decompression bomb ({error})", "too_large") from None
         except (OSError, ValueError, SyntaxError) as error:
             raise ImageError(label, f"unreadable image header ({error})") from None
     width, height = image.size
     if width < 1 or height < 1:
-        raise ImageError(label, f"image has no pixels ({width}x{height})")
+        raise ImageError(label, f"image has no pixels ({width}x{height})", "corrupt")
     if width * height > max_pixels:
         raise ImageError(label, f"too many pixels ({width}x{height} = {width * height:,} > limit {max_pixels:,}); "
-                                "possible decompression bomb")
+                                "possible decompression bomb", "too_large")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -86,7 +88,7 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = DEFAU
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
     except Image.DecompressionBombError as error:
-        raise ImageError(label, f"possible decompression bomb ({error})") from None
+        raise ImageError(label, f"possible decompression bomb ({error})", "too_large") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as error:
         reason = str(error) or error.__class__.__name__
         if "truncated" in reason.lower():

@@ -1,0 +1,102 @@
+"""Exact resume after SIGKILL, and falling back from a damaged checkpoint."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+from safetensors import safe_open
+
+ARGS = ["--config", "synth", "--set", "model.embed_dim=32", "--set", "model.hidden_dim=64", "--set", "data.image_size=32",
+        "--set", "train.batch_size=16", "--set", "train.epochs=5", "--set", "train.checkpoint_every=2",
+        "--set", "train.val_max_images=16", "--set", "train.keep_checkpoints=2", "--set", "train.seed=7"]
+
+
+def newest_step(run: Path) -> int:
+    steps = [int(p.name[5:14]) for p in (run / "checkpoints").glob("step-*.state.pt")] if (run / "checkpoints").exists() else []
+    return max(steps, default=-1)
+
+
+def files(run: Path) -> dict:
+    """What a finished run holds. Weight files are compared tensor by tensor (torch.equal), plus
+    their metadata: safetensors writes the metadata keys in a per-process hash order."""
+    def weights(path: Path):
+        with safe_open(path, "pt") as f:
+            return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+    last = max((run / "checkpoints").glob("step-*.safetensors"))
+    out = {name: (run / name).read_bytes() for name in ["history.jsonl", "config.json", "vocab.json"]}
+    out["model"], out["last"] = weights(run / "model.safetensors"), weights(last)
+    return out
+
+
+def same(a, b) -> bool:
+    if isinstance(a, tuple):
+        return a[0] == b[0] and a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+    return a == b
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_runs_end_bitwise_identical(tmp_path, synth_dir):
+    data = ["--data", str(synth_dir / "dataset.json")]
+    whole = run_cli("train", *data, "--out", str(tmp_path / "whole"), *ARGS)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    rng = random.Random(1)
+    command = [sys.executable, "-m", "showtell", "--quiet", "train", *data]
+    kills = 0
+    process = subprocess.Popen(command + ["--out", str(run), *ARGS], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for target in (3, 9, 14):  # steps after which to kill (20 steps in all), at a random moment
+        while newest_step(run) < target and process.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.25))
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            kills += 1
+        process = subprocess.Popen(command[:5] + ["--resume", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()[-2000:]
+    assert kills >= 2
+    a, b = files(tmp_path / "whole"), files(run)
+    for name in a:
+        assert same(a[name], b[name]), f"{name} differs after {kills} kills"
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, synth_dir):
+    data = ["--data", str(synth_dir / "dataset.json")]
+    whole = run_cli("train", *data, "--out", str(tmp_path / "whole"), *ARGS)
+    assert whole.returncode == 0
+    run = tmp_path / "run"
+    shutil.copytree(tmp_path / "whole", run)
+    newest = max((run / "checkpoints").glob("step-*.safetensors"))
+    blob = bytearray(newest.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # one flipped byte in the weights
+    newest.write_bytes(bytes(blob))
+    resumed = run_cli("train", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "is damaged" in resumed.stderr and "trying the previous one" in resumed.stderr
+    # resuming from an earlier checkpoint replays the same steps: still the uninterrupted result
+    assert same(files(tmp_path / "whole")["last"], files(run)["last"])
+
+
+def test_resume_refuses_changed_data_and_unchangeable_settings(tmp_path, trained_run, synth_dir):
+    done = run_cli("train", "--resume", str(trained_run), "--set", "model.hidden_dim=3")
+    assert done.returncode == 2 and "cannot change when resuming" in done.stderr
+    done = run_cli("train", "--resume", str(trained_run), "--config", "synth")
+    assert done.returncode == 2 and "drop --config/--out" in done.stderr
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    done = run_cli("train", "--resume", str(empty))
+    assert done.returncode == 2 and "not a showtell run" in done.stderr and "Traceback" not in done.stderr
