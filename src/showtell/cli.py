@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--max-upload-mb", type=float, default=10, help="largest picture accepted (default 10 MB)")
+    p.add_argument("--max-images", type=int, default=16, help="pictures per request (default 16)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest picture in pixels (default 40 M)")
+    p.add_argument("--max-batch", type=int, default=32, help="pictures captioned together at most (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5, help="how long a request waits for company (default 5 ms)")
+    p.add_argument("--body-timeout", type=float, default=30, help="seconds a client has to send its upload (default 30)")
 
     p = sub.add_parser("demo", help="synthesise data, train, evaluate and show captions (about 5 minutes)")
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="folder for the data and the run (default demo-run)")
@@ -183,6 +189,9 @@ def cmd_train(args) -> int:
     if args.resume:
         from .run import Run
 
+        if args.config or args.out:
+            raise ShowtellError("--resume continues a run with its own config and folder; drop --config/--out "
+                                "(--set may change epochs and self-critical settings)")
         run = Run(args.resume)
         config = run.config()
         sources = run.sources()
@@ -204,7 +213,7 @@ def cmd_train(args) -> int:
                 config = features.adapt(config)
         records = features.records() if features else _records(args, config)
         if args.resume:
-            summary = resume(args.resume, records, args.max_minutes, features=features)
+            summary = resume(args.resume, records, args.max_minutes, features=features, overrides=args.set)
             out = args.resume
         else:
             sources = {"data": [_absolute(spec) for spec in args.data],
@@ -212,9 +221,10 @@ def cmd_train(args) -> int:
                        "features": str(Path(args.features).resolve()) if args.features else None}
             summary = train(config, records, args.out, sources, args.max_minutes, features=features)
             out = args.out
+        main_process = dist.is_main()  # asked before the process group is gone
     finally:
         dist.cleanup()
-    if dist.is_main():
+    if main_process:
         print(f"trained {summary['steps']} steps ({summary['epochs']} epochs); best model in {out}/model.safetensors")
         print(f"next: showtell caption {out} IMAGE...   or   showtell evaluate {out} --data FILE")
     return 0
@@ -299,13 +309,21 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_prepare(args) -> int:
+    from . import distributed as dist
     from .config import load_config
     from .data.features import prepare
+    from .distributed import resolve_device
 
     config = load_config(args.config, args.set)
     records = _records(args, config)
-    out = prepare(records, config, args.out, batch_size=args.batch_size, sources=args.data)
-    print(f"features and vocabulary in {out}; train with: showtell train --features {out} --out RUN_DIR")
+    dist.init(resolve_device(config.train.device).type)  # under torchrun each rank encodes its share
+    try:
+        out = prepare(records, config, args.out, batch_size=args.batch_size, sources=args.data)
+        main_process = dist.is_main()
+    finally:
+        dist.cleanup()
+    if main_process:
+        print(f"features and vocabulary in {out}; train with: showtell train --features {out} --out RUN_DIR")
     return 0
 
 
@@ -318,9 +336,17 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve.app import serve
+    from .serve.app import Limits, serve
 
-    serve(args.run, args.host, args.port, args.device)
+    for name in ("max_upload_mb", "max_images", "max_pixels", "max_batch", "body_timeout"):
+        if getattr(args, name) <= 0:
+            raise ShowtellError(f"--{name.replace('_', '-')}: expected a positive number")
+    if not 0 < args.port < 65536:
+        raise ShowtellError(f"--port: expected 1 to 65535, got {args.port}")
+    file_bytes = int(args.max_upload_mb * (1 << 20))
+    limits = Limits(max_file_bytes=file_bytes, max_request_bytes=file_bytes * args.max_images + (1 << 20),
+                    max_images=args.max_images, max_pixels=args.max_pixels, body_timeout_s=args.body_timeout)
+    serve(args.run, args.host, args.port, args.device, limits, args.max_batch, args.max_wait_ms)
     return 0
 
 

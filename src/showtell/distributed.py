@@ -75,6 +75,16 @@ def all_reduce_sum(value: int | float, device: torch.device) -> float:
     return float(tensor.item())
 
 
+def average_gradients(model: torch.nn.Module) -> None:
+    """Average gradients over ranks by hand (for steps that do not go through DDP's forward)."""
+    if not is_distributed():
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            td.all_reduce(p.grad)
+            p.grad /= world_size()
+
+
 def shard(items: list) -> list:
     """This rank's contiguous share of a global batch (ranks take equal-as-possible slices)."""
     if not is_distributed():

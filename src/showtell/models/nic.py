@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 
 class NICDecoder(nn.Module):
@@ -46,14 +47,36 @@ class NICDecoder(nn.Module):
             c = self.init_c(image).view(b, self.num_layers, self.hidden_dim)
             return h.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous()  # (layers, B, H)
         x = self.dropout(self.image_proj(image)).unsqueeze(1)               # (B, 1, E): the step -1 input
-        _, (h, c) = self.lstm(x)
+        zeros = x.new_zeros(self.num_layers, b, self.hidden_dim)
+        _, (h, c) = self._run_lstm(x, (zeros, zeros))
         return h, c
 
+    def _run_lstm(self, x: torch.Tensor | PackedSequence, state):
+        """nn.LSTM, kept in float32 on the CPU: oneDNN has no bfloat16 LSTM (autocast would fail)."""
+        if state[0].device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                if isinstance(x, PackedSequence):
+                    x = PackedSequence(x.data.float(), x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+                else:
+                    x = x.float()
+                return self.lstm(x, tuple(s.float() for s in state))
+        return self.lstm(x, state)
+
     def forward(self, features: dict[str, torch.Tensor], inputs: torch.Tensor,
-                positions: torch.Tensor | None = None, **_) -> torch.Tensor:
+                positions: torch.Tensor | None = None, pack: bool = True) -> torch.Tensor:
         """Teacher forcing: inputs (B, T) = <start> w1 .. -> logits (B, T, V), or (N, V) for the
-        N positions where `positions` (B, T) is true (skips the vocabulary layer on padding)."""
-        hidden, _ = self.lstm(self.dropout(self.embed(inputs)), self._lstm_state(features))  # (B, T, H)
+        N positions where `positions` (B, T) is true. With `pack`, captions shorter than the
+        longest are packed so the LSTM does no work on their padding; the vocabulary layer only
+        ever runs on real positions."""
+        x = self.dropout(self.embed(inputs))                                # (B, T, E)
+        state = self._lstm_state(features)
+        if pack and positions is not None and bool((positions.sum(1) < inputs.shape[1]).any()):
+            lengths = positions.sum(1).cpu()
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = self._run_lstm(packed, state)
+            hidden, _ = pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])
+        else:
+            hidden, _ = self._run_lstm(x, state)                            # (B, T, H)
         if positions is not None:
             hidden = hidden[positions]                                      # (N, H)
         return self.output(self.dropout(hidden))
@@ -65,6 +88,6 @@ class NICDecoder(nn.Module):
     def step(self, words: torch.Tensor, state: dict[str, torch.Tensor]):
         """One word (B,) -> log-probabilities of the next (B, V), the new state, no attention."""
         h, c = state["h"].transpose(0, 1).contiguous(), state["c"].transpose(0, 1).contiguous()
-        out, (h, c) = self.lstm(self.dropout(self.embed(words)).unsqueeze(1), (h, c))
+        out, (h, c) = self._run_lstm(self.dropout(self.embed(words)).unsqueeze(1), (h, c))
         logprobs = F.log_softmax(self.output(self.dropout(out[:, 0])).float(), dim=-1)
         return logprobs, {"h": h.transpose(0, 1), "c": c.transpose(0, 1)}, None

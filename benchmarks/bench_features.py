@@ -1,0 +1,61 @@
+"""Feature extraction (`showtell prepare`: JPEG files -> decode -> resize/crop -> ResNet-50 -> float16
+cache) against the encoder's pure forward pass on tensors already in memory, and both against the
+machine's FLOP limit measured in the same run."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import machine, matmul_flops, table, timed
+from PIL import Image
+
+from showtell.config import load_config
+from showtell.data.features import prepare
+from showtell.data.formats import ImageRecord
+from showtell.models.encoder import Encoder
+
+NAME, N, BATCH = "resnet50", 64, 16
+GFLOPS_PER_IMAGE = {"resnet50": 8.2, "resnet18": 3.6, "vgg16": 31.0}  # 2 x multiply-adds at 224 px
+
+
+def main(workers: int = 2) -> str:
+    torch.manual_seed(0)
+    flops = matmul_flops()
+    encoder = Encoder(NAME, "none").eval()
+    encoder.freeze(True)
+    batch = torch.randint(0, 255, (BATCH, 3, 224, 224), dtype=torch.uint8)
+    with torch.inference_mode():
+        forward = BATCH / timed(lambda: encoder(batch), repeats=3, warmup=1, min_seconds=1.0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        records = []
+        for i in range(N):  # photo-like JPEGs of mixed sizes, as a dataset folder has them
+            path = Path(tmp) / f"{i}.jpg"
+            Image.effect_noise((480 + i % 5 * 40, 360), 40).convert("RGB").save(path, quality=90)
+            records.append(ImageRecord(str(i), path, "train", ["a picture"], [["a", "picture"]]))
+        rows, rates = [], {}
+        for w in sorted({0, workers}):
+            config = load_config(None, [f"model.encoder={NAME}", "model.encoder_weights=none",
+                                        "model.freeze_encoder=true", f"data.num_workers={w}"])
+            out = Path(tmp) / f"cache{w}"
+            started = time.perf_counter()
+            prepare(records, config, out, batch_size=BATCH, show_progress=False)
+            rates[w] = N / (time.perf_counter() - started)
+    per_image = GFLOPS_PER_IMAGE[NAME] * 1e9
+    rows = [("pure forward pass, tensors in memory", f"{forward:.1f}", "1.00", f"{forward * per_image / flops:.0%}")]
+    for w, rate in rates.items():
+        rows.append((f"showtell prepare, {w} loader workers", f"{rate:.1f}", f"{rate / forward:.2f}",
+                     f"{rate * per_image / flops:.0%}"))
+    best = max(rates.values())
+    return "\n".join([f"feature extraction, {NAME} at 224 px, {N} JPEGs, batches of {BATCH}; {machine()}",
+                      f"fp32 matmul limit measured in this run: {flops / 1e9:.0f} GFLOP/s", "",
+                      table(rows, ("path", "images/s", "of pure forward", "of FLOP limit")), "",
+                      f"prepare reaches {best / forward:.0%} of the pure forward rate"])
+
+
+if __name__ == "__main__":
+    print(main(int(sys.argv[1]) if len(sys.argv) > 1 else 2))

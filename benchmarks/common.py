@@ -1,0 +1,60 @@
+"""Shared helpers: timing that tolerates a noisy shared machine, and the machine's matmul limit."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def timed(fn, repeats: int = 5, warmup: int = 2, min_seconds: float = 0.3) -> float:
+    """Median seconds per call over `repeats` rounds (each round loops until min_seconds)."""
+    for _ in range(warmup):
+        fn()
+    rounds = []
+    for _ in range(repeats):
+        calls, started = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= min_seconds:
+                break
+        rounds.append(elapsed / calls)
+    return statistics.median(rounds)
+
+
+def matmul_flops(dtype=torch.float32, n: int = 2048, device: str = "cpu") -> float:
+    """FLOP/s of a large square matrix product: the machine's practical limit for dense work."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+
+    def run():
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    seconds = timed(run, repeats=3, warmup=1, min_seconds=0.5 if dtype == torch.float32 else 0.05)
+    return 2 * n ** 3 / seconds
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}{gpu}"
+
+
+def table(rows: list[tuple], header: tuple) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])

@@ -1,0 +1,76 @@
+"""torchrun with two CPU processes (gloo) matches one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import free_port
+from safetensors.torch import save_file
+
+from showtell.fileio import load_weights
+from showtell.models.encoder import Encoder
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_and_only_rank_zero_writes(tmp_path, synth_dir):
+    torch.manual_seed(5)
+    weights = tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    # a frozen encoder and no dropout: then the only difference is the order of floating-point sums
+    common = ["train", "--data", str(synth_dir / "dataset.json"), "--config", "synth",
+              "--set", f"model.encoder_weights={weights}", "--set", "model.freeze_encoder=true",
+              "--set", "model.dropout=0", "--set", "data.image_size=32", "--set", "model.hidden_dim=64",
+              "--set", "model.embed_dim=32", "--set", "train.epochs=2", "--set", "train.batch_size=16",
+              "--set", "train.val_max_images=16", "--set", "train.checkpoint_every=3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "showtell", *common, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={free_port()}", "-m", "showtell", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+    a, b = load_weights(tmp_path / "one" / "model.safetensors"), load_weights(tmp_path / "two" / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-4, f"largest weight difference {worst:g}"  # the stated tolerance
+    kept = sorted((tmp_path / "two" / "checkpoints").glob("step-*.safetensors"))
+    first, last = load_weights(kept[0]), load_weights(kept[-1])
+    assert len(kept) > 1 and any(not torch.equal(first[k], last[k]) for k in first)  # training did happen
+
+    # only rank 0 wrote: the same files as one process, one history line per epoch, one summary printed
+    listing = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*"))  # noqa: E731
+    assert listing(tmp_path / "one") == listing(tmp_path / "two")
+    assert len((tmp_path / "two" / "history.jsonl").read_text().splitlines()) == 2
+    assert ddp.stdout.count("trained ") == 1
+
+
+@pytest.mark.slow
+def test_feature_extraction_is_shared_between_ranks(tmp_path, synth_dir):
+    import numpy as np
+
+    weights = tmp_path / "small.safetensors"
+    torch.manual_seed(6)
+    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    common = ["prepare", "--data", str(synth_dir / "dataset.json"), "--config", "synth", "--set", "data.image_size=32",
+              "--set", f"model.encoder_weights={weights}", "--set", "model.freeze_encoder=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "showtell", *common, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={free_port()}", "-m", "showtell", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("features and vocabulary in") == 1
+    # each rank encoded its own half of the pictures, and together they are the single-process cache
+    done = [int(json.loads((tmp_path / "two" / f"progress-{r}.json").read_text())["done"]) for r in (0, 1)]
+    assert done == [40, 40]
+    one, two = np.load(tmp_path / "one" / "global.npy"), np.load(tmp_path / "two" / "global.npy")
+    assert np.abs(one.astype(np.float32) - two.astype(np.float32)).max() <= 1e-2 and np.abs(two).sum() > 0
