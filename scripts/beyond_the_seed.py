@@ -1,4 +1,4 @@
-"""Reproduce issue 5's comparisons on the built-in synthetic scenes (about 25 minutes on 2 CPU cores).
+"""Reproduce issue 5's comparisons on the built-in synthetic scenes (about 18 minutes on 2 CPU cores).
 
 1. Show and Tell (NIC) and Show, Attend and Tell, each trained for the same wall-clock time with
    two seeds, scored on 1,000 fresh pictures overall and on the two-object ones, whose captions
