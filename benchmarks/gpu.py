@@ -2,7 +2,7 @@
 decode, NIC and attention, fp32 and bf16. One prepared command, at most about 5 minutes on an H100/H200:
 
     python benchmarks/gpu.py                 # COCO scale: 123,287 images, 414,113 captions, 10,000 words
-    python benchmarks/gpu.py --scale 0.002 --device cpu     (a smoke run, seconds)
+    python benchmarks/gpu.py --scale 0.002 --device cpu --max-steps 1 --precision fp32   (a smoke run)
 
 Features stand in for a frozen encoder's cache (ResNet: 2048-d vector, 7x7x2048 grid), so the
 numbers are the decoder's: what `showtell train --features` spends per epoch.
@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of COCO's size")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-steps", type=int, default=300, help="timed steps per measurement (then scaled)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--json", action="store_true", help="print the summary on one line")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -99,7 +100,7 @@ def main() -> None:
     for name, make, features, per_step in (
             ("nic", lambda: NICDecoder(VOCAB, 2048, 512, 512, dropout=0.5), global_features, 128),
             ("attention", lambda: AttentionDecoder(VOCAB, 2048, 512, 512, 512, dropout=0.5), grid_features, 64)):
-        for precision in ("fp32", "bf16"):
+        for precision in args.precision:
             decoder = make().to(device)
             results[f"{name}_{precision}_epoch_s"] = round(
                 epoch_seconds(decoder, features, tokens, device, precision, per_step, args.max_steps), 2)

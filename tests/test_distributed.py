@@ -16,25 +16,36 @@ from showtell.fileio import load_weights
 from showtell.models.encoder import Encoder
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_and_only_rank_zero_writes(tmp_path, synth_dir):
-    torch.manual_seed(5)
+def one_and_two_processes(tmp_path, *args: str):
+    """`showtell ARGS --out one` in one process and `--out two` under torchrun with two (gloo)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "showtell", *args, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={free_port()}", "-m", "showtell", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    return ddp
+
+
+def random_small_encoder(tmp_path, seed: int):
+    torch.manual_seed(seed)
     weights = tmp_path / "small.safetensors"
     save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    return weights
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_and_only_rank_zero_writes(tmp_path, synth_dir):
+    weights = random_small_encoder(tmp_path, 5)
     # a frozen encoder and no dropout: then the only difference is the order of floating-point sums
     common = ["train", "--data", str(synth_dir / "dataset.json"), "--config", "synth",
               "--set", f"model.encoder_weights={weights}", "--set", "model.freeze_encoder=true",
               "--set", "model.dropout=0", "--set", "data.image_size=32", "--set", "model.hidden_dim=64",
               "--set", "model.embed_dim=32", "--set", "train.epochs=2", "--set", "train.batch_size=16",
               "--set", "train.val_max_images=16", "--set", "train.checkpoint_every=3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "showtell", *common, "--out", str(tmp_path / "one")],
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={free_port()}", "-m", "showtell", *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ddp = one_and_two_processes(tmp_path, *common)
 
     a, b = load_weights(tmp_path / "one" / "model.safetensors"), load_weights(tmp_path / "two" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -55,19 +66,10 @@ def test_two_processes_equal_one_and_only_rank_zero_writes(tmp_path, synth_dir):
 def test_feature_extraction_is_shared_between_ranks(tmp_path, synth_dir):
     import numpy as np
 
-    weights = tmp_path / "small.safetensors"
-    torch.manual_seed(6)
-    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    weights = random_small_encoder(tmp_path, 6)
     common = ["prepare", "--data", str(synth_dir / "dataset.json"), "--config", "synth", "--set", "data.image_size=32",
               "--set", f"model.encoder_weights={weights}", "--set", "model.freeze_encoder=true"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "showtell", *common, "--out", str(tmp_path / "one")],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={free_port()}", "-m", "showtell", *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ddp = one_and_two_processes(tmp_path, *common)
     assert ddp.stdout.count("features and vocabulary in") == 1
     # each rank encoded its own half of the pictures, and together they are the single-process cache
     done = [int(json.loads((tmp_path / "two" / f"progress-{r}.json").read_text())["done"]) for r in (0, 1)]
