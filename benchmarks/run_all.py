@@ -1,6 +1,6 @@
 """Run every benchmark and print its table; with --write, record them in BENCHMARKS.md.
 
-    python benchmarks/run_all.py [--write]      (about 5 minutes on 2 CPU cores)
+    python benchmarks/run_all.py [--write]      (about 3 minutes on 2 CPU cores)
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as td
@@ -26,6 +27,16 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name} asked for, but no CUDA GPU is available")
     return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX). Without it PyTorch
+    emulates bf16 and autocast is many times slower than fp32 (benchmarks/bench_precision.py)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: do not guess
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def launched_by_torchrun() -> bool:

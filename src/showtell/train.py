@@ -31,7 +31,7 @@ from .config import Config
 from .config import apply as apply_settings
 from .data.batching import CaptionTable, ImageSet, choose_captions, epoch_batches, make_loader, preload
 from .data.formats import ImageRecord
-from .distributed import resolve_device
+from .distributed import cpu_has_native_bf16, resolve_device
 from .errors import ConfigError, DataError, RunError
 from .evaluate import autocast, to_device, validation_scores
 from .fileio import atomic_write_text
@@ -346,6 +346,12 @@ def split_records(records: list[ImageRecord]) -> tuple[list[ImageRecord], list[I
     return train, val
 
 
+def warn_slow_bf16(config: Config, device: torch.device) -> None:
+    if config.train.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16() and dist.is_main():
+        log.warning("train.precision=bf16: this CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16), "
+                    "so bf16 is emulated and slower than fp32 here")
+
+
 def train(config: Config, records: list[ImageRecord], out: str | Path | None, sources: dict | None = None,
           max_minutes: float | None = None, show_progress: bool = True, features=None) -> dict:
     """Train a new model on `records` into run directory `out` (None: keep nothing on disk)."""
@@ -353,6 +359,7 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
     vocab = Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count)
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
+    warn_slow_bf16(config, device)
     model = build_model(config, vocab, pretrained=True, encoder_state=features.encoder_state() if features else None)
     if config.model.word_embeddings:
         config.model.embed_dim = model.decoder.embed.embedding_dim   # the vectors decide
@@ -393,6 +400,7 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     if Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count) != vocab:
         raise RunError(f"{run.path}: the training data differs from the data this run started with")
     device = resolve_device(config.train.device)
+    warn_slow_bf16(config, device)
     model = build_model(config, vocab, pretrained=False)
     if 0 <= config.train.finetune_encoder_after <= int(state["epoch"]) and config.model.freeze_encoder:
         model.encoder.freeze(False)  # the checkpoint was taken while fine-tuning

@@ -260,7 +260,8 @@ class Encoder(nn.Module):
             self.transform = ImageTransform(crop=crop, resize=resize, mode="crop", interpolation=interpolation)
             mean = list(preset.mean) if preset else [0.485, 0.456, 0.406]
             std = list(preset.std) if preset else [0.229, 0.224, 0.225]
-            self.trunk, self.head = _carve(name, model)
+            trunk, self.head = _carve(name, model)
+            self.trunk = trunk.to(memory_format=torch.channels_last)  # oneDNN and cuDNN convolutions prefer NHWC
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         with torch.no_grad():
@@ -290,7 +291,7 @@ class Encoder(nn.Module):
         return (images - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        grid = self.trunk(self.normalize(images))          # (B, C, h, w)
+        grid = self.trunk(self.normalize(images).contiguous(memory_format=torch.channels_last))  # (B, C, h, w)
         vector = self.head(grid)                            # (B, Dg)
         out = {"global": vector, "grid": grid.flatten(2).transpose(1, 2)}  # grid: (B, h*w, C)
         if self.frozen:
