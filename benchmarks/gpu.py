@@ -2,7 +2,7 @@
 decode, NIC and attention, fp32 and bf16. One prepared command, at most about 5 minutes on an H100/H200:
 
     python benchmarks/gpu.py                 # COCO scale: 123,287 images, 414,113 captions, 10,000 words
-    python benchmarks/gpu.py --scale 0.002 --device cpu --max-steps 1 --precision fp32   (a smoke run)
+    python benchmarks/gpu.py --scale 0.001 --device cpu --max-steps 1 --warmup 0 --val-images 8 --precision fp32   (a smoke run)
 
 Features stand in for a frozen encoder's cache (ResNet: 2048-d vector, 7x7x2048 grid), so the
 numbers are the decoder's: what `showtell train --features` spends per epoch.
@@ -29,7 +29,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def epoch_seconds(decoder, features, tokens, device, precision: str, images_per_step: int, max_steps: int) -> float:
+def epoch_seconds(decoder, features, tokens, device, precision: str, images_per_step: int, max_steps: int,
+                  warmup: int = 3) -> float:
     """Time `max_steps` steps of images_per_step pictures x 5 captions; scale to a whole epoch."""
     n = next(iter(features.values())).shape[0]
     optimizer = torch.optim.Adam(decoder.parameters(), 4e-4)
@@ -51,7 +52,7 @@ def epoch_seconds(decoder, features, tokens, device, precision: str, images_per_
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):
+    for _ in range(warmup):
         step()
     sync(device)
     started = time.perf_counter()
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of COCO's size")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-steps", type=int, default=300, help="timed steps per measurement (then scaled)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--val-images", type=int, default=5000, help="pictures decoded for the validation timing")
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     parser.add_argument("--json", action="store_true", help="print the summary on one line")
     args = parser.parse_args()
@@ -96,14 +99,14 @@ def main() -> None:
                "images": n_images, "captions": n_captions, "torch": torch.__version__}
     global_features = {"global": torch.randn(n_images, 2048, device=device, dtype=torch.float16)}
     grid_features = {"grid": torch.randn(n_images, 49, 2048, device=device, dtype=torch.float16)}
-    val = min(5000, n_images)
+    val = min(args.val_images, n_images)
     for name, make, features, per_step in (
             ("nic", lambda: NICDecoder(VOCAB, 2048, 512, 512, dropout=0.5), global_features, 128),
             ("attention", lambda: AttentionDecoder(VOCAB, 2048, 512, 512, 512, dropout=0.5), grid_features, 64)):
         for precision in args.precision:
             decoder = make().to(device)
             results[f"{name}_{precision}_epoch_s"] = round(
-                epoch_seconds(decoder, features, tokens, device, precision, per_step, args.max_steps), 2)
+                epoch_seconds(decoder, features, tokens, device, precision, per_step, args.max_steps, args.warmup), 2)
             results[f"{name}_{precision}_decode_beam3_val_s"] = round(
                 decode_seconds(decoder, {k: v[:val] for k, v in features.items()}, device, precision, val, 3), 2)
             print(json.dumps({k: v for k, v in results.items() if k.startswith(f"{name}_{precision}")}), flush=True)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_gpu_script_smoke_run_reports_seconds_per_epoch():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--scale", "0.001", "--device", "cpu",
-                           "--max-steps", "1", "--precision", "fp32", "--json"],
+                           "--max-steps", "1", "--warmup", "0", "--val-images", "8", "--precision", "fp32", "--json"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
