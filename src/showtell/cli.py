@@ -202,8 +202,7 @@ def cmd_train(args) -> int:
         if not args.out:
             raise ShowtellError("--out: give a run directory to create (or --resume RUN_DIR)")
         config = load_config(args.config, args.set)
-    dist.init(resolve_device(config.train.device).type)
-    try:
+    with dist.process_group(resolve_device(config.train.device).type):
         features = None
         if args.features:
             from .data.features import FeatureCache
@@ -221,10 +220,7 @@ def cmd_train(args) -> int:
                        "features": str(Path(args.features).resolve()) if args.features else None}
             summary = train(config, records, args.out, sources, args.max_minutes, features=features)
             out = args.out
-        main_process = dist.is_main()  # asked before the process group is gone
-    finally:
-        dist.cleanup()
-    if main_process:
+    if dist.is_main():
         print(f"trained {summary['steps']} steps ({summary['epochs']} epochs); best model in {out}/model.safetensors")
         print(f"next: showtell caption {out} IMAGE...   or   showtell evaluate {out} --data FILE")
     return 0
@@ -316,13 +312,9 @@ def cmd_prepare(args) -> int:
 
     config = load_config(args.config, args.set)
     records = _records(args, config)
-    dist.init(resolve_device(config.train.device).type)  # under torchrun each rank encodes its share
-    try:
+    with dist.process_group(resolve_device(config.train.device).type):  # under torchrun each rank encodes its share
         out = prepare(records, config, args.out, batch_size=args.batch_size, sources=args.data)
-        main_process = dist.is_main()
-    finally:
-        dist.cleanup()
-    if main_process:
+    if dist.is_main():
         print(f"features and vocabulary in {out}; train with: showtell train --features {out} --out RUN_DIR")
     return 0
 

@@ -9,6 +9,7 @@ Without torchrun every function here is the single-process identity.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -69,7 +70,21 @@ def local_rank() -> int:
 
 
 def is_main() -> bool:
-    return rank() == 0
+    """Rank 0, or a process outside torchrun. Still right after the process group is gone (when
+    the command prints its summary), because torchrun's RANK stays in the environment."""
+    if is_distributed():
+        return td.get_rank() == 0
+    return not launched_by_torchrun() or int(os.environ["RANK"]) == 0
+
+
+@contextmanager
+def process_group(device_type: str):
+    """Inside: joined to torchrun's process group (when launched by torchrun); left on the way out."""
+    init(device_type)
+    try:
+        yield
+    finally:
+        cleanup()
 
 
 def barrier() -> None:

@@ -88,6 +88,9 @@ class Trainer:
         self.config, self.run, self.vocab = config, run, vocab
         self.model, self.train_data, self.val_data = model.to(device), train, val
         self.device, self.show_progress = device, show_progress
+        if config.train.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16() and dist.is_main():
+            log.warning("train.precision=bf16: this CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16), "
+                        "so bf16 is emulated and slower than fp32 here")
         self.steps_per_epoch = len(epoch_batches(len(train.records), config.train.batch_size, 0, 0))
         self.total_steps = self.steps_per_epoch * config.train.epochs
         self.optimizer = self._make_optimizer()
@@ -346,12 +349,6 @@ def split_records(records: list[ImageRecord]) -> tuple[list[ImageRecord], list[I
     return train, val
 
 
-def warn_slow_bf16(config: Config, device: torch.device) -> None:
-    if config.train.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16() and dist.is_main():
-        log.warning("train.precision=bf16: this CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16), "
-                    "so bf16 is emulated and slower than fp32 here")
-
-
 def train(config: Config, records: list[ImageRecord], out: str | Path | None, sources: dict | None = None,
           max_minutes: float | None = None, show_progress: bool = True, features=None) -> dict:
     """Train a new model on `records` into run directory `out` (None: keep nothing on disk)."""
@@ -359,7 +356,6 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
     vocab = Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count)
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
-    warn_slow_bf16(config, device)
     model = build_model(config, vocab, pretrained=True, encoder_state=features.encoder_state() if features else None)
     if config.model.word_embeddings:
         config.model.embed_dim = model.decoder.embed.embedding_dim   # the vectors decide
@@ -400,7 +396,6 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     if Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count) != vocab:
         raise RunError(f"{run.path}: the training data differs from the data this run started with")
     device = resolve_device(config.train.device)
-    warn_slow_bf16(config, device)
     model = build_model(config, vocab, pretrained=False)
     if 0 <= config.train.finetune_encoder_after <= int(state["epoch"]) and config.model.freeze_encoder:
         model.encoder.freeze(False)  # the checkpoint was taken while fine-tuning

@@ -33,8 +33,8 @@ class SmallCNN(nn.Module):
 
     - the grid: every stage average-pooled to the last stage's (S/16) x (S/16) locations and
       stacked (hypercolumns): 32 + 64 + 128 + 256 = 480 channels at each of 16 places for a 64 px
-      picture, so an attended place carries its colour as well as its shape (a finer 8 x 8 grid
-      trained at half the speed and scored lower on the synthetic scenes);
+      picture, so an attended place carries its colour as well as its shape (a finer 8 x 8 grid,
+      tried once on a busy machine, was slower per step and scored lower on the synthetic scenes);
     - `pooled`: each stage's average and maximum over all locations, 960 numbers, the image vector.
 
     With only the last stage, learning colour from captions stalls for minutes."""
