@@ -20,7 +20,7 @@ def main() -> str:
     for precision in ("fp32", "bf16"):
         def train_step(precision=precision):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = F.cross_entropy(model(features, inputs, positions).float(), targets[positions])
+                loss = F.cross_entropy(model(features, inputs, positions)[0].float(), targets[positions])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -46,7 +46,7 @@ def step_fn(model, pack=None):
     kwargs = {} if pack is None else {"pack": pack}
 
     def step():
-        logits = model(features, inputs, positions, **kwargs)
+        logits, _ = model(features, inputs, positions, **kwargs)
         loss = F.cross_entropy(logits, targets[positions])
         optimizer.zero_grad()
         loss.backward()

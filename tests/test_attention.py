@@ -84,39 +84,70 @@ def test_attention_png_has_one_panel_per_word(attention_run, synth_dir, tmp_path
     assert panels == len(hypothesis.caption.split()) and (tmp_path / "one.png").is_file()
 
 
-def test_scheduled_sampling_and_self_critical_training_run_and_change_weights(tmp_path, synth_dir):
+def test_scheduled_sampling_feeds_back_only_words_that_decoding_could_write():
+    """A decoder that puts nearly all its probability on <unk>, <pad> and <start>: with sampling
+    probability 1 every fed-back word must still be a real word (or <end>)."""
+    from showtell.models.captioner import scheduled_sampling
+    from showtell.vocab import PAD, START, UNK
+
+    fed = []
+
+    class Skewed(torch.nn.Module):
+        def init_state(self, features):
+            return {"h": features["global"]}
+
+        def step(self, words, state):
+            fed.append(words.clone())
+            logits = torch.zeros(words.shape[0], 8)
+            logits[:, [PAD, START, UNK]] = 12.0   # the other five words share about 1e-5
+            return torch.log_softmax(logits, -1), state, None
+
+    torch.manual_seed(0)
+    inputs = torch.full((64, 6), 5)
+    inputs[:, 0] = START
+    logits, penalty = scheduled_sampling(Skewed(), {"global": torch.zeros(64, 1)}, inputs, inputs != PAD, 1.0)
+    fed_back = torch.cat(fed[1:])
+    assert logits.shape == (64 * 6, 8) and float(penalty) == 0.0
+    assert not torch.isin(fed_back, torch.tensor([PAD, START, UNK])).any()
+
+
+def test_scheduled_sampling_trains_and_self_critical_starts_from_the_best_cross_entropy_model(tmp_path, synth_dir):
     records = read_annotations(str(synth_dir / "dataset.json"), None)
     base = ["data.image_size=32", "model.hidden_dim=32", "model.embed_dim=16", "train.batch_size=16",
-            "train.val_max_images=8", "train.warmup_steps=1"]
-    train(load_config("synth", [*base, "train.epochs=1"]), records, tmp_path / "xe", show_progress=False)
-    xe = load_weights(tmp_path / "xe" / "model.safetensors")
-
-    ss = load_config("synth", [*base, "train.epochs=1", "train.scheduled_sampling=linear:0.5:1"])
+            "train.val_max_images=8", "train.warmup_steps=1", "train.epochs=2"]
+    train(load_config("synth", base), records, tmp_path / "xe", show_progress=False)
+    sc = load_config("synth", [*base, "train.scst_epochs=1", "train.scst_lr=0.01", "train.scst_samples=2",
+                               "train.scheduled_sampling=linear:0.5:1"])
+    ss = load_config("synth", [*base, "train.scheduled_sampling=linear:0.5:1"])
     train(ss, records, tmp_path / "ss", show_progress=False)
-    scheduled = load_weights(tmp_path / "ss" / "model.safetensors")
-    assert any(not torch.equal(xe[k], scheduled[k]) for k in xe)  # same seed: only the sampling differs
-
-    sc = load_config("synth", [*base, "train.epochs=1", "train.scst_epochs=1", "train.scst_lr=0.01"])
     summary = train(sc, records, tmp_path / "scst", show_progress=False)
-    assert summary["epochs"] == 2
+    assert summary["epochs"] == 3
     history = [json.loads(x) for x in (tmp_path / "scst" / "history.jsonl").read_text().splitlines()]
-    assert [h["phase"] for h in history] == ["xe", "scst"] and history[1]["scst_advantage"] is not None
-    assert (tmp_path / "scst" / "model-xe.safetensors").is_file()
-    last = max((tmp_path / "scst" / "checkpoints").glob("step-*.safetensors"))
-    after = load_weights(last)
-    started = load_weights(tmp_path / "scst" / "model-xe.safetensors")
-    assert any(not torch.equal(started[k], after[k]) for k in started)
+    assert [h["phase"] for h in history] == ["xe", "xe", "scst"] and history[2]["scst_greedy_cider"] is not None
+    # the self-critical phase started from (and kept a copy of) the best cross-entropy model: the
+    # model the same settings give without self-critical epochs
+    started, xe_only = load_weights(tmp_path / "scst" / "model-xe.safetensors"), load_weights(tmp_path / "ss" / "model.safetensors")
+    assert all(torch.equal(started[k], xe_only[k]) for k in started)
+    plain = load_weights(tmp_path / "xe" / "model.safetensors")
+    assert any(not torch.equal(plain[k], xe_only[k]) for k in plain)   # scheduled sampling did take part
 
 
 def test_attention_trains_from_cached_spatial_features(tmp_path, synth_dir):
-    from showtell.data.features import FeatureCache, prepare
+    from safetensors.torch import save_file
+
+    from showtell.data.features import FeatureCache
+    from showtell.extract import prepare
+    from showtell.models.encoder import Encoder
 
     records = read_annotations(str(synth_dir / "dataset.json"), None)
+    weights = tmp_path / "small.safetensors"   # a "pretrained" encoder: a frozen random one is refused
+    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
     config = load_config("synth", ["model.decoder=attention", "model.attention_dim=16", "model.freeze_encoder=true",
-                                   "data.image_size=32", "model.hidden_dim=16", "train.epochs=1", "train.batch_size=16"])
+                                   f"model.encoder_weights={weights}", "data.image_size=32", "model.hidden_dim=16",
+                                   "train.epochs=1", "train.batch_size=16"])
     prepare(records, config, tmp_path / "cache", show_progress=False)
     cache = FeatureCache.open(tmp_path / "cache")
-    assert cache.arrays["grid"].shape == (80, 4, 480)
+    assert cache.shape("grid") == (80, 4, 480)
     summary = train(cache.adapt(config), cache.records(), tmp_path / "run", show_progress=False, features=cache)
     assert summary["steps"] > 0
 

@@ -145,9 +145,13 @@ def test_the_service_refuses_bad_uploads_without_500(suite, trained_run):
 
 
 def test_training_and_prepare_skip_and_count_bad_pictures(suite, tmp_path, caplog):
+    from safetensors.torch import save_file
+
     from showtell.config import load_config
-    from showtell.data.features import FeatureCache, prepare
+    from showtell.data.features import FeatureCache
     from showtell.data.formats import load_dataset
+    from showtell.extract import prepare
+    from showtell.models.encoder import Encoder
     from showtell.train import train
 
     folder, expected = suite
@@ -165,7 +169,10 @@ def test_training_and_prepare_skip_and_count_bad_pictures(suite, tmp_path, caplo
     for name in bad:
         assert caplog.text.count(f"skipping {folder / name}") == 1, name  # once, not every epoch
 
-    frozen = load_config("synth", ["data.image_size=32", "model.freeze_encoder=true", "data.max_image_pixels=10000000"])
+    weights = tmp_path / "small.safetensors"   # a "pretrained" encoder: a frozen random one is refused
+    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    frozen = load_config("synth", ["data.image_size=32", "model.freeze_encoder=true", "data.max_image_pixels=10000000",
+                                   f"model.encoder_weights={weights}"])
     prepare(records, frozen, tmp_path / "cache", show_progress=False)
     complete = json.loads((tmp_path / "cache" / "complete.json").read_text())
     assert sorted(records[int(i)].path.name for i in complete["bad"]) == bad

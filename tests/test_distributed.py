@@ -63,6 +63,24 @@ def test_two_processes_equal_one_and_only_rank_zero_writes(tmp_path, synth_dir):
 
 
 @pytest.mark.slow
+def test_self_critical_training_under_torchrun_keeps_every_rank_on_the_same_weights(tmp_path, synth_dir):
+    """Every rank starts the self-critical phase from the best cross-entropy model (only rank 0
+    writes it; all read it) and the hand-averaged gradients keep them equal: training compares a
+    checksum of the weights across ranks after every epoch and stops with an error if they differ."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["train", "--data", str(synth_dir / "dataset.json"), "--config", "synth", "--set", "data.image_size=32",
+            "--set", "model.hidden_dim=32", "--set", "model.embed_dim=16", "--set", "train.epochs=2",
+            "--set", "train.scst_epochs=1", "--set", "train.scst_samples=2", "--set", "train.batch_size=16",
+            "--set", "train.val_max_images=8", "--set", "train.lr=0.02", "--out", str(tmp_path / "run")]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={free_port()}", "-m", "showtell", *args],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    history = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [h["phase"] for h in history] == ["xe", "xe", "scst"]
+
+
+@pytest.mark.slow
 def test_feature_extraction_is_shared_between_ranks(tmp_path, synth_dir):
     import numpy as np
 

@@ -15,9 +15,10 @@ import torch
 from safetensors.torch import save_file
 
 from showtell.config import load_config
-from showtell.data.features import FeatureCache, prepare
+from showtell.data.features import FeatureCache
 from showtell.data.formats import read_annotations
 from showtell.errors import DataError
+from showtell.extract import prepare
 from showtell.fileio import load_weights
 from showtell.models.encoder import Encoder
 from showtell.train import train

@@ -17,7 +17,8 @@ from conftest import run_cli
 from safetensors import safe_open
 
 ARGS = ["--config", "synth", "--set", "model.embed_dim=32", "--set", "model.hidden_dim=64", "--set", "data.image_size=32",
-        "--set", "train.batch_size=16", "--set", "train.epochs=5", "--set", "train.checkpoint_every=2",
+        "--set", "train.batch_size=16", "--set", "train.epochs=4", "--set", "train.checkpoint_every=2",
+        "--set", "train.scst_epochs=1", "--set", "train.scst_samples=2",
         "--set", "train.val_max_images=16", "--set", "train.keep_checkpoints=2", "--set", "train.seed=7"]
 
 
@@ -36,6 +37,7 @@ def files(run: Path) -> dict:
     last = max((run / "checkpoints").glob("step-*.safetensors"))
     out = {name: (run / name).read_bytes() for name in ["history.jsonl", "config.json", "vocab.json"]}
     out["model"], out["last"] = weights(run / "model.safetensors"), weights(last)
+    out["model-xe"] = weights(run / "model-xe.safetensors")
     return out
 
 
@@ -46,25 +48,34 @@ def same(a, b) -> bool:
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_runs_end_bitwise_identical(tmp_path, synth_dir):
+def test_stopped_killed_and_resumed_runs_end_bitwise_identical(tmp_path, synth_dir):
+    """A time-budget stop, a SIGTERM (a clean stop: checkpoint, exit 143), then SIGKILLs at random
+    moments, the last in the self-critical epoch; the result is the uninterrupted run's."""
     data = ["--data", str(synth_dir / "dataset.json")]
     whole = run_cli("train", *data, "--out", str(tmp_path / "whole"), *ARGS)
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     run = tmp_path / "killed"
+    budget = run_cli("--quiet", "train", *data, "--out", str(run), *ARGS, "--max-minutes", "0.001")
+    assert budget.returncode == 0, budget.stderr[-2000:]
     rng = random.Random(1)
-    command = [sys.executable, "-m", "showtell", "--quiet", "train", *data]
+    command = [sys.executable, "-m", "showtell", "--quiet", "train", *data, "--resume", str(run)]
     kills = 0
-    process = subprocess.Popen(command + ["--out", str(run), *ARGS], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for target in (3, 9, 14):  # steps after which to kill (20 steps in all), at a random moment
+    for target, how in ((6, signal.SIGTERM), (12, signal.SIGKILL), (21, signal.SIGKILL)):  # 25 steps; 20-25 self-critical
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         while newest_step(run) < target and process.poll() is None:
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.25))
         if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+            os.kill(process.pid, how)
+            _, err = process.communicate(timeout=120)
             kills += 1
-        process = subprocess.Popen(command[:5] + ["--resume", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if how == signal.SIGTERM:
+                assert process.returncode == 143 and "stopped by SIGTERM" in err.decode(), err.decode()[-2000:]
+                assert not list(run.glob(".*.tmp"))
+        else:
+            process.wait()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err.decode()[-2000:]
     assert kills >= 2

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ShowtellError
+from .errors import ShowtellError, Stopped
 from .progress import progress_bar
 
 log = logging.getLogger("showtell")
@@ -307,8 +307,8 @@ def cmd_evaluate(args) -> int:
 def cmd_prepare(args) -> int:
     from . import distributed as dist
     from .config import load_config
-    from .data.features import prepare
     from .distributed import resolve_device
+    from .extract import prepare
 
     config = load_config(args.config, args.set)
     records = _records(args, config)
@@ -366,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.quiet)
     try:
         return COMMANDS[args.command](args)
+    except Stopped as stop:
+        print(f"showtell: {stop}", file=sys.stderr)
+        return stop.exit_code
     except ShowtellError as error:
         print(f"showtell: error: {error}", file=sys.stderr)
         return error.exit_code

@@ -36,11 +36,12 @@ class ModelConfig:
         "scratch on small images) or a torchvision classification model name (vgg16 as in the "
         "Show and Tell write-up, resnet50, efficientnet_b0, convnext_tiny, vit_b_16, ...)")
     encoder_weights: str = setting(
-        "imagenet", "'imagenet' (torchvision's weights, downloaded once into its cache), 'none' "
-        "(random initialisation) or the path of a .pth/.safetensors state dict")
-    freeze_encoder: bool = setting(
-        True, "keep the CNN fixed; a pretrained CNN is normally frozen at first (and its features "
-        "can then be cached), a CNN trained from scratch must not be")
+        "auto", "'imagenet' (torchvision's weights, downloaded once into its cache), 'none' "
+        "(random initialisation), the path of a .pth/.safetensors state dict, or 'auto': imagenet "
+        "for torchvision encoders, none for 'small'")
+    freeze_encoder: bool | None = setting(
+        None, "keep the CNN fixed; empty (auto) freezes pretrained weights (their features can then be "
+        "cached) and trains random ones. A frozen random CNN is refused: it would caption every picture alike")
     decoder: str = setting("nic", "sentence model: 'nic' (Show and Tell LSTM) or 'attention' (Show, Attend and Tell)",
                            choices=("nic", "attention"))
     image_injection: str = setting(
@@ -227,6 +228,9 @@ def apply(config: Config, values: dict[str, Any], where: str = "") -> Config:
         if name not in known:
             raise _unknown(name, known)
         section, key = name.split(".", 1)
+        choices = known[name].metadata["choices"] or ()
+        if isinstance(raw, bool) and "yes" in choices:  # YAML reads a bare `no` as False
+            raw = "yes" if raw else "no"
         value = _convert(name, raw, hints[section][key], where)
         _check_range(name, value, known[name].metadata, where)
         setattr(getattr(result, section), key, value)
@@ -306,21 +310,41 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
             config = apply(config, _read_yaml(text, f"preset {config_file}"), where=f"preset {config_file}: ")
         else:
             raise ConfigError(f"{config_file}: no such config file or preset (presets: {', '.join(preset_names())})")
+    values = parse_overrides(overrides or [])
+    return resolve(apply(config, values, where="--set ") if values else config)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """['model.hidden_dim=512', ...] -> {'model.hidden_dim': '512'}. Values stay text: each is
+    converted by its setting's declared type (YAML would turn `no` into False for a choice)."""
     values = {}
-    for item in overrides or []:
+    for item in items:
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set model.hidden_dim=512")
         key, raw = item.split("=", 1)
-        try:
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            values[key.strip()] = raw
-    return apply(config, values, where="--set ") if values else config
+        values[key.strip()] = raw.strip()
+    return values
+
+
+def resolve(config: Config) -> Config:
+    """Fill in the settings left to follow others ('auto' encoder weights, empty freeze_encoder),
+    once every source has been applied, and refuse combinations that cannot learn."""
+    m = config.model
+    weights = m.encoder_weights
+    if weights == "auto":
+        weights = "none" if m.encoder == "small" else "imagenet"
+    frozen = m.freeze_encoder if m.freeze_encoder is not None else weights != "none"
+    if frozen and weights == "none":
+        raise ConfigError("model.freeze_encoder: a frozen encoder with random weights (model.encoder_weights=none) "
+                          "gives every picture nearly the same features; set model.freeze_encoder=false or give weights")
+    if m.encoder == "small" and weights == "imagenet":
+        raise ConfigError("model.encoder_weights: the small encoder has no ImageNet weights; use 'none' or a file")
+    return dataclasses.replace(config, model=dataclasses.replace(m, encoder_weights=weights, freeze_encoder=frozen))
 
 
 def config_from_dict(tree: dict[str, Any], source: str) -> Config:
     """Rebuild a Config saved as config.json (strict: an unknown key means a mismatched version)."""
-    return apply(Config(), flatten(tree, source), where=f"{source}: ")
+    return resolve(apply(Config(), flatten(tree, source), where=f"{source}: "))
 
 
 def describe() -> str:

@@ -92,13 +92,21 @@ def barrier() -> None:
         td.barrier()
 
 
-def all_reduce_sum(value: int | float, device: torch.device) -> float:
+def _all_reduce(value: float, device: torch.device, op) -> float:
     if not is_distributed():
         return value
     tensor = torch.tensor([float(value)], dtype=torch.float64,
                           device=device if device.type == "cuda" else torch.device("cpu"))
-    td.all_reduce(tensor)
+    td.all_reduce(tensor, op=op)
     return float(tensor.item())
+
+
+def all_reduce_sum(value: int | float, device: torch.device) -> float:
+    return _all_reduce(value, device, td.ReduceOp.SUM if td.is_available() else None)
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    return _all_reduce(value, device, td.ReduceOp.MAX if td.is_available() else None)
 
 
 def average_gradients(model: torch.nn.Module) -> None:

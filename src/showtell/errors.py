@@ -39,3 +39,12 @@ class RunError(ShowtellError):
 
 class WeightsError(ShowtellError):
     """Pretrained weights that cannot be found, downloaded or loaded."""
+
+
+class Stopped(ShowtellError):
+    """Training stopped on a signal (SIGINT, SIGTERM) after saving a checkpoint; the exit status
+    is the shell's 128 + signal number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -11,13 +11,12 @@ import logging
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .data.batching import CaptionTable, make_loader
 from .decode import decode
 from .metrics import perplexity, ptb_tokenize, score_tokenised
 from .results import CaptionResult, hypotheses_from, result_from
-from .vocab import PAD, Vocabulary
+from .vocab import Vocabulary
 
 log = logging.getLogger("showtell")
 
@@ -83,16 +82,12 @@ def teacher_forced_nll(model, images, table: CaptionTable, device: torch.device,
         counts = [table.counts[i] for i in ids.tolist()]
         rows = [table.offsets[i] + c for i, n in zip(ids.tolist(), counts) for c in range(n)]
         tokens = table.batch(rows).to(device)
-        targets = tokens[:, 1:]
-        positions = targets != PAD
         with autocast(device, precision):
             feats = features_of(model, batch, device)
             feats = {k: v.repeat_interleave(torch.tensor(counts, device=v.device), dim=0) for k, v in feats.items()}
-            logits = model(tokens[:, :-1], positions, features=feats)
-            if isinstance(logits, tuple):   # (logits, attention penalty)
-                logits = logits[0]
-        total += float(F.cross_entropy(logits.float(), targets[positions], reduction="sum"))
-        words += int(positions.sum())
+            out = model(tokens, features=feats)
+        total += float(out.nll)
+        words += out.words
     return total, words
 
 
@@ -111,13 +106,14 @@ def split_scores(results: Sequence[CaptionResult], references: Sequence[Sequence
 
 def validation_scores(model, images, table: CaptionTable, references: Sequence[Sequence[str]], vocab: Vocabulary,
                       device: torch.device, beam_size: int, max_length: int, precision: str = "fp32",
-                      limit: int | None = None) -> dict[str, float]:
-    """Loss, perplexity, and BLEU-4/CIDEr-D of decoded captions on (at most `limit` of) a split.
-    Uses the Python PTB tokeniser: no JVM start per epoch, same tokens on ordinary captions."""
+                      limit: int | None = None, length_penalty: float = 0.0, block_unk: bool = True) -> dict[str, float]:
+    """Loss, perplexity, and BLEU-4/CIDEr-D of decoded captions on (at most `limit` of) a split,
+    decoded with the same settings as `evaluate` uses. Uses the Python PTB tokeniser: no JVM
+    start per epoch, same tokens on ordinary captions."""
     indices = list(range(min(len(images), limit or len(images))))
     nll, words = teacher_forced_nll(model, images, table, device, precision=precision, indices=indices)
-    results = caption_images(model, images, device, beam_size, max_length, vocab=vocab, precision=precision,
-                             indices=indices)
+    results = caption_images(model, images, device, beam_size, max_length, length_penalty, block_unk, vocab=vocab,
+                             precision=precision, indices=indices)
     scores, _ = split_scores(results, [references[i] for i in indices], ("Bleu_4", "CIDEr"), use_java=False)
     loss = nll / max(words, 1)
     distinct = len({r.caption for r in results if r.error is None})

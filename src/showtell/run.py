@@ -80,6 +80,12 @@ class Run:
     def has_model(self) -> bool:
         return (self.path / "model.safetensors").is_file()
 
+    def model_is_readable(self) -> bool:
+        try:
+            return self.has_model() and bool(self.weights())
+        except RunError:
+            return False
+
     # --- best model ----------------------------------------------------------------------------
     def save_model(self, model: torch.nn.Module, metadata: dict[str, Any]) -> None:
         save_weights(self.path / "model.safetensors", model.state_dict(),
@@ -99,6 +105,12 @@ class Run:
 
     def rewrite_history(self, records: list[dict[str, Any]]) -> None:
         atomic_write_text(self.path / "history.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+    def clean_temporary_files(self) -> None:
+        """Remove what an atomic write killed half-way left behind (.NAME.XXXX.tmp)."""
+        for folder in (self.path, self.checkpoint_dir):
+            for stale in folder.glob(".*.tmp") if folder.is_dir() else ():
+                stale.unlink(missing_ok=True)
 
     # --- resumable checkpoints -------------------------------------------------------------------
     @property

@@ -7,7 +7,9 @@ own greedy caption, the baseline:
     loss = - sum_s (CIDEr(sample_s) - CIDEr(greedy)) * log p(sample_s | I)
 
 Samples better than what the model would say anyway become more likely, worse ones less. The
-document frequencies of CIDEr-D come once from the training references.
+document frequencies of CIDEr-D come once from the training references. Each picture is encoded
+once: the baseline and the samples read the same features (a trainable encoder's batch norm
+sees one batch, in training mode); the baseline decodes without dropout, as evaluation does.
 """
 
 from __future__ import annotations
@@ -15,53 +17,50 @@ from __future__ import annotations
 import torch
 
 from . import distributed as dist
+from .config import Config
 from .decode import greedy, sample
 from .metrics import CiderD
 from .vocab import Vocabulary
 
 
-def _texts(decoded, vocab: Vocabulary) -> list[str]:
+def texts_of(decoded, vocab: Vocabulary) -> list[str]:
+    """The first hypothesis of each row as text."""
     seqs, lengths = decoded.sequences[:, 0], decoded.lengths[:, 0]
     return [vocab.decode(seqs[i, : int(lengths[i])].tolist()) for i in range(seqs.shape[0])]
 
 
 class SelfCritical:
-    def __init__(self, trainer):
-        self.trainer = trainer
-        records = trainer.train_data.records
-        self.references = [[" ".join(tokens) for tokens in r.tokens] for r in records]
-        self.cider = CiderD(self.references)
+    """The self-critical phase: `loss` of a batch of pictures, for the training loop to minimise.
 
-    def step(self, ids: torch.Tensor, batch, epoch: int) -> float:
-        """One policy-gradient step on a batch of pictures; returns the mean reward over the baseline."""
-        tr = self.trainer
-        t, model, device = tr.config.train, tr.model, tr.device
-        source = {k: v.to(device) for k, v in batch.items()} if isinstance(batch, dict) else batch.to(device)
+    Its decoding goes around DistributedDataParallel's forward, so the loop averages its
+    gradients over ranks by hand (`averages_gradients_itself` is False)."""
+
+    name = "scst"
+    through_ddp = False
+
+    def __init__(self, references: list[list[str]], vocab: Vocabulary, config: Config):
+        self.references = references        # tokenised references joined by spaces, per picture
+        self.cider = CiderD(references)
+        self.vocab, self.config = vocab, config
+
+    def loss(self, model, features: dict[str, torch.Tensor], ids: torch.Tensor, step: int,
+             device: torch.device) -> tuple[torch.Tensor, float]:
+        """(policy-gradient loss to minimise, the greedy captions' mean CIDEr-D on this batch)."""
+        t, d = self.config.train, self.config.decode
         refs = [self.references[i] for i in ids.tolist()]
-        max_length = tr.config.decode.max_length
-
-        model.eval()
         with torch.no_grad():
-            feats = source if isinstance(source, dict) else model.encode(source)
-            baseline = [self.cider.score(text, r) for text, r in zip(_texts(greedy(model, feats, max_length), tr.vocab), refs)]
-
-        model.train()
-        with torch.set_grad_enabled(True):
-            feats = source if isinstance(source, dict) else model.encode(source)
-            generator = torch.Generator(device=device).manual_seed(t.seed * 1_000_003 + tr.global_step)
-            drawn, token_logprobs, mask = sample(model, feats, max_length, generator=generator,
-                                                 samples_per_image=t.scst_samples, block_unk=tr.config.decode.block_unk)
-            texts = _texts(drawn, tr.vocab)
-            n = t.scst_samples
-            advantage = torch.tensor([self.cider.score(text, refs[i // n]) - baseline[i // n] for i, text in enumerate(texts)],
-                                     device=device)
-            tokens = dist.all_reduce_sum(float(mask.sum()), device)
-            loss = -(advantage.unsqueeze(1) * token_logprobs * mask).sum() * dist.world_size() / max(tokens, 1.0)
-        tr.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        dist.average_gradients(model)
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        tr.optimizer.step()
-        tr.scheduler.step()
-        return float(advantage.mean())
+            model.decoder.eval()
+            baseline_out = greedy(model, {k: v.detach() for k, v in features.items()}, d.max_length, d.block_unk)
+            model.decoder.train()
+        baseline = [self.cider.score(text, r) for text, r in zip(texts_of(baseline_out, self.vocab), refs)]
+        generator = torch.Generator(device=device).manual_seed(t.seed * 1_000_003 + step)
+        drawn, token_logprobs, mask = sample(model, features, d.max_length, generator=generator,
+                                             samples_per_image=t.scst_samples, block_unk=d.block_unk)
+        n = t.scst_samples
+        rewards = [self.cider.score(text, refs[i // n]) - baseline[i // n]
+                   for i, text in enumerate(texts_of(drawn, self.vocab))]
+        advantage = torch.tensor(rewards, device=device)
+        # mean over the sampled words of the *global* batch, so N processes match one
+        tokens = dist.all_reduce_sum(float(mask.sum()), device)
+        loss = -(advantage.unsqueeze(1) * token_logprobs * mask).sum() * dist.world_size() / max(tokens, 1.0)
+        return loss, sum(baseline) / max(1, len(baseline))

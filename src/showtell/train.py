@@ -5,11 +5,13 @@ next one; the loss is the mean negative log-likelihood per word, exp(loss) the p
 
     loss = -1/N sum_t log p(S_t | I, S_<t)
 
-Each epoch ends with a validation pass that writes captions for the validation images (greedy
-or a small beam) and scores them; the best score (CIDEr by default) picks `model.safetensors`.
-Every `checkpoint_every` steps a resumable checkpoint saves weights, optimizer, schedule, RNG
-state and the position in the epoch's batch list, so `--resume` continues exactly where the last
-checkpoint left off, with bitwise the same result as an uninterrupted run (on CPU).
+Training runs in phases: cross-entropy (the encoder may be unfrozen after some epochs), then
+optionally self-critical training (scst.py). A phase turns a batch into a loss; `optimise` is the
+one place that steps. Each epoch ends with a validation pass that writes captions for the
+validation images as evaluation does and scores them; the best score picks `model.safetensors`.
+Every `checkpoint_every` steps, at each epoch's end and at each change of phase, a checkpoint
+saves the weights, the optimiser, the `TrainState` and the RNGs, so `--resume` continues exactly
+where the last checkpoint left off, with bitwise the same result as an uninterrupted run (on CPU).
 """
 
 from __future__ import annotations
@@ -18,32 +20,34 @@ import logging
 import math
 import random
 import shutil
+import signal
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import distributed as dist
-from .config import Config
-from .config import apply as apply_settings
+from .config import Config, apply, parse_overrides, resolve
 from .data.batching import CaptionTable, ImageSet, choose_captions, epoch_batches, make_loader, preload
 from .data.formats import ImageRecord
 from .distributed import cpu_has_native_bf16, resolve_device
-from .errors import ConfigError, DataError, RunError
-from .evaluate import autocast, to_device, validation_scores
+from .errors import ConfigError, DataError, RunError, Stopped
+from .evaluate import autocast, features_of, to_device, validation_scores
 from .fileio import atomic_write_text
 from .models.captioner import CaptionModel, build_model
 from .progress import progress_bar
 from .run import Run
-from .schedules import lr_factor, sampling_probability
-from .vocab import PAD, Vocabulary
+from .schedules import Plan, sampling_probability
+from .scst import SelfCritical
+from .vocab import Vocabulary
 
 log = logging.getLogger("showtell")
 
 CACHE_LIMIT_BYTES = 2 << 30
+COLLAPSE_FRACTION = 0.05   # fewer distinct validation captions than this share of pictures: warn
 
 
 def seed_everything(seed: int) -> None:
@@ -52,6 +56,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# --- data ----------------------------------------------------------------------------------------
 @dataclass
 class SplitData:
     records: list[ImageRecord]
@@ -74,261 +79,398 @@ def make_split(records: list[ImageRecord], model: CaptionModel, vocab: Vocabular
         want = config.data.cache_images
         if want == "yes" or (want == "auto" and len(records) * 3 * side * side <= CACHE_LIMIT_BYTES):
             bar = progress_bar(total=len(records), desc=f"loading {split} images", unit="img", leave=False,
-                       disable=not show_progress or not dist.is_main())
+                               disable=not show_progress or not dist.is_main())
             preload(images, bar.update)
             bar.close()
     return SplitData(records, images, CaptionTable(records, vocab, config.data.max_caption_length))
 
 
-class Trainer:
-    """Owns the model, optimiser and data of one training run (one process of a distributed run)."""
+def split_records(records: list[ImageRecord]) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    train = [r for r in records if r.split == "train"]
+    val = [r for r in records if r.split == "val"]
+    if not train:
+        raise DataError("no training images: the data has no records in the 'train' split")
+    return train, val
 
-    def __init__(self, config: Config, run: Run | None, model: CaptionModel, vocab: Vocabulary,
-                 train: SplitData, val: SplitData | None, device: torch.device, show_progress: bool = True):
-        self.config, self.run, self.vocab = config, run, vocab
-        self.model, self.train_data, self.val_data = model.to(device), train, val
-        self.device, self.show_progress = device, show_progress
-        if config.train.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16() and dist.is_main():
-            log.warning("train.precision=bf16: this CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16), "
-                        "so bf16 is emulated and slower than fp32 here")
-        self.steps_per_epoch = len(epoch_batches(len(train.records), config.train.batch_size, 0, 0))
-        self.total_steps = self.steps_per_epoch * config.train.epochs
-        self.optimizer = self._make_optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.best_score, self.best_epoch = -math.inf, None
-        self.skipped: dict[int, str] = {}
-        self.epoch_losses: list[float] = []  # this epoch's batch losses so far, so a resumed epoch reports the same mean
-        self.total_epochs = config.train.epochs + config.train.scst_epochs
-        self.phase, self.scst = "xe", None   # cross-entropy, then self-critical (train.scst_epochs)
-        self.ddp = dist.wrap(self.model, device) if dist.is_distributed() else None
-        self.features_in_use = not isinstance(train.images, ImageSet)
 
-    def _start_finetuning(self) -> None:
-        """Unfreeze a pretrained encoder (train.finetune_encoder_after): from now on features
-        come from the pictures, since the cached ones no longer match the changing CNN."""
-        log.info("fine-tuning the encoder from epoch %d (lr %g)", self.epoch + 1, self.config.train.encoder_lr)
-        self.model.encoder.freeze(False)
-        if self.features_in_use:
-            self.train_data = make_split(self.train_data.records, self.model, self.vocab, self.config, None, "train",
-                                         self.show_progress)
-            if self.val_data is not None:
-                self.val_data = make_split(self.val_data.records, self.model, self.vocab, self.config, None, "val",
-                                           self.show_progress)
-            self.features_in_use = False
-        if self.ddp is not None:  # DDP fixes its parameter set when built
-            self.ddp = dist.wrap(self.model, self.device)
+# --- what one process trains with, and what a checkpoint holds ------------------------------------
+@dataclass
+class Session:
+    """What one process trains with. `run` is readable on every rank; only rank 0 writes to it."""
+    config: Config
+    run: Run | None
+    model: CaptionModel
+    vocab: Vocabulary
+    train: SplitData
+    val: SplitData | None
+    device: torch.device
+    features: object | None = None     # the feature cache, while the encoder stays frozen
+    show_progress: bool = True
+    ddp: torch.nn.Module | None = None
 
-    def _start_scst(self, restoring: bool = False) -> None:
-        """Self-critical fine-tuning starts from the best cross-entropy model, with its own
-        optimiser at a constant train.scst_lr."""
-        from .scst import SelfCritical
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(epoch_batches(len(self.train.records), self.config.train.batch_size, 0, 0))
 
-        if not restoring:
-            log.info("self-critical training (CIDEr-D reward, greedy baseline) for %d epochs", self.config.train.scst_epochs)
-            if self.run is not None and self.run.has_model():
-                self.model.load_state_dict(self.run.weights())
-                if dist.is_main():  # keep the cross-entropy model it started from
-                    shutil.copyfile(self.run.path / "model.safetensors", self.run.path / "model-xe.safetensors")
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=self.config.train.scst_lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
-        self.phase, self.scst = "scst", SelfCritical(self)
+    @property
+    def total_epochs(self) -> int:
+        return self.config.train.epochs + self.config.train.scst_epochs
 
-    # --- optimisation ----------------------------------------------------------------------------
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        t = self.config.train
-        pretrained_encoder = self.config.model.encoder_weights != "none"
-        groups = [{"params": [p for p in self.model.decoder.parameters() if p.requires_grad], "lr": t.lr}]
-        encoder_params = list(self.model.encoder.parameters())
-        # a pretrained encoder, even frozen now, gets its own (small) rate for later fine-tuning
-        groups.append({"params": encoder_params, "lr": t.encoder_lr if pretrained_encoder else t.lr})
-        return torch.optim.Adam(groups, weight_decay=t.weight_decay)
 
-    def _lr_lambda(self, step: int) -> float:
-        t = self.config.train
-        return lr_factor(step, self.total_steps, t.warmup_steps, t.lr_schedule)
+@dataclass
+class TrainState:
+    """Where training stands: everything a checkpoint holds besides weights, optimiser and RNGs."""
+    plan: Plan
+    epoch: int = 0                  # completed epochs
+    step_in_epoch: int = 0
+    global_step: int = 0
+    phase: str = "xe"               # "xe" (cross-entropy) or "scst" (self-critical)
+    best_metric: str = ""           # what best_score measures; another measure starts a new comparison
+    best_score: float = -math.inf   # higher is better
+    best_epoch: int | None = None
+    epoch_values: list[float] = field(default_factory=list)  # this epoch's step losses (or rewards) so far
+    skipped: dict[int, str] = field(default_factory=dict)
+    history_length: int = 0         # history.jsonl lines that belong to this state
 
-    def _encoder_trains(self) -> bool:
-        t = self.config.train
-        if not self.config.model.freeze_encoder:
-            return True
-        return 0 <= t.finetune_encoder_after <= self.epoch
+    def to_dict(self) -> dict:
+        return {**asdict(self), "plan": self.plan.to_dict()}
 
-    # --- one step --------------------------------------------------------------------------------
-    def loss_of(self, ids: torch.Tensor, batch, epoch: int) -> tuple[torch.Tensor, int]:
-        """Sum of word negative log-likelihoods of the batch's captions, and the word count."""
-        t = self.config.train
-        per_image = t.captions_per_image
+    @classmethod
+    def from_dict(cls, saved: dict) -> "TrainState":
+        state = cls(**{**saved, "plan": Plan(**saved["plan"])})
+        state.skipped = {int(k): v for k, v in state.skipped.items()}
+        return state
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            "numpy_pos": int(np.random.get_state()[2]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(saved: dict) -> None:
+    torch.set_rng_state(saved["torch"])
+    random.setstate((3, tuple(int(x) for x in saved["python"]), None))
+    np.random.set_state(("MT19937", saved["numpy"].numpy().astype(np.uint32), int(saved["numpy_pos"]), 0, 0.0))
+    if saved["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+def save_checkpoint(s: Session, state: TrainState, optimizer: torch.optim.Optimizer) -> None:
+    if s.run is not None and dist.is_main():
+        s.run.save_checkpoint(state.global_step, s.model, {"train_state": state.to_dict(), "rng": rng_state(),
+                                                           "optimizer": optimizer.state_dict()},
+                              s.config.train.keep_checkpoints)
+
+
+# --- phases: each turns a batch into a loss ----------------------------------------------------------
+class CrossEntropy:
+    """Teacher forcing over `captions_per_image` captions of each picture; the whole step runs
+    through DistributedDataParallel's forward."""
+
+    name = "xe"
+    through_ddp = True
+
+    def loss(self, s: Session, ids: torch.Tensor, batch, state: TrainState) -> tuple[torch.Tensor, float]:
+        t = s.config.train
+        table = s.train.table
         rows = [r for i in ids.tolist()
-                for r in self.train_data.table.rows_for(i, choose_captions(self.train_data.table.counts[i], per_image,
-                                                                         t.seed, epoch, i))]
-        tokens = self.train_data.table.batch(rows).to(self.device)          # (B*S, T+2)
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        positions = targets != PAD
-        model = self.ddp or self.model
-        source = {"features": to_device(batch, self.device)} if isinstance(batch, dict) else \
-            {"images": batch.to(self.device, non_blocking=True)}
-        p = sampling_probability(t.scheduled_sampling, epoch + self.step_in_epoch / max(1, self.steps_per_epoch))
-        with autocast(self.device, t.precision):
-            logits = model(inputs, positions, repeats=per_image, encoder_grad=self._encoder_trains(),
-                           sampling_probability=p, **source)
-            if isinstance(logits, tuple):                                    # attention adds its penalty
-                logits, penalty = logits
-            else:
-                penalty = None
-            loss_sum = F.cross_entropy(logits.float(), targets[positions], reduction="sum")
-            if penalty is not None:
-                loss_sum = loss_sum + penalty.float() * positions.sum() / positions.shape[0]
-        return loss_sum, int(positions.sum())
-
-    def train_step(self, ids, batch, epoch: int) -> float:
-        self.model.train()
-        loss_sum, n_words = self.loss_of(ids, batch, epoch)
+                for r in table.rows_for(i, choose_captions(table.counts[i], t.captions_per_image, t.seed, state.epoch, i))]
+        tokens = table.batch(rows).to(s.device)                              # (B*S, T+2)
+        source = {"features": to_device(batch, s.device)} if isinstance(batch, dict) else \
+            {"images": batch.to(s.device, non_blocking=True)}
+        p = sampling_probability(t.scheduled_sampling, state.epoch + state.step_in_epoch / max(1, s.steps_per_epoch))
+        with autocast(s.device, t.precision):
+            out = (s.ddp or s.model)(tokens, repeats=t.captions_per_image, encoder_grad=not s.model.encoder.frozen,
+                                     sampling_probability=p, **source)
         # mean over the words of the *global* batch, so N processes match one process exactly
-        total_words = dist.all_reduce_sum(n_words, self.device)
-        loss = loss_sum * dist.world_size() / max(total_words, 1)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(loss_sum.detach()) / max(n_words, 1)
+        total_words = dist.all_reduce_sum(out.words, s.device)
+        return out.loss * dist.world_size() / max(total_words, 1), float(out.loss.detach()) / max(out.words, 1)
 
-    # --- checkpoints -------------------------------------------------------------------------------
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "phase": self.phase,
-                "best_score": self.best_score, "best_epoch": self.best_epoch,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng_torch": torch.get_rng_state(), "rng_python": list(random.getstate()[1]),
-                "rng_numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-                "rng_numpy_pos": int(np.random.get_state()[2]),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "skipped": dict(self.skipped), "epoch_losses": list(self.epoch_losses)}
 
-    def save_checkpoint(self) -> None:
-        if self.run is not None and dist.is_main():
-            self.run.save_checkpoint(self.global_step, self.model, self.state(), self.config.train.keep_checkpoints)
+class SelfCriticalPhase:
+    """scst.SelfCritical on the session's pictures: encode each batch once, then its loss."""
 
-    def restore(self, weights: dict, state: dict) -> None:
-        self.model.load_state_dict(weights)
-        if state.get("phase") == "scst":
-            self._start_scst(restoring=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-        self.global_step = int(state["global_step"])
-        self.best_score, self.best_epoch = float(state["best_score"]), state["best_epoch"]
-        torch.set_rng_state(state["rng_torch"])
-        random.setstate((3, tuple(int(x) for x in state["rng_python"]), None))
-        np.random.set_state(("MT19937", state["rng_numpy"].numpy().astype(np.uint32), int(state["rng_numpy_pos"]), 0, 0.0))
-        if state.get("rng_cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        self.skipped = {int(k): v for k, v in state.get("skipped", {}).items()}
-        self.epoch_losses = [float(x) for x in state.get("epoch_losses", [])]
+    name = "scst"
+    through_ddp = False
 
-    # --- validation ----------------------------------------------------------------------------------
-    def validate(self, train_loss: float | None) -> dict:
-        t = self.config.train
-        record = {"epoch": self.epoch, "step": self.global_step, "phase": self.phase, "train_loss": train_loss,
-                  "train_perplexity": math.exp(min(train_loss, 50)) if train_loss is not None else None,
-                  "lr": self.optimizer.param_groups[0]["lr"]}
-        if self.phase == "scst":  # the running value is the reward over the greedy baseline, not a loss
-            record.update(train_loss=None, train_perplexity=None, scst_advantage=train_loss)
-        if self.val_data is not None and len(self.val_data.records):
-            record.update(validation_scores(self.model, self.val_data.images, self.val_data.table,
-                                            self.val_data.references, self.vocab, self.device, t.val_beam_size,
-                                            self.config.decode.max_length, t.precision, t.val_max_images))
-            metric = "val_loss" if t.val_metric == "loss" else f"val_{t.val_metric}"
-            value = -record[metric] if t.val_metric == "loss" else record[metric]
-        else:
-            value = -train_loss if train_loss is not None else 0.0
-        record["best"] = value > self.best_score
-        if record["best"]:
-            self.best_score, self.best_epoch = value, self.epoch
-            if self.run is not None:
-                self.run.save_model(self.model, {"epoch": self.epoch, "step": self.global_step,
-                                                 "val_metric": t.val_metric, "val_score": value})
-        if self.run is not None:
-            self.run.append_history(record)
-        return record
+    def __init__(self, s: Session):
+        references = [[" ".join(tokens) for tokens in r.tokens] for r in s.train.records]
+        self.critic = SelfCritical(references, s.vocab, s.config)
 
-    # --- the loop ------------------------------------------------------------------------------------
-    def _out_of_time(self, deadline: float | None) -> bool:
-        """Every rank must stop at the same step, so rank 0's clock decides for all."""
-        if deadline is None:
-            return False
-        late = float(time.monotonic() > deadline) if dist.is_main() else 0.0
-        return dist.all_reduce_sum(late, self.device) > 0
+    def loss(self, s: Session, ids: torch.Tensor, batch, state: TrainState) -> tuple[torch.Tensor, float]:
+        with autocast(s.device, s.config.train.precision):
+            features = features_of(s.model, batch, s.device)
+            return self.critic.loss(s.model, features, ids, state.global_step, s.device)
 
-    def fit(self, max_minutes: float | None = None) -> dict:
-        t = self.config.train
-        deadline = time.monotonic() + 60 * max_minutes if max_minutes else None
-        stopped_early = False
-        last_record = None
-        if self.global_step == 0:
-            self.save_checkpoint()  # so that --resume works even after a kill in the very first steps
-        while self.epoch < self.total_epochs and not stopped_early:
-            if self._encoder_trains() and self.model.encoder.frozen:
-                self._start_finetuning()
-            if self.epoch >= t.epochs and self.phase == "xe":
-                self._start_scst()
-            batches = epoch_batches(len(self.train_data.records), t.batch_size, t.seed, self.epoch)
-            todo = [dist.shard(b) for b in batches[self.step_in_epoch:]]
-            loader = make_loader(self.train_data.images, todo, self.config.data.num_workers,
-                                 pin_memory=self.device.type == "cuda")
-            label = f"epoch {self.epoch + 1}/{self.total_epochs}" + (" (self-critical)" if self.phase == "scst" else "")
-            bar = progress_bar(total=len(batches), initial=self.step_in_epoch, desc=label,
-                               unit="batch", disable=not self.show_progress or not dist.is_main())
-            losses, started, seen = self.epoch_losses, time.monotonic(), 0
+
+def make_optimizer(s: Session, phase: str) -> torch.optim.Optimizer:
+    """Adam with each group's base rate kept as `initial_lr`, which the plan's factor scales."""
+    t, model = s.config.train, s.model
+    if phase == "scst":
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": t.scst_lr}]
+    else:
+        # a pretrained encoder, even frozen now, gets its own (small) rate for later fine-tuning
+        pretrained = s.config.model.encoder_weights != "none"
+        groups = [{"params": [p for p in model.decoder.parameters() if p.requires_grad], "lr": t.lr},
+                  {"params": list(model.encoder.parameters()), "lr": t.encoder_lr if pretrained else t.lr}]
+    for group in groups:
+        group["initial_lr"] = group["lr"]
+    return torch.optim.Adam(groups, weight_decay=t.weight_decay if phase == "xe" else 0.0)
+
+
+def phase_plan(s: Session, phase: str) -> Plan:
+    t = s.config.train
+    if phase == "scst":
+        return Plan(total_steps=s.steps_per_epoch * t.scst_epochs, kind="constant")
+    return Plan(total_steps=s.steps_per_epoch * t.epochs, warmup_steps=t.warmup_steps, kind=t.lr_schedule)
+
+
+def make_phase(s: Session, phase: str):
+    return SelfCriticalPhase(s) if phase == "scst" else CrossEntropy()
+
+
+def optimise(s: Session, optimizer: torch.optim.Optimizer, loss: torch.Tensor, factor: float, through_ddp: bool) -> None:
+    """The one update step of every phase: backward, gradient averaging, clipping, Adam."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if not through_ddp:
+        dist.average_gradients(s.model)
+    if s.config.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.config.train.grad_clip)
+    optimizer.step()
+
+
+# --- changes of phase ---------------------------------------------------------------------------------
+def start_finetuning(s: Session, state: TrainState) -> Session:
+    """Unfreeze a pretrained encoder (train.finetune_encoder_after): from now on features come from
+    the pictures, since cached ones no longer match the changing CNN."""
+    log.info("fine-tuning the encoder from epoch %d (lr %g)", state.epoch + 1, s.config.train.encoder_lr)
+    s.model.encoder.freeze(False)
+    if s.features is not None:
+        s = replace(s, features=None,
+                    train=make_split(s.train.records, s.model, s.vocab, s.config, None, "train", s.show_progress),
+                    val=make_split(s.val.records, s.model, s.vocab, s.config, None, "val", s.show_progress)
+                    if s.val is not None else None)
+    return replace(s, ddp=dist.wrap(s.model, s.device) if s.ddp is not None else None)  # DDP fixes its parameters
+
+
+def start_self_critical(s: Session, state: TrainState) -> None:
+    """Self-critical training starts, on every rank, from the best cross-entropy model (kept as
+    model-xe.safetensors), with its own optimiser at a constant train.scst_lr."""
+    log.info("self-critical training (CIDEr-D reward, greedy baseline) for %d epochs", s.config.train.scst_epochs)
+    dist.barrier()                     # rank 0 has written its last cross-entropy model
+    if s.run is not None and s.run.has_model():
+        s.model.load_state_dict(s.run.weights())
+        if dist.is_main():
+            shutil.copyfile(s.run.path / "model.safetensors", s.run.path / "model-xe.safetensors")
+    state.phase, state.plan = "scst", phase_plan(s, "scst")
+
+
+def encoder_should_train(config: Config, epoch: int) -> bool:
+    return not config.model.freeze_encoder or 0 <= config.train.finetune_encoder_after <= epoch
+
+
+# --- validation and the best model --------------------------------------------------------------------
+def validate(s: Session, state: TrainState, train_value: float | None, lr: float) -> dict:
+    """The epoch's record: training loss (or the self-critical phase's greedy CIDEr-D on the training
+    batches) and, with a validation split, scores of decoded captions, decoded as `evaluate` does."""
+    t, d = s.config.train, s.config.decode
+    record = {"epoch": state.epoch, "step": state.global_step, "phase": state.phase, "lr": lr}
+    if state.phase == "scst":
+        record.update(train_loss=None, train_perplexity=None, scst_greedy_cider=train_value)
+    else:
+        record.update(train_loss=train_value,
+                      train_perplexity=math.exp(min(train_value, 50)) if train_value is not None else None)
+    if s.val is not None and len(s.val.records):
+        record.update(validation_scores(s.model, s.val.images, s.val.table, s.val.references, s.vocab, s.device,
+                                        t.val_beam_size, d.max_length, t.precision, t.val_max_images,
+                                        length_penalty=d.length_penalty, block_unk=d.block_unk))
+    return record
+
+
+def score_of(record: dict, config: Config) -> tuple[str, float] | None:
+    """(what is measured, the value; higher is better) for choosing the best model."""
+    metric = config.train.val_metric
+    if "val_loss" in record:
+        return (f"val_{metric}", -record["val_loss"]) if metric == "loss" else (f"val_{metric}", record[f"val_{metric}"])
+    if record.get("scst_greedy_cider") is not None:
+        return "train_greedy_CIDEr", record["scst_greedy_cider"]
+    if record.get("train_loss") is not None:
+        return "train_loss", -record["train_loss"]
+    return None
+
+
+def choose_best(state: TrainState, scored: tuple[str, float] | None) -> bool:
+    """Whether this epoch's model is the best so far; scores of another measure (the self-critical
+    phase without a validation split) start a new comparison instead of meeting other units."""
+    if scored is None:
+        return False
+    metric, value = scored
+    if metric == state.best_metric and value <= state.best_score:
+        return False
+    state.best_metric, state.best_score, state.best_epoch = metric, value, state.epoch
+    return True
+
+
+def end_epoch(s: Session, state: TrainState, lr: float) -> dict | None:
+    """Validate (rank 0), keep the best model and the history line, warn on collapse."""
+    values = state.epoch_values
+    train_value = sum(values) / len(values) if values else None
+    state.epoch, state.step_in_epoch, state.epoch_values = state.epoch + 1, 0, []
+    check_replicas(s)
+    if not dist.is_main():
+        return None
+    record = validate(s, state, train_value, lr)
+    record["best"] = choose_best(state, score_of(record, s.config))
+    if record["best"] and s.run is not None:
+        s.run.save_model(s.model, {"epoch": state.epoch, "step": state.global_step, "val_metric": state.best_metric,
+                                   "val_score": state.best_score})
+    if s.run is not None:
+        s.run.append_history(record)
+        state.history_length += 1
+    warn_if_collapsed(record, s.config)
+    log.info(format_record(record))
+    return record
+
+
+def check_replicas(s: Session) -> None:
+    """Every rank must hold the same weights (DDP and hand-averaged gradients keep them so only if
+    they start equal): compare a checksum at each epoch's end."""
+    if not dist.is_distributed():
+        return
+    with torch.no_grad():
+        checksum = float(sum(p.double().sum() for p in s.model.parameters()))
+    spread = dist.all_reduce_max(checksum, s.device) + dist.all_reduce_max(-checksum, s.device)
+    if spread > 1e-6 * max(1.0, abs(checksum)):
+        raise RunError(f"the {dist.world_size()} processes hold different weights (checksums differ by {spread:g}); "
+                       "this is a showtell bug, please report it")
+
+
+def warn_if_collapsed(record: dict, config: Config) -> None:
+    """The field's best-known failure: the same caption for every picture."""
+    images, distinct = record.get("val_images", 0), record.get("val_distinct_captions", 0)
+    if images >= 20 and distinct < COLLAPSE_FRACTION * images:
+        m = config.model
+        causes = ["a frozen encoder" + (" with random weights" if m.encoder_weights == "none" else "")
+                  if m.freeze_encoder else "an encoder that has not learnt yet",
+                  f"train.lr={config.train.lr:g} too high or too low", "too few epochs", "captions that do not depend on the picture"]
+        log.warning("validation captions collapsed: %d distinct captions for %d pictures after epoch %d; likely causes: %s",
+                    distinct, images, record["epoch"], "; ".join(causes))
+
+
+def ensure_model(s: Session, state: TrainState) -> None:
+    """A run stopped before its first validation (or whose best model file is damaged) still gets a
+    model package: the current weights, marked as not validated."""
+    if s.run is None or not dist.is_main():
+        return
+    if s.run.model_is_readable():
+        return
+    if s.run.has_model():
+        log.warning("%s/model.safetensors is damaged; replacing it with the current weights (not validated)", s.run.path)
+    s.run.save_model(s.model, {"epoch": state.epoch, "step": state.global_step, "val_metric": "none (not validated)"})
+
+
+# --- the loop ------------------------------------------------------------------------------------------
+@contextmanager
+def stop_signals():
+    """SIGINT and SIGTERM (cluster schedulers stop jobs with it) ask the loop to stop after the
+    current step, save a checkpoint and exit; `requested` holds the signal."""
+    requested: list[int] = []
+    handlers = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handlers[signum] = signal.signal(signum, lambda number, frame: requested.append(number))
+    except ValueError:            # not the main thread: leave signals alone
+        pass
+    try:
+        yield requested
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def should_stop(deadline: float | None, requested: list[int], device: torch.device) -> bool:
+    """Every rank must stop at the same step: rank 0's clock, and any rank's signal, decide for all."""
+    late = deadline is not None and dist.is_main() and time.monotonic() > deadline
+    return dist.all_reduce_sum(float(late or bool(requested)), device) > 0
+
+
+def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_minutes: float | None) -> dict:
+    t = s.config.train
+    deadline = time.monotonic() + 60 * max_minutes if max_minutes else None
+    phase = make_phase(s, state.phase)
+    stopped = False
+    if state.global_step == 0:
+        save_checkpoint(s, state, optimizer)  # so that --resume works even after a kill in the very first steps
+    with stop_signals() as requested:
+        while state.epoch < s.total_epochs and not stopped:
+            if state.phase == "xe" and state.epoch >= t.epochs:
+                start_self_critical(s, state)
+                phase, optimizer = make_phase(s, "scst"), make_optimizer(s, "scst")
+                save_checkpoint(s, state, optimizer)  # the change of phase is part of the resumable state
+            if encoder_should_train(s.config, state.epoch) and s.model.encoder.frozen:
+                s = start_finetuning(s, state)
+            batches = epoch_batches(len(s.train.records), t.batch_size, t.seed, state.epoch)
+            loader = make_loader(s.train.images, [dist.shard(b) for b in batches[state.step_in_epoch:]],
+                                 s.config.data.num_workers, pin_memory=s.device.type == "cuda")
+            label = f"epoch {state.epoch + 1}/{s.total_epochs}" + (" (self-critical)" if state.phase == "scst" else "")
+            value_name = "greedy_cider" if state.phase == "scst" else "loss"
+            bar = progress_bar(total=len(batches), initial=state.step_in_epoch, desc=label, unit="batch",
+                               disable=not s.show_progress or not dist.is_main())
+            started, seen = time.monotonic(), 0
             for ids, batch, bad in loader:
                 for index, message in bad:
-                    if index not in self.skipped:
-                        self.skipped[index] = message
+                    if index not in state.skipped:
+                        state.skipped[index] = message
                         log.warning("skipping %s", message)
                 if batch is not None and len(ids):
-                    step = self.scst.step if self.phase == "scst" else self.train_step
-                    losses.append(step(ids, batch, self.epoch))
+                    s.model.train()
+                    loss, value = phase.loss(s, ids, batch, state)
+                    optimise(s, optimizer, loss, state.plan.factor(state.global_step), phase.through_ddp)
+                    state.epoch_values.append(value)
                     seen += len(ids) * dist.world_size()
-                self.step_in_epoch += 1
-                self.global_step += 1
+                state.step_in_epoch += 1
+                state.global_step += 1
                 bar.update(1)
-                rate = seen / max(time.monotonic() - started, 1e-9)
-                name = "advantage" if self.phase == "scst" else "loss"
-                bar.set_postfix({name: f"{losses[-1]:.3f}" if losses else "-", "img_s": f"{rate:.0f}"}, refresh=False)
-                if self.global_step % t.checkpoint_every == 0:
-                    self.save_checkpoint()
-                if self._out_of_time(deadline):
-                    stopped_early = True
+                last = f"{state.epoch_values[-1]:.3f}" if state.epoch_values else "-"
+                bar.set_postfix({value_name: last, "img_s": f"{seen / max(time.monotonic() - started, 1e-9):.0f}"},
+                                refresh=False)
+                if state.global_step % t.checkpoint_every == 0:
+                    save_checkpoint(s, state, optimizer)
+                if should_stop(deadline, requested, s.device):
+                    stopped = True
                     break
             bar.close()
-            train_loss = sum(losses) / len(losses) if losses else None
-            finished_epoch = not stopped_early or self.step_in_epoch >= len(batches)
-            if finished_epoch:
-                self.epoch, self.step_in_epoch, self.epoch_losses = self.epoch + 1, 0, []
-            last_record = self.validate(train_loss) if dist.is_main() else None
+            if state.step_in_epoch >= len(batches):
+                end_epoch(s, state, optimizer.param_groups[0]["lr"])   # a stop mid-epoch validates nothing: the epoch continues on --resume
             dist.barrier()
-            self.save_checkpoint()
-            if last_record and dist.is_main():
-                log.info(format_record(last_record))
-        if stopped_early and dist.is_main():
-            log.info("stopped at the %.1f-minute budget after %d steps; the best checkpoint is kept",
-                     max_minutes, self.global_step)
-        if self.skipped and dist.is_main():
-            log.warning("%d unreadable images were skipped during training (first: %s)",
-                        len(self.skipped), next(iter(self.skipped.values())))
-        return {"epochs": self.epoch, "steps": self.global_step, "best_epoch": self.best_epoch,
-                "best_score": self.best_score, "stopped_early": stopped_early, "last": last_record,
-                "skipped_images": len(self.skipped)}
+            save_checkpoint(s, state, optimizer)
+    ensure_model(s, state)
+    if requested:
+        name = signal.Signals(requested[0]).name
+        raise Stopped(requested[0], f"stopped by {name} at step {state.global_step}; checkpoint saved "
+                                    f"(continue with --resume {s.run.path if s.run else 'RUN'})")
+    if stopped and dist.is_main():
+        log.info("stopped at the %.1f-minute budget after %d steps; the best checkpoint is kept",
+                 max_minutes, state.global_step)
+    if state.skipped and dist.is_main():
+        log.warning("%d unreadable images were skipped during training (first: %s)",
+                    len(state.skipped), next(iter(state.skipped.values())))
+    return {"epochs": state.epoch, "steps": state.global_step, "best_epoch": state.best_epoch,
+            "best_score": state.best_score, "best_metric": state.best_metric, "stopped_early": stopped,
+            "skipped_images": len(state.skipped)}
 
 
 def format_record(record: dict) -> str:
     parts = [f"epoch {record['epoch']}"]
     if record.get("train_loss") is not None:
         parts.append(f"train loss {record['train_loss']:.3f} (ppl {record['train_perplexity']:.2f})")
-    if record.get("scst_advantage") is not None:
-        parts.append(f"self-critical advantage {record['scst_advantage']:+.3f}")
+    if record.get("scst_greedy_cider") is not None:
+        parts.append(f"self-critical: greedy CIDEr-D on training batches {record['scst_greedy_cider']:.3f}")
     if "val_loss" in record:
         parts.append(f"val loss {record['val_loss']:.3f} (ppl {record['val_perplexity']:.2f})")
     for key in ("val_Bleu_4", "val_CIDEr"):
@@ -341,32 +483,42 @@ def format_record(record: dict) -> str:
     return ", ".join(parts)
 
 
-def split_records(records: list[ImageRecord]) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    train = [r for r in records if r.split == "train"]
-    val = [r for r in records if r.split == "val"]
-    if not train:
-        raise DataError("no training images: the data has no records in the 'train' split")
-    return train, val
+# --- starting and resuming ------------------------------------------------------------------------------
+def open_session(config: Config, run: Run | None, model: CaptionModel, vocab: Vocabulary, records: list[ImageRecord],
+                 features, show_progress: bool) -> Session:
+    """The session for `model`: device, data of both splits, DDP. Shared by train and resume."""
+    device = resolve_device(config.train.device)
+    if config.train.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16() and dist.is_main():
+        log.warning("train.precision=bf16: this CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16), "
+                    "so bf16 is emulated and slower than fp32 here")
+    train_records, val_records = split_records(records)
+    if not model.encoder.frozen:
+        features = None   # a training encoder needs the pictures
+    model.to(device)
+    s = Session(config, run, model, vocab,
+                make_split(train_records, model, vocab, config, features, "train", show_progress),
+                make_split(val_records, model, vocab, config, features, "val", show_progress) if val_records else None,
+                device, features, show_progress)
+    return replace(s, ddp=dist.wrap(model, device) if dist.is_distributed() else None)
 
 
 def train(config: Config, records: list[ImageRecord], out: str | Path | None, sources: dict | None = None,
           max_minutes: float | None = None, show_progress: bool = True, features=None) -> dict:
     """Train a new model on `records` into run directory `out` (None: keep nothing on disk)."""
+    config = resolve(config)
     train_records, val_records = split_records(records)
     vocab = Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count)
     seed_everything(config.train.seed)
-    device = resolve_device(config.train.device)
     model = build_model(config, vocab, pretrained=True, encoder_state=features.encoder_state() if features else None)
     if config.model.word_embeddings:
         config.model.embed_dim = model.decoder.embed.embedding_dim   # the vectors decide
-    run = None
     if out is not None and dist.is_main():
-        run = Run.create(out, config, vocab, sources or {})
+        Run.create(out, config, vocab, sources or {})
     dist.barrier()
-    train_data = make_split(train_records, model, vocab, config, features, "train", show_progress)
-    val_data = make_split(val_records, model, vocab, config, features, "val", show_progress) if val_records else None
-    trainer = Trainer(config, run, model, vocab, train_data, val_data, device, show_progress)
-    summary = trainer.fit(max_minutes if max_minutes is not None else config.train.max_minutes)
+    run = Run(out) if out is not None else None
+    s = open_session(config, run, model, vocab, records, features, show_progress)
+    state = TrainState(plan=phase_plan(s, "xe"))
+    summary = fit(s, state, make_optimizer(s, "xe"), max_minutes if max_minutes is not None else config.train.max_minutes)
     summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
     return summary
 
@@ -376,37 +528,54 @@ RESUME_SETTINGS = ("train.epochs", "train.scst_epochs", "train.scst_lr", "train.
                    "data.num_workers", "train.device")
 
 
+def resume_config(run: Run, overrides: list[str] | None) -> Config:
+    """The run's config with the `--set` changes that do not alter what was already trained."""
+    values = parse_overrides(overrides or [])
+    for key in values:
+        if key not in RESUME_SETTINGS:
+            raise ConfigError(f"--set {key}: cannot change when resuming (allowed: {', '.join(RESUME_SETTINGS)})")
+    return resolve(apply(run.config(), values, where="--set ")) if values else run.config()
+
+
 def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | None = None,
            show_progress: bool = True, features=None, overrides: list[str] | None = None) -> dict:
-    """Continue the run in `path` from its newest good checkpoint. `overrides` may change the
-    settings that do not alter what was already trained (more epochs, self-critical epochs, ...)."""
+    """Continue the run in `path` from its newest good checkpoint. Everything is checked before
+    anything in the run is written: a refused resume leaves the run as it was."""
     run = Run(path)
-    config, vocab = run.config(), run.vocab()
-    if overrides:
-        values = {}
-        for item in overrides:
-            key = item.split("=", 1)[0].strip()
-            if key not in RESUME_SETTINGS:
-                raise ConfigError(f"--set {key}: cannot change when resuming (allowed: {', '.join(RESUME_SETTINGS)})")
-            values[key] = item.split("=", 1)[1] if "=" in item else ""
-        config = apply_settings(config, values, where="--set ")
-        atomic_write_text(run.path / "config.json", config.to_json())
-    step, weights, state = run.load_checkpoint()
+    config, vocab = resume_config(run, overrides), run.vocab()
+    step, weights, saved = run.load_checkpoint()
+    if "train_state" not in saved:
+        raise RunError(f"{run.path}: checkpoint from an older showtell; it cannot be resumed by this version")
+    state = TrainState.from_dict(saved["train_state"])
     train_records, val_records = split_records(records)
     if Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count) != vocab:
         raise RunError(f"{run.path}: the training data differs from the data this run started with")
-    device = resolve_device(config.train.device)
     model = build_model(config, vocab, pretrained=False)
-    if 0 <= config.train.finetune_encoder_after <= int(state["epoch"]) and config.model.freeze_encoder:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise RunError(f"{run.path}/config.json: does not describe the checkpoint's model (was it edited?): "
+                       f"{str(error).splitlines()[0][:160]}") from None
+    if encoder_should_train(config, state.epoch) and config.model.freeze_encoder:
         model.encoder.freeze(False)  # the checkpoint was taken while fine-tuning
-        features = None
-    train_data = make_split(train_records, model, vocab, config, features, "train", show_progress)
-    val_data = make_split(val_records, model, vocab, config, features, "val", show_progress) if val_records else None
-    trainer = Trainer(config, run, model, vocab, train_data, val_data, device, show_progress)
-    trainer.restore(weights, state)
-    # forget history written after the checkpoint (it will be recomputed identically)
-    run.rewrite_history([r for r in run.history() if r["step"] <= step])
-    log.info("resuming %s at epoch %d, step %d", run.path, trainer.epoch + 1, trainer.step_in_epoch)
-    summary = trainer.fit(max_minutes if max_minutes is not None else config.train.max_minutes)
+    if overrides:
+        atomic_write_text(run.path / "config.json", config.to_json())
+    run.clean_temporary_files()
+    if not run.model_is_readable():
+        log.warning("%s/model.safetensors is missing or damaged; the next validated model replaces it", run.path)
+        state.best_metric, state.best_score = "", -math.inf
+    s = open_session(config, run, model, vocab, records, features, show_progress)
+    optimizer = make_optimizer(s, state.phase)
+    optimizer.load_state_dict(saved["optimizer"])
+    set_rng_state(saved["rng"])
+    planned = phase_plan(s, state.phase).total_steps
+    if state.phase == "xe" and planned != state.plan.total_steps:
+        log.info("train.epochs changed: the learning-rate decay now ends at step %d (was %d), continuing from step %d",
+                 planned, state.plan.total_steps, state.global_step)
+        state.plan = state.plan.replanned(state.global_step, planned)
+    if dist.is_main():  # forget history written after the checkpoint (it will be recomputed identically)
+        run.rewrite_history(run.history()[: state.history_length])
+    log.info("resuming %s at epoch %d, step %d", run.path, state.epoch + 1, state.step_in_epoch)
+    summary = fit(s, state, optimizer, max_minutes if max_minutes is not None else config.train.max_minutes)
     summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
     return summary

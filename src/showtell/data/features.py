@@ -5,19 +5,23 @@
     DATA_DIR/encoder.safetensors  the encoder weights that made the features (they go into the model)
     DATA_DIR/global.npy           (N, Dg) float16, memory-mapped
     DATA_DIR/grid.npy             (N, L, Dc) float16, memory-mapped (attention decoders only)
-    DATA_DIR/progress-R.json      how far rank R has got (written after its rows are on disk)
+    DATA_DIR/done.npy             (N,) uint8: 1 once a row's features are on disk
+    DATA_DIR/progress-R.json      rows rank R has encoded, and the unreadable pictures it found
     DATA_DIR/complete.json        written last: the cache is whole; unreadable pictures listed
 
-`prepare` writes rows in order and records progress only after they are flushed, so a killed run
-continues where it stopped and never leaves rows marked done that are not. A cache without
-complete.json is refused for training. Under torchrun each rank encodes its share of the rows.
+`prepare` (extract.py) marks a row done only after its features are flushed, so a killed run
+continues where it stopped and never leaves rows marked done that are not, whatever number of
+processes it continues with. A cache without complete.json is refused for training.
+
+Reading: a `FeatureSet` opens the arrays lazily in the process that reads them and never pickles
+them, so DataLoader workers share the page cache instead of each copying the cache; a batch is
+one indexed read per array.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,126 +29,86 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .. import distributed as dist
 from ..config import Config
 from ..errors import DataError
 from ..fileio import atomic_write_text, load_weights, save_weights
-from ..progress import progress_bar
 from ..vocab import Vocabulary
-from .batching import ImageSet, make_loader
 from .formats import ImageRecord
 
 log = logging.getLogger("showtell")
-FORMAT = "showtell-features-1"
+FORMAT = "showtell-features-2"
 
 
-def _encoder_settings(config: Config) -> dict:
+def encoder_settings(config: Config) -> dict:
     return {"encoder": config.model.encoder, "encoder_weights": config.model.encoder_weights,
             "image_size": config.data.image_size}
 
 
-def _record_dict(r: ImageRecord) -> dict:
+def record_dict(r: ImageRecord) -> dict:
     return {"key": r.key, "path": str(r.path), "split": r.split, "captions": r.captions, "tokens": r.tokens}
 
 
-def _shard(n: int) -> list[int]:
-    return list(range(dist.rank(), n, dist.world_size()))
-
-
-def prepare(records: list[ImageRecord], config: Config, out: str | Path, batch_size: int = 32,
-            sources: list[str] | None = None, show_progress: bool = True) -> Path:
-    """Encode every record's picture into DATA_DIR (resuming an interrupted run)."""
-    from ..models.encoder import Encoder
-
-    out = Path(out)
-    if not config.model.freeze_encoder:
-        raise DataError("prepare caches the features of a frozen encoder; set model.freeze_encoder=true")
-    outputs = ["global", "grid"] if config.model.decoder == "attention" else ["global"]
-    manifest = {"format": FORMAT, "encoder": _encoder_settings(config), "outputs": outputs,
-                "records": [_record_dict(r) for r in records], "sources": sources or []}
-    device = torch.device("cuda", dist.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
-    encoder = Encoder(config.model.encoder, config.model.encoder_weights, config.data.image_size).to(device)
-    encoder.freeze(True)
-    shapes = {"global": (len(records), encoder.global_dim), "grid": (len(records), encoder.grid_size, encoder.grid_dim)}
-    manifest["shapes"] = {k: list(shapes[k]) for k in outputs}
-
-    if dist.is_main():
-        existing = out / "manifest.json"
-        if existing.exists():
-            old = json.loads(existing.read_text(encoding="utf-8"))
-            if {k: old.get(k) for k in ("encoder", "outputs", "records", "shapes")} != \
-                    {k: manifest[k] for k in ("encoder", "outputs", "records", "shapes")}:
-                raise DataError(f"{out}: holds features of another dataset or encoder; choose another --out")
-            log.info("continuing the interrupted feature cache in %s", out)
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            train_tokens = (t for r in records if r.split == "train" for t in r.tokens)
-            Vocabulary.build(train_tokens, config.data.min_word_count).save(out / "vocab.json")
-            save_weights(out / "encoder.safetensors", encoder.state_dict(), {"format": FORMAT})
-            for name in outputs:
-                np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.float16, shape=shapes[name]).flush()
-            atomic_write_text(out / "manifest.json", json.dumps(manifest) + "\n")
-    dist.barrier()
-
-    progress_path = out / f"progress-{dist.rank()}.json"
-    progress = json.loads(progress_path.read_text()) if progress_path.exists() else {"done": 0, "bad": {}}
-    mine = _shard(len(records))
-    todo = mine[progress["done"]:]
-    arrays = {name: np.load(out / f"{name}.npy", mmap_mode="r+") for name in outputs}
-    images = ImageSet(records, encoder.transform, config.data.max_image_pixels)
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    loader = make_loader(images, batches, config.data.num_workers, pin_memory=device.type == "cuda")
-    bar = progress_bar(total=len(mine), initial=len(mine) - len(todo), desc="encoding", unit="img",
-                       disable=not show_progress or not dist.is_main())
-    started = time.monotonic()
-    with torch.inference_mode():
-        for ids, batch, bad in loader:
-            for index, message in bad:
-                progress["bad"][str(index)] = message
-                log.warning("skipping %s", message)
-            if batch is not None:
-                feats = encoder(batch.to(device))
-                rows = ids.numpy()
-                for name in outputs:
-                    arrays[name][rows] = feats[name].to(torch.float16).cpu().numpy()
-            progress["done"] += len(ids) + len(bad)
-            bar.update(len(ids) + len(bad))
-            for array in arrays.values():
-                array.flush()  # the rows reach the disk first, then the promise that they did
-            atomic_write_text(progress_path, json.dumps(progress))
-    bar.close()
-    dist.barrier()
-    if dist.is_main():
-        bad = {}
-        for r in range(dist.world_size()):
-            bad.update(json.loads((out / f"progress-{r}.json").read_text())["bad"])
-        atomic_write_text(out / "complete.json", json.dumps({"images": len(records), "bad": bad}) + "\n")
-        rate = (len(todo)) / max(time.monotonic() - started, 1e-9)
-        log.info("encoded %d pictures (%.1f images/s); %d unreadable ones left out", len(records), rate, len(bad))
-    dist.barrier()
-    return out
+def open_for_writing(out: Path, manifest: dict, shapes: dict[str, tuple], vocab: Vocabulary,
+                     encoder_state: dict[str, torch.Tensor]) -> None:
+    """Create an empty cache in `out`, or check that the one there is of the same data and
+    encoder (then `prepare` continues it). Rank 0 only."""
+    keys = ("encoder", "outputs", "records", "shapes")
+    existing = out / "manifest.json"
+    if existing.exists():
+        old = json.loads(existing.read_text(encoding="utf-8"))
+        if {k: old.get(k) for k in keys} != {k: manifest[k] for k in keys}:
+            raise DataError(f"{out}: holds features of another dataset or encoder; choose another --out")
+        if not (out / "done.npy").exists():
+            raise DataError(f"{out}: feature cache from an older showtell (no done.npy); choose another --out")
+        log.info("continuing the interrupted feature cache in %s", out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    vocab.save(out / "vocab.json")
+    save_weights(out / "encoder.safetensors", encoder_state, {"format": FORMAT})
+    for name in manifest["outputs"]:
+        np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.float16, shape=shapes[name]).flush()
+    # one byte per row, set once the row's features are on disk: any number of processes, in any
+    # later run with any other number of processes, can tell which rows are still to do
+    np.lib.format.open_memmap(out / "done.npy", mode="w+", dtype=np.uint8, shape=(len(manifest["records"]),)).flush()
+    atomic_write_text(out / "manifest.json", json.dumps(manifest) + "\n")
 
 
 class FeatureSet(Dataset):
     """Cached features of some rows, as the training loop's image sets yield pictures."""
 
     def __init__(self, cache: "FeatureCache", rows: list[int]):
-        self.cache, self.rows = cache, rows
+        self.path, self.outputs, self.rows = cache.path, list(cache.manifest["outputs"]), rows
         self.records = [cache.all_records[r] for r in rows]
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": None}   # a worker maps the files itself
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in self.outputs}
+        return self._arrays
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int):
-        row = self.rows[index]
-        return index, {name: torch.from_numpy(np.asarray(array[row], dtype=np.float32))
-                       for name, array in self.cache.arrays.items()}, None
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A whole batch with one read per array (rows in file order, then put back in batch order)."""
+        rows = np.asarray([self.rows[i] for i in indices], dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        block = {name: torch.from_numpy(array[rows[order]][back].astype(np.float32)) for name, array in self.arrays.items()}
+        return [(index, {name: values[k] for name, values in block.items()}, None) for k, index in enumerate(indices)]
 
 
 class FeatureCache:
     def __init__(self, path: Path, manifest: dict, bad: dict):
         self.path, self.manifest = path, manifest
-        self.arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in manifest["outputs"]}
         self.all_records = [ImageRecord(r["key"], Path(r["path"]), r["split"], r["captions"], r["tokens"])
                             for r in manifest["records"]]
         self.bad = {int(k) for k in bad}
@@ -187,6 +151,9 @@ class FeatureCache:
 
     def split_set(self, records: list[ImageRecord], split: str = "") -> FeatureSet:
         return FeatureSet(self, [r.extra["row"] for r in records])
+
+    def shape(self, output: str) -> tuple[int, ...]:
+        return tuple(self.manifest["shapes"][output])
 
     def encoder_state(self) -> dict[str, torch.Tensor]:
         return load_weights(self.path / "encoder.safetensors")

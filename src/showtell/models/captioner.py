@@ -1,22 +1,42 @@
 """The whole captioner: encoder + decoder, built from the config.
 
     features = model.encode(images)                    # {"global": (B, Dg), "grid": (B, L, Dc)}
-    logits = model(inputs, positions, images=images, repeats=5)   # teacher forcing, 5 captions each
+    out = model(tokens, images=images, repeats=5)      # teacher forcing, 5 captions each: out.loss, out.nll
     state = model.init_state(features); model.step(words, state)   # decoding
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from ..vocab import PAD, START, UNK
 from .encoder import Encoder
 from .nic import NICDecoder
 
 log = logging.getLogger("showtell")
+
+
+@dataclass
+class TeacherForced:
+    """What a teacher-forced pass returns, for every decoder alike.
+
+    logits:  (N, V) at the N real (non-padding) target positions
+    nll:     summed negative log-likelihood of those N words (nats)
+    penalty: the decoder's regulariser over the batch (0 for NIC; the attention penalty)
+    words:   N
+    loss:    nll + penalty scaled to the words, the training objective summed over words"""
+    logits: torch.Tensor
+    nll: torch.Tensor
+    penalty: torch.Tensor
+    words: int
+    loss: torch.Tensor
 
 
 class CaptionModel(nn.Module):
@@ -32,19 +52,27 @@ class CaptionModel(nn.Module):
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.encoder(images)
 
-    def forward(self, inputs, positions=None, images=None, features=None, repeats: int = 1,
-                encoder_grad: bool = True, sampling_probability: float = 0.0):
-        """Teacher-forced logits for `inputs` (B*repeats, T) given pictures or cached features of
-        B images; the whole step is one forward call, so DistributedDataParallel sees it all.
-        With `sampling_probability` > 0 (training only) some true words are replaced by the
-        model's own samples (scheduled sampling)."""
+    def forward(self, tokens: torch.Tensor, images=None, features=None, repeats: int = 1,
+                encoder_grad: bool = True, sampling_probability: float = 0.0) -> TeacherForced:
+        """Teacher forcing on `tokens` (B*repeats, T+1) = <start> w1 .. <end> <pad>.. of B images
+        given as pictures or cached features. The whole step, loss included, is one forward call,
+        so DistributedDataParallel sees it all. With `sampling_probability` > 0 (training only)
+        some true words are replaced by the model's own samples (scheduled sampling)."""
         if features is None:
             with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
                 features = self.encoder(images)
         features = repeat_features(features, repeats)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        positions = targets != PAD                                               # (B, T)
         if sampling_probability > 0 and self.training:
-            return scheduled_sampling(self.decoder, features, inputs, positions, sampling_probability)
-        return self.decoder(features, inputs, positions)
+            logits, penalty = scheduled_sampling(self.decoder, features, inputs, positions, sampling_probability)
+        else:
+            logits, penalty = self.decoder(features, inputs, positions)
+        nll = F.cross_entropy(logits.float(), targets[positions], reduction="sum")
+        words = int(positions.sum())
+        # the penalty is summed over captions; spread it over their words like the likelihood
+        loss = nll + penalty.float() * words / max(1, positions.shape[0])
+        return TeacherForced(logits, nll, penalty, words, loss)
 
     def init_state(self, features):
         return self.decoder.init_state(features)
@@ -55,9 +83,10 @@ class CaptionModel(nn.Module):
 
 def scheduled_sampling(decoder, features, inputs, positions, probability: float):
     """Bengio et al. (2015): run the decoder word by word; at each step after the first, each
-    caption's input is, with `probability`, a word sampled from the model's own previous output
-    instead of the true word. Returns what `decoder.forward` returns (log-probabilities serve as
-    logits: cross-entropy of log-softmax output equals that of the logits)."""
+    caption's input is, with `probability`, a word drawn from the model's own previous output
+    instead of the true word (never <pad>, <start> or <unk>, which decoding never feeds back).
+    Returns (logits, penalty) as `decoder.forward` does; log-probabilities serve as logits, since
+    cross-entropy of log-softmax output equals that of the logits."""
     state = decoder.init_state(features)
     outputs, attentions = [], []
     previous = None
@@ -69,13 +98,13 @@ def scheduled_sampling(decoder, features, inputs, positions, probability: float)
         logprobs, state, attention = decoder.step(words, state)
         outputs.append(logprobs)
         attentions.append(attention)
-        previous = torch.multinomial(logprobs.detach().float().exp(), 1).squeeze(1)
-    logits = torch.stack(outputs, dim=1)                                   # (B, T, V)
-    if positions is not None:
-        logits = logits[positions]
-    if hasattr(decoder, "attention_penalty") and attentions[0] is not None:
-        return logits, decoder.attention_penalty(torch.stack(attentions, dim=1), positions)
-    return logits
+        feedable = logprobs.detach().float().clone()
+        feedable[:, [PAD, START, UNK]] = -math.inf
+        previous = torch.multinomial(feedable.softmax(dim=-1), 1).squeeze(1)
+    logits = torch.stack(outputs, dim=1)[positions]                          # (N, V)
+    if attentions[0] is None:
+        return logits, logits.new_zeros(())
+    return logits, decoder.attention_penalty(torch.stack(attentions, dim=1), positions)
 
 
 def repeat_features(features: dict[str, torch.Tensor], repeats: int) -> dict[str, torch.Tensor]:

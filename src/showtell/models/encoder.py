@@ -14,6 +14,7 @@ channels holding each pixel's x and y (CoordConv), so its features know where th
 from __future__ import annotations
 
 import urllib.error
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -33,11 +34,11 @@ class SmallCNN(nn.Module):
 
     - the grid: every stage average-pooled to the last stage's (S/16) x (S/16) locations and
       stacked (hypercolumns): 32 + 64 + 128 + 256 = 480 channels at each of 16 places for a 64 px
-      picture, so an attended place carries its colour as well as its shape (a finer 8 x 8 grid,
-      tried once on a busy machine, was slower per step and scored lower on the synthetic scenes);
-    - `pooled`: each stage's average and maximum over all locations, 960 numbers, the image vector.
+      picture, so an attended place carries its colour as well as its shape;
+    - the vector: each stage's average and maximum over all locations, 960 numbers.
 
-    With only the last stage, learning colour from captions stalls for minutes."""
+    With only the last stage, learning colour from captions stalls for minutes. The 4 x 4 grid at
+    64 px was chosen over 8 x 8, which scored lower on the synthetic scenes (README)."""
 
     def __init__(self, channels=(32, 64, 128, 256)):
         super().__init__()
@@ -49,10 +50,8 @@ class SmallCNN(nn.Module):
             cin = cout
         self.stages = nn.ModuleList(stages)
         self.out_channels = sum(channels)
-        self.pooled_dim = 2 * sum(channels)
-        self.pooled: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, _, h, w = x.shape
         ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
         xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
@@ -62,23 +61,26 @@ class SmallCNN(nn.Module):
             x = stage(x)
             outputs.append(x)
             pooled += [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
-        self.pooled = torch.cat(pooled, dim=1)                                   # (B, 960)
         side = outputs[-1].shape[-2:]                                             # S/16 x S/16
         resized = [F.adaptive_avg_pool2d(o, side) for o in outputs[:-1]]
-        return torch.cat([*resized, outputs[-1]], dim=1)                          # (B, 480, S/16, S/16)
+        grid = torch.cat([*resized, outputs[-1]], dim=1)                          # (B, 480, S/16, S/16)
+        return grid, torch.cat(pooled, dim=1)                                     # (B, 960)
 
 
-class MultiScaleHead(nn.Module):
-    """The small CNN's image vector: its stages' pooled features (the coordinate channels let
-    them encode where things are, so pooling does not lose left from right)."""
+class GridTrunk(nn.Sequential):
+    """A torchvision backbone's convolutional layers: the grid, and no vector of its own (the head
+    pools one). A Sequential subclass, so state dict keys stay those of the plain layers."""
 
-    def __init__(self, trunk: SmallCNN):
-        super().__init__()
-        self._trunk = [trunk]  # not a submodule: the trunk is registered once, by the encoder
-        self.dim = trunk.pooled_dim
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return super().forward(x), None
 
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        return self._trunk[0].pooled
+
+class VectorHead(nn.Module):
+    """For trunks that make their own image vector (the small CNN's pooled stages, ViT's class
+    token): the vector as it comes."""
+
+    def forward(self, grid: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        return vector
 
 
 class PoolHead(nn.Module):
@@ -90,7 +92,7 @@ class PoolHead(nn.Module):
         self.tail = tail if tail is not None else nn.Identity()
         self.pre = pre
 
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+    def forward(self, grid: torch.Tensor, vector=None) -> torch.Tensor:
         if self.pre is not None:
             grid = self.pre(grid)
         return torch.flatten(self.tail(F.adaptive_avg_pool2d(grid, 1)), 1)
@@ -104,7 +106,7 @@ class VGGHead(nn.Module):
         self.pool, self.avgpool = model.features[-1], model.avgpool
         self.fc = nn.Sequential(*list(model.classifier.children())[:-1])
 
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+    def forward(self, grid: torch.Tensor, vector=None) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(self.pool(grid)), 1))
 
 
@@ -115,46 +117,38 @@ class ViTTrunk(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
         tokens = m._process_input(x)
         tokens = torch.cat([m.class_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         tokens = m.encoder(tokens)  # (B, 1 + L, D), layer-normed
         side = int((tokens.shape[1] - 1) ** 0.5)
-        self.class_vector = tokens[:, 0]
-        return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
-
-
-class ClassTokenHead(nn.Module):
-    def __init__(self, trunk: ViTTrunk):
-        super().__init__()
-        self._trunk = [trunk]  # not a submodule: avoid registering the ViT twice
-
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        return self._trunk[0].class_vector
+        grid = tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+        return grid, tokens[:, 0]
 
 
 def _carve(name: str, model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """Split a torchvision classifier into (trunk -> grid, head: grid -> global vector)."""
+    """Split a torchvision classifier into (trunk: pictures -> (grid, vector or None),
+    head: (grid, vector) -> global vector)."""
     if name.startswith("vgg"):
-        return nn.Sequential(*list(model.features.children())[:-1]), VGGHead(model)
+        return GridTrunk(*list(model.features.children())[:-1]), VGGHead(model)
     if name.startswith(("resnet", "resnext", "wide_resnet")):
-        trunk = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
-                              model.layer1, model.layer2, model.layer3, model.layer4)
+        trunk = GridTrunk(model.conv1, model.bn1, model.relu, model.maxpool,
+                          model.layer1, model.layer2, model.layer3, model.layer4)
         return trunk, PoolHead()
     if name.startswith("regnet"):
-        return nn.Sequential(model.stem, model.trunk_output), PoolHead()
+        return GridTrunk(model.stem, model.trunk_output), PoolHead()
     if name.startswith("convnext"):
-        return model.features, PoolHead(nn.Sequential(*list(model.classifier.children())[:-1]), pre=None)
+        head = PoolHead(nn.Sequential(*list(model.classifier.children())[:-1]))
+        return GridTrunk(OrderedDict(model.features.named_children())), head
     if name.startswith("densenet"):
-        return model.features, PoolHead(pre=F.relu)
+        return GridTrunk(OrderedDict(model.features.named_children())), PoolHead(pre=F.relu)
     if name.startswith("swin"):
-        return nn.Sequential(model.features, model.norm, model.permute), PoolHead()
+        return GridTrunk(model.features, model.norm, model.permute), PoolHead()
     if name.startswith("vit"):
-        trunk = ViTTrunk(model)
-        return trunk, ClassTokenHead(trunk)
+        return ViTTrunk(model), VectorHead()
     if name.startswith(("efficientnet", "mobilenet", "alexnet", "squeezenet")):
-        return model.features, PoolHead()
+        return GridTrunk(OrderedDict(model.features.named_children())), PoolHead()
     raise ConfigError(f"model.encoder: {name} is a torchvision model showtell cannot take apart; use one of "
                       "vgg*, resnet*, resnext*, wide_resnet*, regnet*, efficientnet*, mobilenet*, convnext*, "
                       "densenet*, swin*, vit*, alexnet, squeezenet* or 'small'")
@@ -232,7 +226,7 @@ class Encoder(nn.Module):
             if size % 16:
                 raise ConfigError(f"data.image_size: the small encoder needs a multiple of 16, got {size}")
             self.trunk = SmallCNN().to(memory_format=torch.channels_last)
-            self.head = MultiScaleHead(self.trunk)
+            self.head = VectorHead()
             self.transform = ImageTransform(crop=size, resize=size, mode="squash")
             mean, std = [0.5] * 3, [0.5] * 3
             if pretrained and weights not in ("none", "imagenet"):
@@ -291,8 +285,8 @@ class Encoder(nn.Module):
         return (images - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        grid = self.trunk(self.normalize(images).contiguous(memory_format=torch.channels_last))  # (B, C, h, w)
-        vector = self.head(grid)                            # (B, Dg)
+        grid, vector = self.trunk(self.normalize(images).contiguous(memory_format=torch.channels_last))
+        vector = self.head(grid, vector)                    # grid (B, C, h, w) -> (B, Dg)
         out = {"global": vector, "grid": grid.flatten(2).transpose(1, 2)}  # grid: (B, h*w, C)
         if self.frozen:
             # a frozen encoder's features are what the feature cache stores (float16), so training

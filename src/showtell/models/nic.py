@@ -64,8 +64,8 @@ class NICDecoder(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor], inputs: torch.Tensor,
                 positions: torch.Tensor | None = None, pack: bool = False) -> torch.Tensor:
-        """Teacher forcing: inputs (B, T) = <start> w1 .. -> logits (B, T, V), or (N, V) for the
-        N positions where `positions` (B, T) is true. The vocabulary layer only ever runs on real
+        """Teacher forcing: inputs (B, T) = <start> w1 .. -> (logits (B, T, V), or (N, V) for the
+        N positions where `positions` (B, T) is true; penalty 0). The vocabulary layer only ever runs on real
         positions. With `pack`, captions shorter than the longest are packed so the LSTM does no
         work on their padding. It is off by default: on the synthetic captions it was no faster on
         the CPU (benchmarks/bench_train.py) and, though each step agrees with the padded one to
@@ -82,7 +82,8 @@ class NICDecoder(nn.Module):
             hidden, _ = self._run_lstm(x, state)                            # (B, T, H)
         if positions is not None:
             hidden = hidden[positions]                                      # (N, H)
-        return self.output(self.dropout(hidden))
+        logits = self.output(self.dropout(hidden))
+        return logits, logits.new_zeros(())                                 # NIC has no penalty
 
     def init_state(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         h, c = self._lstm_state(features)
