@@ -398,3 +398,34 @@ def test_validation_decodes_with_the_decode_settings(tmp_path, synth_dir, monkey
                                    "train.val_beam_size=2"])
     train(config, records_of(synth_dir), tmp_path / "run", show_progress=False)
     assert seen and seen[0]["length_penalty"] == 0.7 and seen[0]["block_unk"] is False
+
+
+# --- a time budget ------------------------------------------------------------------------------------------
+class FakeClock:
+    """Seconds that pass only when training looks at the clock: a budget test that does not depend
+    on how fast (or how busy) the machine is."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 1000.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("decoder", ["nic", "attention"])
+def test_a_budgeted_run_ends_at_its_budget_with_the_rate_decayed(tmp_path, synth_dir, monkeypatch, decoder):
+    records = records_of(synth_dir)
+    settings = [*TINY, "train.epochs=50", "train.warmup_steps=5", f"model.decoder={decoder}", "model.attention_dim=16"]
+    runs = {}
+    for budgeted in (True, False):
+        monkeypatch.setattr(training, "clock", FakeClock(0.25))
+        config = load_config("synth", [*settings, f"train.budget_schedule={budgeted}"])
+        summary = train(config, records, tmp_path / str(budgeted), show_progress=False, max_minutes=0.5)
+        runs[budgeted] = summary, [json.loads(x) for x in (tmp_path / str(budgeted) / "history.jsonl").read_text().splitlines()]
+    (planned, history), (cut, cut_history) = runs[True], runs[False]
+    # the plan fits the budget: far fewer steps than 50 epochs, ending validated with the rate near zero
+    assert planned["planned_steps"] == planned["steps"] == history[-1]["step"] < 50 * 4
+    assert history[-1]["lr"] < 0.1 * 0.002 and not planned["stopped_early"]
+    # without a plan the same budget cuts a 50-epoch schedule at a high rate
+    assert cut["stopped_early"] and cut_history[-1]["lr"] > 0.5 * 0.002

@@ -101,6 +101,10 @@ class TrainConfig:
     seed: int = setting(0, "seed for initialisation, data order and dropout (same seed, same weights)")
     max_minutes: float | None = setting(
         None, "stop cleanly after this many minutes of training, keeping the best checkpoint", min=0.0)
+    budget_schedule: bool = setting(
+        True, "with a time budget, measure the step rate over the first steps and plan the learning-rate decay "
+        "(and the last validation) to end at the budget instead of cutting a schedule planned for train.epochs "
+        "(budgeted training, Li et al. 2020); never trains more than train.epochs")
     val_metric: str = setting("CIDEr", "validation score that picks the best checkpoint (decoded captions, not teacher forcing)",
                               choices=("CIDEr", "Bleu_4", "loss"))
     val_beam_size: int = setting(1, "beam size of validation decoding (1: greedy)", min=1, max=20)

@@ -21,10 +21,10 @@ import math
 import random
 import shutil
 import signal
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from time import monotonic as clock
 
 import numpy as np
 import torch
@@ -131,6 +131,8 @@ class TrainState:
     epoch_values: list[float] = field(default_factory=list)  # this epoch's step losses (or rewards) so far
     skipped: dict[int, str] = field(default_factory=dict)
     history_length: int = 0         # history.jsonl lines that belong to this state
+    planned_end: int | None = None  # a time budget's planned last step (the decay ends there)
+    finished: bool = False          # the budget's plan has been carried out
 
     def to_dict(self) -> dict:
         return {**asdict(self), "plan": self.plan.to_dict()}
@@ -374,6 +376,61 @@ def ensure_model(s: Session, state: TrainState) -> None:
     s.run.save_model(s.model, {"epoch": state.epoch, "step": state.global_step, "val_metric": "none (not validated)"})
 
 
+# --- a time budget -------------------------------------------------------------------------------------
+PLAN_AFTER_STEPS = 20
+
+
+class BudgetPlanner:
+    """Fits the cross-entropy schedule to `--max-minutes` (budgeted training, Li et al., ICLR 2020:
+    a decay that reaches zero at the budget beats a longer schedule cut off by it). After the first
+    steps it measures the time per step, and after each validation the time a validation takes,
+    and moves the planned last step (`state.planned_end`, where the decay reaches zero and a last
+    validation runs) so that training ends at the budget. The plan is part of the checkpoint: a
+    resumed run keeps it. Rank 0's clock decides for every rank."""
+
+    def __init__(self, deadline: float | None, s: Session, state: TrainState):
+        t = s.config.train
+        self.deadline = deadline
+        self.enabled = (deadline is not None and t.budget_schedule and t.scst_epochs == 0 and state.phase == "xe"
+                        and state.planned_end is None)
+        self.started: float | None = None
+        self.steps, self.validation_seconds, self.validations = 0, 0.0, 0
+
+    def after_step(self, s: Session, state: TrainState) -> None:
+        if not self.enabled:
+            return
+        if self.started is None:       # the first step pays for one-off costs: measure from its end
+            self.started = clock()
+            return
+        self.steps += 1
+        if state.planned_end is None and self.steps >= min(PLAN_AFTER_STEPS, s.steps_per_epoch):
+            self.plan(s, state)
+
+    def after_validation(self, seconds: float, s: Session, state: TrainState) -> None:
+        if self.enabled and self.started is not None:
+            self.validation_seconds += dist.all_reduce_sum(seconds if dist.is_main() else 0.0, s.device)
+            self.validations += 1
+            if state.planned_end is not None and not state.finished:
+                self.plan(s, state)
+
+    def plan(self, s: Session, state: TrainState) -> None:
+        now = clock()
+        step_seconds = max(now - self.started - self.validation_seconds, 1e-9) / max(self.steps, 1)
+        validation = self.validation_seconds / max(self.validations, 1)
+        remaining = self.deadline - now - validation              # the last validation must fit too
+        steps = int(max(remaining, 0.0) / (step_seconds + validation / s.steps_per_epoch))
+        end = min(s.config.train.epochs * s.steps_per_epoch, state.global_step + max(1, steps))
+        end = int(dist.all_reduce_sum(end if dist.is_main() else 0, s.device))
+        if end == state.planned_end:
+            return
+        plan = state.plan
+        if end < 2 * (plan.warmup_from + plan.warmup_steps):     # a budget shorter than the warm-up
+            plan = replace(plan, warmup_steps=min(plan.warmup_steps, max(1, end // 5)))
+        state.plan, state.planned_end = plan.replanned(state.global_step, end), end
+        log.debug("time budget: %.2f s a step, %.1f s a validation; the decay now ends at step %d",
+                  step_seconds, validation, end)
+
+
 # --- the loop ------------------------------------------------------------------------------------------
 @contextmanager
 def stop_signals():
@@ -395,19 +452,20 @@ def stop_signals():
 
 def should_stop(deadline: float | None, requested: list[int], device: torch.device) -> bool:
     """Every rank must stop at the same step: rank 0's clock, and any rank's signal, decide for all."""
-    late = deadline is not None and dist.is_main() and time.monotonic() > deadline
+    late = deadline is not None and dist.is_main() and clock() > deadline
     return dist.all_reduce_sum(float(late or bool(requested)), device) > 0
 
 
 def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_minutes: float | None) -> dict:
     t = s.config.train
-    deadline = time.monotonic() + 60 * max_minutes if max_minutes else None
+    deadline = clock() + 60 * max_minutes if max_minutes else None
     phase = make_phase(s, state.phase)
+    budget = BudgetPlanner(deadline, s, state)
     stopped = False
     if state.global_step == 0:
         save_checkpoint(s, state, optimizer)  # so that --resume works even after a kill in the very first steps
     with stop_signals() as requested:
-        while state.epoch < s.total_epochs and not stopped:
+        while state.epoch < s.total_epochs and not stopped and not state.finished:
             if state.phase == "xe" and state.epoch >= t.epochs:
                 start_self_critical(s, state)
                 phase, optimizer = make_phase(s, "scst"), make_optimizer(s, "scst")
@@ -421,7 +479,7 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
             value_name = "greedy_cider" if state.phase == "scst" else "loss"
             bar = progress_bar(total=len(batches), initial=state.step_in_epoch, desc=label, unit="batch",
                                disable=not s.show_progress or not dist.is_main())
-            started, seen = time.monotonic(), 0
+            started, seen = clock(), 0
             for ids, batch, bad in loader:
                 for index, message in bad:
                     if index not in state.skipped:
@@ -437,16 +495,22 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
                 state.global_step += 1
                 bar.update(1)
                 last = f"{state.epoch_values[-1]:.3f}" if state.epoch_values else "-"
-                bar.set_postfix({value_name: last, "img_s": f"{seen / max(time.monotonic() - started, 1e-9):.0f}"},
+                bar.set_postfix({value_name: last, "img_s": f"{seen / max(clock() - started, 1e-9):.0f}"},
                                 refresh=False)
+                budget.after_step(s, state)
                 if state.global_step % t.checkpoint_every == 0:
                     save_checkpoint(s, state, optimizer)
+                if state.planned_end is not None and state.global_step >= state.planned_end:
+                    state.finished = True   # the budget's plan is done: validate now, even mid-epoch
+                    break
                 if should_stop(deadline, requested, s.device):
                     stopped = True
                     break
             bar.close()
-            if state.step_in_epoch >= len(batches):
-                end_epoch(s, state, optimizer.param_groups[0]["lr"])   # a stop mid-epoch validates nothing: the epoch continues on --resume
+            if state.step_in_epoch >= len(batches) or state.finished:   # any other stop validates nothing:
+                validation_started = clock()                     # the epoch continues on --resume
+                end_epoch(s, state, optimizer.param_groups[0]["lr"])
+                budget.after_validation(clock() - validation_started, s, state)
             dist.barrier()
             save_checkpoint(s, state, optimizer)
     ensure_model(s, state)
@@ -454,6 +518,9 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
         name = signal.Signals(requested[0]).name
         raise Stopped(requested[0], f"stopped by {name} at step {state.global_step}; checkpoint saved "
                                     f"(continue with --resume {s.run.path if s.run else 'RUN'})")
+    if state.planned_end is not None and dist.is_main():
+        log.info("time budget: the learning-rate decay was planned to end at step %d of %d (train.epochs=%d); "
+                 "%d steps done", state.planned_end, t.epochs * s.steps_per_epoch, t.epochs, state.global_step)
     if stopped and dist.is_main():
         log.info("stopped at the %.1f-minute budget after %d steps; the best checkpoint is kept",
                  max_minutes, state.global_step)
@@ -462,6 +529,7 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
                     len(state.skipped), next(iter(state.skipped.values())))
     return {"epochs": state.epoch, "steps": state.global_step, "best_epoch": state.best_epoch,
             "best_score": state.best_score, "best_metric": state.best_metric, "stopped_early": stopped,
+            "planned_steps": state.planned_end,
             "skipped_images": len(state.skipped)}
 
 
@@ -543,6 +611,7 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     anything in the run is written: a refused resume leaves the run as it was."""
     run = Run(path)
     config, vocab = resume_config(run, overrides), run.vocab()
+    more_epochs = config.train.epochs != run.config().train.epochs
     step, weights, saved = run.load_checkpoint()
     if "train_state" not in saved:
         raise RunError(f"{run.path}: checkpoint from an older showtell; it cannot be resumed by this version")
@@ -568,11 +637,12 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     optimizer = make_optimizer(s, state.phase)
     optimizer.load_state_dict(saved["optimizer"])
     set_rng_state(saved["rng"])
-    planned = phase_plan(s, state.phase).total_steps
-    if state.phase == "xe" and planned != state.plan.total_steps:
+    if more_epochs and state.phase == "xe":   # a new plan for the new length (a time budget's plan is kept otherwise)
+        planned = phase_plan(s, "xe").total_steps
         log.info("train.epochs changed: the learning-rate decay now ends at step %d (was %d), continuing from step %d",
                  planned, state.plan.total_steps, state.global_step)
         state.plan = state.plan.replanned(state.global_step, planned)
+        state.planned_end, state.finished = None, False
     if dist.is_main():  # forget history written after the checkpoint (it will be recomputed identically)
         run.rewrite_history(run.history()[: state.history_length])
     log.info("resuming %s at epoch %d, step %d", run.path, state.epoch + 1, state.step_in_epoch)
