@@ -215,7 +215,7 @@ def test_a_finished_plan_extended_restarts_with_a_warm_up():
 
 def test_resume_with_more_epochs_continues_the_decay_from_where_it_stopped(tmp_path, synth_dir, monkeypatch):
     records = records_of(synth_dir)
-    config = load_config("synth", [*TINY, "train.epochs=4"])
+    config = load_config("synth", [*TINY, "train.epochs=4", "train.budget_schedule=false"])   # a hard stop
     steps = iter(range(1000))
     monkeypatch.setattr(training, "should_stop", lambda deadline, requested, device: next(steps) == 6)
     train(config, records, tmp_path / "run", show_progress=False, max_minutes=1)   # stops after step 7
@@ -286,7 +286,7 @@ def test_a_kill_after_validation_before_the_checkpoint_neither_repeats_history_n
 
 def test_a_budget_stop_mid_epoch_validates_nothing_and_resumes_exactly(tmp_path, synth_dir, monkeypatch):
     records = records_of(synth_dir)
-    config = load_config("synth", [*TINY, "train.epochs=2"])
+    config = load_config("synth", [*TINY, "train.epochs=2", "train.budget_schedule=false"])   # a hard stop
     train(config, records, tmp_path / "whole", show_progress=False)
     steps = iter(range(1000))
     monkeypatch.setattr(training, "should_stop", lambda deadline, requested, device: next(steps) == 2)

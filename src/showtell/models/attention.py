@@ -6,8 +6,7 @@ At step t the decoder scores each of the L grid locations a_i against its previo
 
 with a gating scalar beta_t = sigmoid(f(h_{t-1})), and feeds [embedding of the previous word; z_t]
 to an LSTM cell. As in the paper's deep output layer, the next word is read from h_t + L_z z_t,
-so the word that names a thing sees the place attended for it directly (on the synthetic scenes
-this raised CIDEr from 2.51 to 2.72, one seed). The initial state comes from the mean of the
+so the word that names a thing sees the place attended for it directly. The initial state comes from the mean of the
 grid. Training adds the doubly stochastic penalty lambda * mean_i (1 - sum_t alpha_ti)^2, which
 asks every location to be looked at about once over the sentence (averaged over locations, so
 lambda means the same for a 4x4 and a 14x14 grid).

@@ -63,14 +63,11 @@ class NICDecoder(nn.Module):
         return self.lstm(x, state)
 
     def forward(self, features: dict[str, torch.Tensor], inputs: torch.Tensor,
-                positions: torch.Tensor | None = None, pack: bool = False) -> torch.Tensor:
+                positions: torch.Tensor | None = None, pack: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing: inputs (B, T) = <start> w1 .. -> (logits (B, T, V), or (N, V) for the
-        N positions where `positions` (B, T) is true; penalty 0). The vocabulary layer only ever runs on real
-        positions. With `pack`, captions shorter than the longest are packed so the LSTM does no
-        work on their padding. It is off by default: on the synthetic captions it was no faster on
-        the CPU (benchmarks/bench_train.py) and, though each step agrees with the padded one to
-        1e-7, training with it ended lower in every comparison we ran (demo CIDEr 1.95 against
-        2.39, same seed), which we have not explained."""
+        N positions where `positions` (B, T) is true; penalty 0). The vocabulary layer only ever
+        runs on real positions. With `pack`, captions shorter than the longest are packed so the
+        LSTM does no work on their padding; it is off by default (README, "Speed and scale")."""
         x = self.dropout(self.embed(inputs))                                # (B, T, E)
         state = self._lstm_state(features)
         if pack and positions is not None and bool((positions.sum(1) < inputs.shape[1]).any()):
