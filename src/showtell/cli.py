@@ -186,6 +186,8 @@ def cmd_train(args) -> int:
     from .distributed import resolve_device
     from .train import resume, train
 
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ShowtellError(f"--max-minutes: expected a positive number of minutes, got {args.max_minutes:g}")
     if args.resume:
         from .run import Run
 
@@ -226,42 +228,92 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _write_attention(args, captioner, results) -> None:
+def _attention_targets(out_dir: Path, files: list[str]) -> dict[str, Path]:
+    """One map per picture, named after it; pictures with the same name in different folders get
+    -2, -3... so that no map overwrites another."""
+    targets, taken = {}, set()
+    for source in files:
+        if source in targets:
+            continue
+        stem, n = Path(source).stem, 1
+        name = f"{stem}.png"
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}.png"
+        taken.add(name)
+        targets[source] = out_dir / name
+    return targets
+
+
+def _write_attention(captioner, results, targets: dict[str, Path]) -> None:
     from .report import attention_figure
 
-    if not captioner.has_attention:
-        raise ShowtellError(f"--attention: {args.run} is not an attention model (model.decoder=attention)")
-    args.attention.mkdir(parents=True, exist_ok=True)
     for result in results:
         if result.error or not result.hypotheses:
             continue
-        target = args.attention / (Path(result.source).stem + ".png")
-        attention_figure(result.source, result.hypotheses[0], captioner.grid_side, target)
+        attention_figure(result.source, result.hypotheses[0], captioner.grid_side, targets[result.source])
+
+
+def _quote(name: str) -> str:
+    """A file name as the first field of a one-line, tab-separated output line: as a JSON string
+    (quoted, with \\t, \\n... escapes) when it holds a control character or starts with a quote."""
+    if name.startswith('"') or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return json.dumps(name, ensure_ascii=False)
+    return name
+
+
+def _check_caption_args(args) -> None:
+    """Every argument of `caption` checked before any model is loaded or picture decoded."""
+    from .api import check_device
+
+    for name in ("beam_size", "top_k"):
+        value = getattr(args, name)
+        low = 0 if name == "top_k" else 1
+        if value is not None and value < low:
+            raise ShowtellError(f"--{name.replace('_', '-')}: expected {low} or more, got {value}")
+    if args.n_best < 1:
+        raise ShowtellError(f"--n-best: expected 1 or more, got {args.n_best}")
+    if args.batch_size < 1:
+        raise ShowtellError(f"--batch-size: expected 1 or more, got {args.batch_size}")
+    if args.temperature is not None and args.temperature <= 0:
+        raise ShowtellError(f"--temperature: expected a positive number, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ShowtellError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
+    if not args.sample:
+        for name in ("temperature", "top_k", "top_p"):
+            if getattr(args, name) is not None:
+                raise ShowtellError(f"--{name.replace('_', '-')}: only used with --sample")
+    if args.attention is not None and args.attention.exists() and not args.attention.is_dir():
+        raise ShowtellError(f"--attention {args.attention}: exists and is not a folder")
+    check_device(args.device, "--device")
 
 
 def cmd_caption(args) -> int:
 
     from .api import Captioner
 
+    _check_caption_args(args)
     captioner = Captioner.load([args.run] + args.ensemble, device=args.device)
-    if args.beam_size is not None and args.beam_size < 1:
-        raise ShowtellError(f"--beam-size: expected 1 or more, got {args.beam_size}")
-    if args.n_best < 1:
-        raise ShowtellError(f"--n-best: expected 1 or more, got {args.n_best}")
-    if args.temperature is not None and args.temperature <= 0:
-        raise ShowtellError(f"--temperature: expected a positive number, got {args.temperature}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ShowtellError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
+    beam = args.beam_size or captioner.config.decode.beam_size
+    if not args.sample and args.n_best > beam:
+        raise ShowtellError(f"--n-best {args.n_best}: beam search keeps at most --beam-size alternatives "
+                            f"(beam {beam}); raise --beam-size or use --sample")
+    want_attention = args.attention is not None
+    if want_attention and not captioner.has_attention:
+        raise ShowtellError(f"--attention: {args.run} is not an attention model (model.decoder=attention)")
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed} \
         if args.sample else None
     files = expand_images(args.images)
     if not files:
         raise ShowtellError("no pictures found in " + " ".join(args.images))
+    targets = {}
+    if want_attention:
+        args.attention.mkdir(parents=True, exist_ok=True)
+        targets = _attention_targets(args.attention, files)
     writer = csv.writer(sys.stdout) if args.csv else None
     if writer:
         writer.writerow(["image", "caption", "logprob", "rank", "error"])
     failed = 0
-    want_attention = args.attention is not None
     with progress_bar(total=len(files), desc="captioning", unit="img", disable=len(files) < 2) as bar:
         for start in range(0, len(files), args.batch_size):
             chunk = files[start:start + args.batch_size]
@@ -270,7 +322,10 @@ def cmd_caption(args) -> int:
             for result in results:
                 if result.error:
                     failed += 1
-                    print(f"showtell: error: {result.error}", file=sys.stderr)
+                    error = result.error
+                    if error.startswith(result.source + ": "):
+                        error = _quote(result.source) + error[len(result.source):]
+                    print(f"showtell: error: {error}", file=sys.stderr)
                 if args.json:
                     print(json.dumps({"image": result.source, "caption": result.caption, "logprob": result.logprob,
                                       "error": result.error,
@@ -282,17 +337,28 @@ def cmd_caption(args) -> int:
                     for rank, h in enumerate(result.hypotheses[: args.n_best], start=1):
                         writer.writerow([result.source, h.caption, f"{h.logprob:.4f}", rank, ""])
                 elif not result.error:
-                    print(f"{result.source}\t{result.caption}", flush=True)
+                    print(f"{_quote(result.source)}\t{result.caption}", flush=True)
             if want_attention:
-                _write_attention(args, captioner, results)
+                _write_attention(captioner, results, targets)
             bar.update(len(chunk))
+    if want_attention:
+        renamed = [(source, target) for source, target in targets.items() if target.stem != Path(source).stem]
+        for source, target in renamed:
+            log.info("attention map of %s is %s (another picture has the same name)", _quote(source), target)
     if failed:
         print(f"showtell: {failed} of {len(files)} pictures could not be captioned", file=sys.stderr)
     return 1 if failed else 0
 
 
 def cmd_evaluate(args) -> int:
+    from .api import check_device
     from .evaluate_run import evaluate_run, format_table
+
+    for name in ("beam_size", "max_images"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ShowtellError(f"--{name.replace('_', '-')}: expected 1 or more, got {value}")
+    check_device(args.device, "--device")
 
     report = evaluate_run(args.run, args.data, args.images, args.split, args.beam_size, args.ensemble,
                           device=args.device, features_dir=args.features, max_images=args.max_images)
@@ -310,6 +376,8 @@ def cmd_prepare(args) -> int:
     from .data.features import prepare
     from .distributed import resolve_device
 
+    if args.batch_size < 1:
+        raise ShowtellError(f"--batch-size: expected 1 or more, got {args.batch_size}")
     config = load_config(args.config, args.set)
     records = _records(args, config)
     with dist.process_group(resolve_device(config.train.device).type):  # under torchrun each rank encodes its share
@@ -328,8 +396,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from .api import check_device
     from .serve.app import Limits, serve
 
+    check_device(args.device, "--device")
     for name in ("max_upload_mb", "max_images", "max_pixels", "max_batch", "body_timeout"):
         if getattr(args, name) <= 0:
             raise ShowtellError(f"--{name.replace('_', '-')}: expected a positive number")
