@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest picture accepted (default 10 MB)")
     p.add_argument("--max-images", type=int, default=16, help="pictures per request (default 16)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest picture in pixels (default 40 M)")
+    p.add_argument("--max-decoded-pixels", type=int, help="pixels decoded at once, all requests together "
+                                                          "(default: --max-pixels, at least that)")
+    p.add_argument("--allowed-hosts", action="append", default=[], metavar="NAME[,NAME...]",
+                   help="Host header values to accept besides the loopback names and --host (needed with "
+                        "--host 0.0.0.0; '*' accepts any)")
     p.add_argument("--max-batch", type=int, default=32, help="pictures captioned together at most (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=5, help="how long a request waits for company (default 5 ms)")
     p.add_argument("--body-timeout", type=float, default=30, help="seconds a client has to send its upload (default 30)")
@@ -400,15 +405,22 @@ def cmd_serve(args) -> int:
     from .serve.app import Limits, serve
 
     check_device(args.device, "--device")
-    for name in ("max_upload_mb", "max_images", "max_pixels", "max_batch", "body_timeout"):
+    if args.max_decoded_pixels is None:
+        args.max_decoded_pixels = args.max_pixels
+    for name in ("max_upload_mb", "max_images", "max_pixels", "max_decoded_pixels", "max_batch", "body_timeout"):
         if getattr(args, name) <= 0:
             raise ShowtellError(f"--{name.replace('_', '-')}: expected a positive number")
+    if args.max_decoded_pixels < args.max_pixels:
+        raise ShowtellError(f"--max-decoded-pixels: must be at least --max-pixels ({args.max_pixels:,}), so that "
+                            f"the largest picture accepted can be decoded; got {args.max_decoded_pixels:,}")
     if not 0 < args.port < 65536:
         raise ShowtellError(f"--port: expected 1 to 65535, got {args.port}")
     file_bytes = int(args.max_upload_mb * (1 << 20))
     limits = Limits(max_file_bytes=file_bytes, max_request_bytes=file_bytes * args.max_images + (1 << 20),
-                    max_images=args.max_images, max_pixels=args.max_pixels, body_timeout_s=args.body_timeout)
-    serve(args.run, args.host, args.port, args.device, limits, args.max_batch, args.max_wait_ms)
+                    max_images=args.max_images, max_pixels=args.max_pixels, max_decoded_pixels=args.max_decoded_pixels,
+                    body_timeout_s=args.body_timeout)
+    serve(args.run, args.host, args.port, args.device, limits, args.max_batch, args.max_wait_ms,
+          allowed_hosts=args.allowed_hosts)
     return 0
 
 
