@@ -182,3 +182,23 @@ def test_caption_n_best_within_the_beam_gives_that_many(trained_run, picture, ca
     assert main(["caption", str(trained_run), picture, "--json", "--beam-size", "3", "--n-best", "3"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert len(row["hypotheses"]) == 3
+
+
+def test_exit_statuses_are_those_the_readme_gives(trained_run, picture, tmp_path):
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## When things go wrong"):]
+    section = " ".join(section.split())
+    assert ("2 when something you gave is wrong (an argument, a setting, an annotation file or its content, "
+            "a run folder, a port in use); 1 when pictures could not be captioned") in section
+    malformed = tmp_path / "captions.json"
+    malformed.write_text(json.dumps({"images": [{"id": 1}], "annotations": []}))
+    cases = [(["train", "--data", str(malformed), "--out", str(tmp_path / "r"), "--config", "synth"], 2),  # content
+             (["caption", str(trained_run), picture, "--batch-size", "0"], 2),                           # argument
+             (["caption", str(tmp_path / "nothing"), picture], 2),                                       # run folder
+             (["caption", str(trained_run), str(tmp_path / "missing.png")], 1)]                          # picture
+    for args, status in cases:
+        done = run_cli(*args, cwd=tmp_path)
+        assert done.returncode == status, (args, done.stderr)
+        assert "Traceback" not in done.stderr
