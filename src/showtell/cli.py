@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="folder for the data and the run (default demo-run)")
     p.add_argument("--minutes", type=float, default=3.5, help="training budget in minutes (default 3.5)")
     p.add_argument("--images", type=int, default=3000, help="synthetic pictures (default 3000)")
+    p.add_argument("--epochs", type=int, help="train exactly this many epochs instead of for --minutes "
+                                              "(the same model however busy the machine is)")
 
     p = sub.add_parser("config", help="print the resolved config, or every setting with --list")
     p.add_argument("--list", action="store_true")
@@ -427,7 +429,13 @@ def cmd_serve(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, minutes=args.minutes, n_images=args.images)
+    if args.epochs is not None and args.epochs < 1:
+        raise ShowtellError(f"--epochs: expected 1 or more, got {args.epochs}")
+    if not args.minutes > 0:
+        raise ShowtellError(f"--minutes: expected a positive number of minutes, got {args.minutes:g}")
+    if args.images < 10:
+        raise ShowtellError(f"--images: at least 10 pictures are needed for train/val/test splits, got {args.images}")
+    run_demo(args.out, minutes=args.minutes, n_images=args.images, epochs=args.epochs)
     return 0
 
 
