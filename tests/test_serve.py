@@ -193,18 +193,27 @@ def test_healthz_reports_the_decoding_budget(server):
     assert decoding["max_pixels"] == 1_000_000 and decoding["pixels_in_use"] == 0
 
 
+def memory_mb(pid: int) -> dict:
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) // 1024 for k in ("VmRSS", "VmHWM")}
+
+
 def test_decoded_pixels_stay_within_the_budget_under_concurrent_large_uploads(trained_run):
-    big = png_bytes(1500, 1500)   # 2.25 M pixels each, 6.75 MB decoded
-    s = Server(trained_run, "--max-images", "4", "--max-pixels", "2500000", "--max-decoded-pixels", "5000000")
+    big = png_bytes(3000, 3000)   # 9 M pixels each: 36 MB decoded
+    s = Server(trained_run, "--max-images", "4", "--max-pixels", "10000000", "--max-decoded-pixels", "10000000")
     try:
+        before = memory_mb(s.process.pid)
         files = [("images", (f"{i}.png", big, "image/png")) for i in range(4)]
         with ThreadPoolExecutor(max_workers=4) as pool:
             responses = list(pool.map(lambda _: post(s, files), range(4)))
         assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
         decoding = httpx.get(s.url + "/healthz").json()["decoding"]
-        assert decoding["max_pixels"] == 5_000_000
-        assert 2_250_000 <= decoding["peak_pixels"] <= 5_000_000, decoding   # at most two pictures at once
+        assert decoding["max_pixels"] == 10_000_000
+        assert decoding["peak_pixels"] == 9_000_000, decoding   # one picture at a time
         assert decoding["pixels_in_use"] == 0 and decoding["waiting"] == 0
+        after = memory_mb(s.process.pid)
+        assert after["VmHWM"] - before["VmRSS"] < 200, (before, after)   # four at once: about 4 x 72 MB
+        assert after["VmRSS"] - before["VmRSS"] < 60, (before, after)    # the memory went back
     finally:
         assert "Traceback" not in s.stop()
 

@@ -47,7 +47,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy an RGB picture
 
 
 def _from_array(array, label: str) -> Image.Image:
@@ -149,14 +149,35 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = 
         raise ImageError(label, f"corrupt or truncated image ({reason})") from None
 
 
+def release_free_memory() -> None:
+    """Hand memory that is free but kept by the C allocator back to the system (glibc's
+    malloc_trim; nothing elsewhere). Decoded pictures come and go in many threads' malloc arenas,
+    which otherwise keep the resident size at its high-water mark."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 class DecodeBudget:
     """At most `max_pixels` pixels decoded at once in this process, across threads: a picture
     waits until its area fits (one picture over the budget alone still goes through, by itself),
-    so many large uploads at once cannot hold gigabytes of decoded pixels."""
+    so many large uploads at once cannot hold gigabytes of decoded pixels. When the last large
+    picture is done, free memory goes back to the system."""
 
-    def __init__(self, max_pixels: int):
-        self.max_pixels = max_pixels
+    def __init__(self, max_pixels: int, trim_above: int = 4_000_000):
+        self.max_pixels, self.trim_above = max_pixels, trim_above
         self.in_use = self.peak = self.waiting = 0
+        self._since_trim = 0
         self._free = threading.Condition()
 
     @contextlib.contextmanager
@@ -174,7 +195,13 @@ class DecodeBudget:
         finally:
             with self._free:
                 self.in_use -= pixels
+                self._since_trim += pixels
+                trim = self.in_use == 0 and self._since_trim >= self.trim_above
+                if trim:
+                    self._since_trim = 0
                 self._free.notify_all()
+            if trim:
+                release_free_memory()
 
     def stats(self) -> dict:
         with self._free:
