@@ -11,7 +11,6 @@ import json
 import pytest
 from conftest import run_cli
 
-
 # 8 epochs of 25 steps: 50 distinct captions for 100 test pictures and the colour right in 35 of 35
 # one-shape pictures when measured (load average 6 on 2 cores, 7 minutes; the checks need 30 and 60%)
 EPOCHS = 8

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,8 +49,8 @@ def check_device(name, setting: str = "device") -> torch.device:
         raise ArgumentError(f"{setting}: expected a device name such as 'cpu' or 'cuda', got {type(name).__name__}")
     try:
         device = resolve_device(str(name))
-    except ShowtellError as error:
-        raise ArgumentError(f"{setting}: {error}") from None
+    except ShowtellError as error:  # resolve_device names train.device; say what the caller set
+        raise ArgumentError(f"{setting}: " + re.sub(r"^[\w.-]*device: ", "", str(error))) from None
     except (RuntimeError, ValueError):
         raise ArgumentError(f"{setting}: unknown device {str(name)!r} (expected cpu, cuda, cuda:N, mps or auto)") from None
     if device.type not in ("cpu", "cuda", "mps"):
