@@ -88,7 +88,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen([sys.executable, "-m", "showtell", "serve", str(run), "--port", str(self.port),
                                          *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # a wait limit only: a busy machine starts torch slowly
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError("server exited: " + self.process.stderr.read()[-2000:])

@@ -176,3 +176,44 @@ def test_missing_images_are_counted_and_skipped_only_when_asked(tmp_path):
         load_dataset([str(path)], tmp_path / "images", load_config(None, []).data)
     records = load_dataset([str(path)], tmp_path / "images", load_config(None, ["data.skip_missing_images=true"]).data)
     assert sorted(r.key for r in records) == ["1", "4"]
+
+
+def test_csv_caption_with_a_quoted_line_break_stays_one_caption(tmp_path):
+    make_images(tmp_path, ["a.png", "b.png"])
+    path = tmp_path / "captions.csv"
+    path.write_text('image,caption\na.png,"a, ""big"",\nthing"\nb.png,a small circle\n', encoding="utf-8")
+    records = {r.key: r for r in read_annotations(str(path), None)}
+    assert records["a.png"].tokens == [["a", "big", "thing"]]        # was ['a', 'bigthing']
+    assert records["b.png"].tokens == [["a", "small", "circle"]]
+    bad = tmp_path / "bad.csv"
+    bad.write_text('image,caption\nb.png,x\na.png,"never closed\n' + "x" * 200_000 + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.csv: line \d+: not valid CSV \(field larger than field limit"):
+        read_annotations(str(bad), None)
+
+
+@pytest.mark.parametrize("kind", ["coco", "karpathy", "csv"])
+@pytest.mark.parametrize("name", ["../../../../etc/passwd", "sub/../../outside.png", "/etc/passwd"])
+def test_image_paths_that_leave_the_image_folder_are_refused_before_opening(tmp_path, monkeypatch, kind, name):
+    images = tmp_path / "images"
+    make_images(images, ["ok.png"])
+    (tmp_path / "outside.png").write_bytes((images / "ok.png").read_bytes())
+    if kind == "coco":
+        data = {"images": [{"id": 1, "file_name": "ok.png"}, {"id": 2, "file_name": name}],
+                "annotations": [{"image_id": 1, "caption": "a red circle"}, {"image_id": 2, "caption": "a blue square"}]}
+        path = tmp_path / "captions_train2014.json"
+        path.write_text(json.dumps(data))
+    elif kind == "karpathy":
+        data = {"images": [{"filepath": "", "filename": f, "split": "train", "sentences": [{"raw": "a red circle"}]}
+                           for f in ("ok.png", name)]}
+        path = tmp_path / "dataset.json"
+        path.write_text(json.dumps(data))
+    else:
+        path = tmp_path / "captions.csv"
+        path.write_text(f"image,caption\nok.png,a red circle\n{name},a blue square\n")
+    opened = []
+    real_exists, real_is_file = Path.exists, Path.is_file
+    monkeypatch.setattr(Path, "exists", lambda self: opened.append(str(self)) or real_exists(self))
+    monkeypatch.setattr(Path, "is_file", lambda self: opened.append(str(self)) or real_is_file(self))
+    with pytest.raises(DataError, match="leaves the image folder|is absolute"):
+        load_dataset([str(path)], str(images), load_config("synth").data)
+    assert not any("passwd" in p or p.endswith("outside.png") for p in opened), opened

@@ -31,7 +31,7 @@ def rss_kb(pid: int) -> int:
 
 def test_slow_upload_gets_408(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
-        s.sendall(b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
+        s.sendall(b"POST /v1/captions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
                   b"Content-Length: 5000\r\n\r\n--zz\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.png\"\r\n\r\n")
         started = time.monotonic()
         answer = b""

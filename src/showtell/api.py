@@ -5,11 +5,18 @@
     captioner.caption("photo.jpg", beam_size=3)            # -> CaptionResult
     captioner.caption(["a.jpg", pil_image, raw_bytes])     # -> list of CaptionResult
 
+A picture is a path, bytes, a binary file object, a PIL image or a numpy array (H x W or H x W x
+3/4, uint8); one that cannot be read gives a result with `error` set. A bad argument (a beam size
+of 0, an unknown device, no run) raises `ArgumentError`, a `ShowtellError` and a `ValueError`.
+
 One lock guards the model, so a Captioner can be shared between threads (the web service does).
 """
 
 from __future__ import annotations
 
+import contextlib
+import numbers
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +27,69 @@ from PIL import Image
 from .data.images import load_image
 from .decode import Ensemble, decode, sample
 from .distributed import resolve_device
-from .errors import ConfigError, ImageError
+from .errors import ConfigError, ImageError, ShowtellError
 from .results import CaptionResult, Hypothesis, hypotheses_from, result_from
 from .run import load_model
 
 ImageInput = str | Path | bytes | Image.Image
+
+# what counts as one picture (anything else that is iterable is a list of pictures)
+_SINGLE = (str, Path, bytes, bytearray, memoryview, Image.Image)
+_SAMPLING_KEYS = ("temperature", "top_k", "top_p", "seed")
+
+
+class ArgumentError(ConfigError, ValueError):
+    """A bad argument to the Python API (also a ValueError); `str(error)` names it and the problem."""
+
+
+def check_device(name, setting: str = "device") -> torch.device:
+    """The torch device for `name` ('cpu', 'cuda', 'cuda:N', 'mps', 'auto'), or a one-line error
+    naming `setting` when torch does not know it or this machine does not have it."""
+    if not isinstance(name, (str, torch.device)):
+        raise ArgumentError(f"{setting}: expected a device name such as 'cpu' or 'cuda', got {type(name).__name__}")
+    try:
+        device = resolve_device(str(name))
+    except ShowtellError as error:  # resolve_device names train.device; say what the caller set
+        raise ArgumentError(f"{setting}: " + re.sub(r"^[\w.-]*device: ", "", str(error))) from None
+    except (RuntimeError, ValueError):
+        raise ArgumentError(f"{setting}: unknown device {str(name)!r} (expected cpu, cuda, cuda:N, mps or auto)") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ArgumentError(f"{setting}: {device.type} devices are not supported (expected cpu, cuda, cuda:N, mps or auto)")
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError, AttributeError):
+        raise ArgumentError(f"{setting}: {device} is not available on this machine") from None
+    return device
+
+
+def _count(value, name: str, minimum: int = 1, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentError(f"{name}: expected a whole number, got {value!r}")
+    if value < minimum:
+        raise ArgumentError(f"{name}: expected {minimum} or more, got {value}")
+    return int(value)
+
+
+def check_sampling(sampling: dict | None) -> dict | None:
+    """The sampling options, checked: temperature > 0, top_k >= 0, 0 < top_p <= 1, an integer seed."""
+    if sampling is None:
+        return None
+    if not isinstance(sampling, dict):
+        raise ArgumentError(f"sampling: expected a dict with {', '.join(_SAMPLING_KEYS)}, got {type(sampling).__name__}")
+    unknown = sorted(set(sampling) - set(_SAMPLING_KEYS))
+    if unknown:
+        raise ArgumentError(f"sampling: unknown option {unknown[0]!r} (expected {', '.join(_SAMPLING_KEYS)})")
+    temperature, top_p = sampling.get("temperature"), sampling.get("top_p")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+                                    or not temperature > 0):
+        raise ArgumentError(f"temperature: expected a positive number, got {temperature!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
+        raise ArgumentError(f"top_p: expected a number in (0, 1], got {top_p!r}")
+    _count(sampling.get("top_k"), "top_k", minimum=0, allow_none=True)
+    _count(sampling.get("seed"), "seed", minimum=-(1 << 63), allow_none=True)
+    return sampling
 
 
 class Captioner:
@@ -36,8 +101,15 @@ class Captioner:
     @classmethod
     def load(cls, paths: str | Path | Sequence[str | Path], device: str = "cpu") -> "Captioner":
         """One run directory (or exported package), or several to decode as an ensemble."""
-        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        device = resolve_device(device)
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        elif isinstance(paths, Sequence) and all(isinstance(p, (str, Path)) for p in paths):
+            paths = list(paths)
+        else:
+            raise ArgumentError(f"Captioner.load: expected a run directory or a list of them, got {paths!r:.80}")
+        if not paths:
+            raise ArgumentError("Captioner.load: expected a run directory or a list of them, got an empty list")
+        device = check_device(device)
         loaded = [load_model(p, device) for p in paths]
         vocab = loaded[0][1]
         for path, (_, other, _) in zip(paths[1:], loaded[1:]):
@@ -50,15 +122,19 @@ class Captioner:
         return self.config.data.max_image_pixels
 
     def load_images(self, sources: Sequence[ImageInput], max_pixels: int | None = None,
-                    names: Sequence[str] | None = None) -> tuple[list[list[torch.Tensor] | None], list[ImageError | None]]:
-        """Each picture prepared for each model (models may differ in size); an error per picture."""
+                    names: Sequence[str] | None = None, budget=None) -> tuple[list[list[torch.Tensor] | None], list[ImageError | None]]:
+        """Each picture prepared for each model (models may differ in size); an error per picture.
+        `budget` (a data.images.DecodeBudget) bounds the pixels decoded at once across threads."""
         prepared, errors = [], []
         limit = max_pixels or self.max_pixels
         for i, source in enumerate(sources):
-            name = names[i] if names else (source if isinstance(source, (str, Path)) else f"image {i}")
+            name = names[i] if names else _name(source, i)
             try:
-                image = load_image(source, limit, name=str(name))  # decoded once, shaped per model
-                prepared.append([model.transform(image) for model in self.models])
+                with contextlib.ExitStack() as held:  # a decoding budget, held until the picture is shaped
+                    hold = (lambda pixels: held.enter_context(budget.hold(pixels))) if budget else None
+                    image = load_image(source, limit, name=str(name), before_decode=hold)  # decoded once
+                    prepared.append([model.transform(image) for model in self.models])
+                    del image
                 errors.append(None)
             except ImageError as error:
                 prepared.append(None)
@@ -75,6 +151,8 @@ class Captioner:
         d = self.config.decode
         beam = beam_size or d.beam_size
         n_best = max(1, n_best if sampling is not None else min(n_best, beam))
+        if return_attention and not self.has_attention:
+            raise ArgumentError("return_attention: not an attention model (model.decoder=attention)")
         with self._lock:
             features = [model.encode(torch.stack([item[m] for item in batch]).to(self.device))
                         for m, model in enumerate(self.models)]
@@ -109,17 +187,26 @@ class Captioner:
         a result with `error` set instead of raising, so one bad file spoils nothing else.
         `sampling={"temperature": 0.8, "top_k": 0, "top_p": 0.9, "seed": 1}` draws captions
         instead of searching for the most probable one."""
-        single = isinstance(images, (str, Path, bytes, Image.Image))
+        beam = _count(beam_size, "beam_size", allow_none=True)
+        n_best = _count(n_best, "n_best")
+        batch_size = _count(batch_size, "batch_size")
+        sampling = check_sampling(sampling)
+        if sampling is None and n_best > (beam or self.config.decode.beam_size):
+            raise ArgumentError(f"n_best: beam search keeps at most beam_size alternatives ({n_best} > "
+                                f"{beam or self.config.decode.beam_size}); raise beam_size or sample")
+        if return_attention and not self.has_attention:
+            raise ArgumentError("return_attention: not an attention model (model.decoder=attention)")
+        single = _is_single(images)
         sources = [images] if single else list(images)
         results = []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start:start + batch_size]
-            prepared, errors = self.load_images(chunk)
+            prepared, errors = self.load_images(chunk, names=[_name(x, start + i) for i, x in enumerate(chunk)])
             good = [p for p in prepared if p is not None]
             hyps = iter(self.caption_tensors(good, beam_size, n_best, return_attention=return_attention,
                                              sampling=sampling) if good else [])
             for i, (source, error) in enumerate(zip(chunk, errors)):
-                name = str(source) if isinstance(source, (str, Path)) else f"image {start + i}"
+                name = _name(source, start + i)
                 if error:
                     results.append(CaptionResult(name, error=str(error)))
                     continue
@@ -133,3 +220,23 @@ class Captioner:
     @property
     def has_attention(self) -> bool:
         return all(getattr(m.decoder, "uses_grid", False) for m in self.models)
+
+
+def _is_single(images) -> bool:
+    """One picture, or a list of them? Paths, bytes, images, arrays and file objects are one each;
+    other iterables are lists; anything else is one (bad) picture, reported in its result."""
+    if isinstance(images, _SINGLE) or hasattr(images, "read") or hasattr(images, "__array_interface__"):
+        return True
+    try:
+        iter(images)
+    except TypeError:
+        return True
+    return isinstance(images, torch.Tensor)
+
+
+def _name(source, index: int) -> str:
+    """How a picture is named in results and messages: its path, a file object's name, or 'image N'."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    name = getattr(source, "name", None) if hasattr(source, "read") else None
+    return name if isinstance(name, str) and name else f"image {index}"

@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest picture accepted (default 10 MB)")
     p.add_argument("--max-images", type=int, default=16, help="pictures per request (default 16)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest picture in pixels (default 40 M)")
+    p.add_argument("--max-decoded-pixels", type=int, help="pixels decoded at once, all requests together "
+                                                          "(default: --max-pixels, at least that)")
+    p.add_argument("--allowed-hosts", action="append", default=[], metavar="NAME[,NAME...]",
+                   help="Host header values to accept besides the loopback names and --host (needed with "
+                        "--host 0.0.0.0; '*' accepts any)")
     p.add_argument("--max-batch", type=int, default=32, help="pictures captioned together at most (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=5, help="how long a request waits for company (default 5 ms)")
     p.add_argument("--body-timeout", type=float, default=30, help="seconds a client has to send its upload (default 30)")
@@ -125,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="folder for the data and the run (default demo-run)")
     p.add_argument("--minutes", type=float, default=3.5, help="training budget in minutes (default 3.5)")
     p.add_argument("--images", type=int, default=3000, help="synthetic pictures (default 3000)")
+    p.add_argument("--epochs", type=int, help="train exactly this many epochs instead of for --minutes "
+                                              "(the same model however busy the machine is)")
 
     p = sub.add_parser("config", help="print the resolved config, or every setting with --list")
     p.add_argument("--list", action="store_true")
@@ -186,6 +193,8 @@ def cmd_train(args) -> int:
     from .distributed import resolve_device
     from .train import resume, train
 
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ShowtellError(f"--max-minutes: expected a positive number of minutes, got {args.max_minutes:g}")
     if args.resume:
         from .run import Run
 
@@ -226,42 +235,92 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _write_attention(args, captioner, results) -> None:
+def _attention_targets(out_dir: Path, files: list[str]) -> dict[str, Path]:
+    """One map per picture, named after it; pictures with the same name in different folders get
+    -2, -3... so that no map overwrites another."""
+    targets, taken = {}, set()
+    for source in files:
+        if source in targets:
+            continue
+        stem, n = Path(source).stem, 1
+        name = f"{stem}.png"
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}.png"
+        taken.add(name)
+        targets[source] = out_dir / name
+    return targets
+
+
+def _write_attention(captioner, results, targets: dict[str, Path]) -> None:
     from .report import attention_figure
 
-    if not captioner.has_attention:
-        raise ShowtellError(f"--attention: {args.run} is not an attention model (model.decoder=attention)")
-    args.attention.mkdir(parents=True, exist_ok=True)
     for result in results:
         if result.error or not result.hypotheses:
             continue
-        target = args.attention / (Path(result.source).stem + ".png")
-        attention_figure(result.source, result.hypotheses[0], captioner.grid_side, target)
+        attention_figure(result.source, result.hypotheses[0], captioner.grid_side, targets[result.source])
+
+
+def _quote(name: str) -> str:
+    """A file name as the first field of a one-line, tab-separated output line: as a JSON string
+    (quoted, with \\t, \\n... escapes) when it holds a control character or starts with a quote."""
+    if name.startswith('"') or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return json.dumps(name, ensure_ascii=False)
+    return name
+
+
+def _check_caption_args(args) -> None:
+    """Every argument of `caption` checked before any model is loaded or picture decoded."""
+    from .api import check_device
+
+    for name in ("beam_size", "top_k"):
+        value = getattr(args, name)
+        low = 0 if name == "top_k" else 1
+        if value is not None and value < low:
+            raise ShowtellError(f"--{name.replace('_', '-')}: expected {low} or more, got {value}")
+    if args.n_best < 1:
+        raise ShowtellError(f"--n-best: expected 1 or more, got {args.n_best}")
+    if args.batch_size < 1:
+        raise ShowtellError(f"--batch-size: expected 1 or more, got {args.batch_size}")
+    if args.temperature is not None and args.temperature <= 0:
+        raise ShowtellError(f"--temperature: expected a positive number, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ShowtellError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
+    if not args.sample:
+        for name in ("temperature", "top_k", "top_p"):
+            if getattr(args, name) is not None:
+                raise ShowtellError(f"--{name.replace('_', '-')}: only used with --sample")
+    if args.attention is not None and args.attention.exists() and not args.attention.is_dir():
+        raise ShowtellError(f"--attention {args.attention}: exists and is not a folder")
+    check_device(args.device, "--device")
 
 
 def cmd_caption(args) -> int:
 
     from .api import Captioner
 
+    _check_caption_args(args)
     captioner = Captioner.load([args.run] + args.ensemble, device=args.device)
-    if args.beam_size is not None and args.beam_size < 1:
-        raise ShowtellError(f"--beam-size: expected 1 or more, got {args.beam_size}")
-    if args.n_best < 1:
-        raise ShowtellError(f"--n-best: expected 1 or more, got {args.n_best}")
-    if args.temperature is not None and args.temperature <= 0:
-        raise ShowtellError(f"--temperature: expected a positive number, got {args.temperature}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ShowtellError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
+    beam = args.beam_size or captioner.config.decode.beam_size
+    if not args.sample and args.n_best > beam:
+        raise ShowtellError(f"--n-best {args.n_best}: beam search keeps at most --beam-size alternatives "
+                            f"(beam {beam}); raise --beam-size or use --sample")
+    want_attention = args.attention is not None
+    if want_attention and not captioner.has_attention:
+        raise ShowtellError(f"--attention: {args.run} is not an attention model (model.decoder=attention)")
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed} \
         if args.sample else None
     files = expand_images(args.images)
     if not files:
         raise ShowtellError("no pictures found in " + " ".join(args.images))
+    targets = {}
+    if want_attention:
+        args.attention.mkdir(parents=True, exist_ok=True)
+        targets = _attention_targets(args.attention, files)
     writer = csv.writer(sys.stdout) if args.csv else None
     if writer:
         writer.writerow(["image", "caption", "logprob", "rank", "error"])
     failed = 0
-    want_attention = args.attention is not None
     with progress_bar(total=len(files), desc="captioning", unit="img", disable=len(files) < 2) as bar:
         for start in range(0, len(files), args.batch_size):
             chunk = files[start:start + args.batch_size]
@@ -270,7 +329,10 @@ def cmd_caption(args) -> int:
             for result in results:
                 if result.error:
                     failed += 1
-                    print(f"showtell: error: {result.error}", file=sys.stderr)
+                    error = result.error
+                    if error.startswith(result.source + ": "):
+                        error = _quote(result.source) + error[len(result.source):]
+                    print(f"showtell: error: {error}", file=sys.stderr)
                 if args.json:
                     print(json.dumps({"image": result.source, "caption": result.caption, "logprob": result.logprob,
                                       "error": result.error,
@@ -282,17 +344,28 @@ def cmd_caption(args) -> int:
                     for rank, h in enumerate(result.hypotheses[: args.n_best], start=1):
                         writer.writerow([result.source, h.caption, f"{h.logprob:.4f}", rank, ""])
                 elif not result.error:
-                    print(f"{result.source}\t{result.caption}", flush=True)
+                    print(f"{_quote(result.source)}\t{result.caption}", flush=True)
             if want_attention:
-                _write_attention(args, captioner, results)
+                _write_attention(captioner, results, targets)
             bar.update(len(chunk))
+    if want_attention:
+        renamed = [(source, target) for source, target in targets.items() if target.stem != Path(source).stem]
+        for source, target in renamed:
+            log.info("attention map of %s is %s (another picture has the same name)", _quote(source), target)
     if failed:
         print(f"showtell: {failed} of {len(files)} pictures could not be captioned", file=sys.stderr)
     return 1 if failed else 0
 
 
 def cmd_evaluate(args) -> int:
+    from .api import check_device
     from .evaluate_run import evaluate_run, format_table
+
+    for name in ("beam_size", "max_images"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ShowtellError(f"--{name.replace('_', '-')}: expected 1 or more, got {value}")
+    check_device(args.device, "--device")
 
     report = evaluate_run(args.run, args.data, args.images, args.split, args.beam_size, args.ensemble,
                           device=args.device, features_dir=args.features, max_images=args.max_images)
@@ -310,6 +383,8 @@ def cmd_prepare(args) -> int:
     from .distributed import resolve_device
     from .extract import prepare
 
+    if args.batch_size < 1:
+        raise ShowtellError(f"--batch-size: expected 1 or more, got {args.batch_size}")
     config = load_config(args.config, args.set)
     records = _records(args, config)
     with dist.process_group(resolve_device(config.train.device).type):  # under torchrun each rank encodes its share
@@ -328,24 +403,39 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from .api import check_device
     from .serve.app import Limits, serve
 
-    for name in ("max_upload_mb", "max_images", "max_pixels", "max_batch", "body_timeout"):
+    check_device(args.device, "--device")
+    if args.max_decoded_pixels is None:
+        args.max_decoded_pixels = args.max_pixels
+    for name in ("max_upload_mb", "max_images", "max_pixels", "max_decoded_pixels", "max_batch", "body_timeout"):
         if getattr(args, name) <= 0:
             raise ShowtellError(f"--{name.replace('_', '-')}: expected a positive number")
+    if args.max_decoded_pixels < args.max_pixels:
+        raise ShowtellError(f"--max-decoded-pixels: must be at least --max-pixels ({args.max_pixels:,}), so that "
+                            f"the largest picture accepted can be decoded; got {args.max_decoded_pixels:,}")
     if not 0 < args.port < 65536:
         raise ShowtellError(f"--port: expected 1 to 65535, got {args.port}")
     file_bytes = int(args.max_upload_mb * (1 << 20))
     limits = Limits(max_file_bytes=file_bytes, max_request_bytes=file_bytes * args.max_images + (1 << 20),
-                    max_images=args.max_images, max_pixels=args.max_pixels, body_timeout_s=args.body_timeout)
-    serve(args.run, args.host, args.port, args.device, limits, args.max_batch, args.max_wait_ms)
+                    max_images=args.max_images, max_pixels=args.max_pixels, max_decoded_pixels=args.max_decoded_pixels,
+                    body_timeout_s=args.body_timeout)
+    serve(args.run, args.host, args.port, args.device, limits, args.max_batch, args.max_wait_ms,
+          allowed_hosts=args.allowed_hosts)
     return 0
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, minutes=args.minutes, n_images=args.images)
+    if args.epochs is not None and args.epochs < 1:
+        raise ShowtellError(f"--epochs: expected 1 or more, got {args.epochs}")
+    if not args.minutes > 0:
+        raise ShowtellError(f"--minutes: expected a positive number of minutes, got {args.minutes:g}")
+    if args.images < 10:
+        raise ShowtellError(f"--images: at least 10 pictures are needed for train/val/test splits, got {args.images}")
+    run_demo(args.out, minutes=args.minutes, n_images=args.images, epochs=args.epochs)
     return 0
 
 

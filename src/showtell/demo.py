@@ -36,7 +36,9 @@ def _prepare_folder(out: Path) -> None:
     (out / MARKER).write_text("made by showtell demo; safe to delete\n")
 
 
-def run_demo(out: Path, minutes: float = 3.5, n_images: int = 3000, seed: int = 0) -> dict:
+def run_demo(out: Path, minutes: float = 3.5, n_images: int = 3000, seed: int = 0, epochs: int | None = None) -> dict:
+    """`epochs`: train exactly that many epochs with no time limit (the same model on any machine,
+    however busy; the tests use it) instead of stopping after `minutes`."""
     started = time.monotonic()
     say = lambda text="": print(text, flush=True)  # noqa: E731
     _prepare_folder(out)
@@ -46,11 +48,12 @@ def run_demo(out: Path, minutes: float = 3.5, n_images: int = 3000, seed: int = 
     with progress_bar(total=n_images, unit="img", leave=False) as bar:
         annotations = write_dataset(data_dir, n_images, seed=seed, progress=bar.update)
 
-    config = load_config("synth")
+    config = load_config("synth", [f"train.epochs={epochs}"] if epochs else [])
     records = load_dataset([str(annotations)], None, config.data)
-    say(f"[2/4] training Show and Tell (small CNN from scratch + LSTM) for up to {minutes:g} minutes")
+    budget = f"{epochs} epochs" if epochs else f"up to {minutes:g} minutes"
+    say(f"[2/4] training Show and Tell (small CNN from scratch + LSTM) for {budget}")
     summary = train(config, records, run_dir, {"data": [str(annotations.resolve())], "images": None, "features": None},
-                    max_minutes=minutes)
+                    max_minutes=None if epochs else minutes)
 
     say("[3/4] captioning the held-out test pictures (greedy, then beam search with beam 3)")
     report = evaluate_run(run_dir, [str(annotations)], None, "test", beam_size=1, metrics=DEMO_METRICS)

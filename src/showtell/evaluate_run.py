@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .api import Captioner
+from .api import ArgumentError, Captioner
 from .data.batching import CaptionTable, ImageSet
 from .data.features import FeatureCache
 from .data.formats import load_dataset
@@ -23,6 +23,9 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
                  beam_size: int | None = None, ensemble: list[str] = (), device: str = "cpu",
                  features_dir: str | None = None, max_images: int | None = None, batch_size: int = 32,
                  write_html: bool = True, show_progress: bool = True, metrics=METRICS) -> dict:
+    for name, value in (("beam_size", beam_size), ("max_images", max_images)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ArgumentError(f"{name}: expected 1 or more, got {value!r}")
     run = Run(run_dir)
     captioner = Captioner.load([run_dir, *ensemble], device=device)
     config = captioner.config
@@ -33,7 +36,7 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
         if ensemble:
             raise DataError("--features: decoding from a feature cache takes one run, not an ensemble")
         cache = FeatureCache.open(features_dir)
-        records = [r for r in cache.records() if r.split == split][:max_images or None]
+        records = [r for r in cache.records() if r.split == split][:max_images]
         images = cache.split_set(records, split)
     else:
         if not data:  # default: the data the run was trained on
@@ -41,7 +44,7 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
             data, images_dir = sources.get("data") or [], images_dir or sources.get("images")
             if not data:
                 raise DataError("--data: give the annotation file to evaluate on")
-        records = [r for r in load_dataset(data, images_dir, config.data) if r.split == split][:max_images or None]
+        records = [r for r in load_dataset(data, images_dir, config.data) if r.split == split][:max_images]
         images = ImageSet(records, model.transform, config.data.max_image_pixels)
     if not records:
         raise DataError(f"no images in the '{split}' split")

@@ -2,6 +2,8 @@
 
 Every file is written to a temporary name in the same folder, flushed, fsync'ed and renamed over
 the target, so a kill at any moment leaves either the old file or the new one, never half of one.
+The file gets the mode an ordinary write would give it: an existing file's mode, or 0666 less
+the umask (the temporary file itself is private until then).
 Model weights are safetensors; training state is loaded with `torch.load(weights_only=True)`,
 which refuses anything but tensors and plain containers.
 """
@@ -11,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,12 +41,32 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; the lock keeps threads from seeing 0)."""
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def _ordinary_mode(path: Path) -> int:
+    """The mode `open(path, 'w')` would leave: the existing file's, or 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Write `path` through `write(file)` so that it appears whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _ordinary_mode(path))  # mkstemp makes 0600: others could not read a shared run
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

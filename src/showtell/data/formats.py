@@ -15,7 +15,9 @@ the record and what is wrong.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -69,6 +71,23 @@ def _caption(value, where: str) -> tuple[str, list[str]]:
     return value.strip(), tokens
 
 
+def _inside(root: Path, name: str, where: str, allow_absolute: bool = False) -> Path:
+    """`root / name`, refused when `name` leaves the image folder: `..` past the top, or an
+    absolute path (unless the user allowed those). Checked on the text, before any file is opened;
+    symbolic links inside the folder are the user's own and are followed as usual."""
+    if "\0" in name:
+        raise DataError(f"{where}: image path {name!r} holds a NUL character")
+    if os.path.isabs(name):
+        if allow_absolute:
+            return Path(name)
+        raise DataError(f"{where}: image path {name!r} is absolute; annotation files name pictures relative to "
+                        "the image folder (--images)")
+    parts = Path(os.path.normpath(name)).parts
+    if parts and parts[0] == "..":
+        raise DataError(f"{where}: image path {name!r} leaves the image folder {root}")
+    return root / name
+
+
 def _split(value, where: str) -> str:
     split = "train" if value == "restval" else value
     if split not in SPLITS:
@@ -76,7 +95,7 @@ def _split(value, where: str) -> str:
     return split
 
 
-def read_karpathy(path: Path, data, images_dir: Path) -> list[ImageRecord]:
+def read_karpathy(path: Path, data, images_dir: Path, allow_absolute: bool = False) -> list[ImageRecord]:
     images = data.get("images")
     if not isinstance(images, list):
         raise DataError(f"{path}: 'images' must be a list")
@@ -119,7 +138,8 @@ def read_karpathy(path: Path, data, images_dir: Path) -> list[ImageRecord]:
             raise DataError(f"{where}: {location} is listed twice (also images[{seen_files[location]}])")
         seen_keys[key], seen_files[location] = i, i
         extra = {k: item[k] for k in ("scene", "cocoid", "imgid") if k in item}
-        records.append(ImageRecord(key, images_dir / folder / filename, _split(item.get("split"), where),
+        location = _inside(images_dir, os.path.join(folder, filename), where, allow_absolute)
+        records.append(ImageRecord(key, location, _split(item.get("split"), where),
                                    captions, tokens, extra))
     return records
 
@@ -132,7 +152,7 @@ def _coco_folder(path: Path, file_name: str) -> str | None:
     return stem.split("_", 1)[1] if "_" in stem else None
 
 
-def read_coco(path: Path, data, images_dir: Path, split: str | None) -> list[ImageRecord]:
+def read_coco(path: Path, data, images_dir: Path, split: str | None, allow_absolute: bool = False) -> list[ImageRecord]:
     images, annotations = data.get("images"), data.get("annotations")
     if not isinstance(images, list) or not isinstance(annotations, list):
         raise DataError(f"{path}: a COCO captions file needs 'images' and 'annotations' lists")
@@ -150,9 +170,9 @@ def read_coco(path: Path, data, images_dir: Path, split: str | None) -> list[Ima
         if name in seen_files:
             raise DataError(f"{where}: {name} is listed twice (ids {seen_files[name]} and {image_id})")
         seen_files[name] = image_id
-        location = images_dir / name
+        location = _inside(images_dir, name, where, allow_absolute)
         folder = _coco_folder(path, name)
-        if not location.exists() and folder and (images_dir / folder / name).exists():
+        if not location.exists() and folder and not os.path.isabs(name) and (images_dir / folder / name).exists():
             location = images_dir / folder / name
         by_id[image_id] = ImageRecord(str(image_id), location, split or "", extra={"cocoid": image_id})
     for i, ann in enumerate(annotations):
@@ -187,15 +207,24 @@ def _table_rows(path: Path) -> list[tuple[str, dict]]:
                 raise DataError(f"{path}: line {n}: expected an object with 'image' and 'caption'")
             rows.append((f"{path}: line {n}", row))
         return rows
-    reader = csv.DictReader(text.splitlines())
-    if not reader.fieldnames or not {"image", "caption"} <= {f.strip().lower() for f in reader.fieldnames}:
-        raise DataError(f"{path}: a CSV file needs a header with 'image' and 'caption' columns")
-    for n, row in enumerate(reader, start=2):
-        rows.append((f"{path}: line {n}", {(k or "").strip().lower(): v for k, v in row.items()}))
+    # the whole text to the reader (not line by line): a quoted caption may hold a line break
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        if not reader.fieldnames or not {"image", "caption"} <= {f.strip().lower() for f in reader.fieldnames}:
+            raise DataError(f"{path}: a CSV file needs a header with 'image' and 'caption' columns")
+        while True:
+            start = reader.line_num + 1  # a record may span lines: name the line it starts on
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            rows.append((f"{path}: line {start}", {(k or "").strip().lower(): v for k, v in row.items()}))
+    except csv.Error as error:
+        raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({error})") from None
     return rows
 
 
-def read_table(path: Path, images_dir: Path) -> list[ImageRecord]:
+def read_table(path: Path, images_dir: Path, allow_absolute: bool = False) -> list[ImageRecord]:
     by_image: dict[str, ImageRecord] = {}
     for where, row in _table_rows(path):
         image = row.get("image")
@@ -204,7 +233,9 @@ def read_table(path: Path, images_dir: Path) -> list[ImageRecord]:
         caption, tokens = _caption(row.get("caption"), where)
         split = row.get("split")
         split = _split(split.strip().lower(), where) if isinstance(split, str) and split.strip() else ""
-        record = by_image.setdefault(image, ImageRecord(image, images_dir / image, split))
+        if image not in by_image:
+            by_image[image] = ImageRecord(image, _inside(images_dir, image, where, allow_absolute), split)
+        record = by_image[image]
         if split and record.split and split != record.split:
             raise DataError(f"{where}: {image} is given split {split!r} here and {record.split!r} before")
         record.split = record.split or split
@@ -262,8 +293,9 @@ def detect_format(path: Path) -> str:
 
 
 def read_annotations(spec: str, images_dir: str | Path | None, split_ratio: str = "0.9,0.05,0.05",
-                     split_seed: int = 0, karpathy_split: str = "") -> list[ImageRecord]:
-    """Records from one `--data` value: 'FILE' or 'SPLIT=FILE' (the whole file is that split)."""
+                     split_seed: int = 0, karpathy_split: str = "", allow_absolute: bool = False) -> list[ImageRecord]:
+    """Records from one `--data` value: 'FILE' or 'SPLIT=FILE' (the whole file is that split).
+    Image paths in the file must stay inside the image folder; absolute ones only with `allow_absolute`."""
     forced = None
     if "=" in spec and spec.split("=", 1)[0] in SPLITS:
         forced, spec = spec.split("=", 1)
@@ -275,13 +307,13 @@ def read_annotations(spec: str, images_dir: str | Path | None, split_ratio: str 
         raise DataError(f"{root}: image folder not found")
     kind = detect_format(path)
     if kind == "karpathy":
-        records = read_karpathy(path, _load_json(path), root)
+        records = read_karpathy(path, _load_json(path), root, allow_absolute)
     elif kind == "coco":
-        records = read_coco(path, _load_json(path), root, forced)
+        records = read_coco(path, _load_json(path), root, forced, allow_absolute)
         if karpathy_split and not forced:
             records = apply_karpathy_split(records, Path(karpathy_split))
     else:
-        records = read_table(path, root)
+        records = read_table(path, root, allow_absolute)
     if forced:
         for record in records:
             record.split = forced
@@ -321,8 +353,11 @@ def load_dataset(specs: list[str], images_dir: str | Path | None, data_config) -
     """Records of one or more `--data` values, checked: pictures present, no picture twice."""
     import logging
 
+    # absolute image paths in annotation files only when the config allows them (a setting
+    # `data.allow_absolute_paths`, when config.py has one)
+    allow_absolute = bool(getattr(data_config, "allow_absolute_paths", False))
     lists = [read_annotations(spec, images_dir, data_config.split_ratio, data_config.split_seed,
-                              data_config.karpathy_split) for spec in specs]
+                              data_config.karpathy_split, allow_absolute) for spec in specs]
     records = merge(lists, specs)
     records, missing = check_images(records, data_config.skip_missing_images, ", ".join(specs))
     if missing:

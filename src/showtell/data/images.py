@@ -11,8 +11,11 @@ std) lives inside the encoder, so preprocessing can never disagree with the netw
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,25 +47,70 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy an RGB picture
 
 
-def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS,
-               name: str | None = None) -> Image.Image:
-    """An upright RGB PIL image from a path, bytes or a PIL image, or an ImageError."""
+def _from_array(array, label: str) -> Image.Image:
+    """A numpy array (H x W, H x W x 1/3/4; uint8, or floats in 0..1) as a PIL image."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape:
+        raise ImageError(label, f"array of shape {tuple(array.shape)} is not a picture (expected H x W or H x W x 3/4)",
+                         "format")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise ImageError(label, "array holds NaN or infinite values", "format")
+        array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif array.dtype == np.bool_ or array.dtype.kind not in "ui":
+        raise ImageError(label, f"array of {array.dtype} is not a picture (expected uint8, or floats in 0..1)", "format")
+    elif array.dtype != np.uint8:
+        if array.min() < 0 or array.max() > 255:
+            raise ImageError(label, f"array values outside 0..255 ({array.dtype})", "format")
+        array = array.astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _read_source(source, label: str) -> bytes:
+    """The bytes of a path, bytes-like object or binary file object, or an ImageError."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if hasattr(source, "read"):
+        try:
+            data = source.read()
+        except (OSError, ValueError) as error:
+            raise ImageError(label, f"cannot read file object ({error})", "missing") from None
+        if isinstance(data, str):
+            raise ImageError(label, "file object opened in text mode (open pictures with 'rb')", "format")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ImageError(label, f"file object returned {type(data).__name__}, not bytes", "format")
+        return bytes(data)
+    try:
+        return Path(source).read_bytes()
+    except FileNotFoundError:
+        raise ImageError(label, "file not found", "missing") from None
+    except IsADirectoryError:
+        raise ImageError(label, "is a folder, not an image", "format") from None
+    except OSError as error:
+        raise ImageError(label, f"cannot read file ({error.strerror or error.__class__.__name__})", "missing") from None
+    except ValueError as error:  # a NUL byte in the name
+        raise ImageError(label, f"not a usable file name ({error})", "missing") from None
+
+
+def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None,
+               before_decode: Callable[[int], object] | None = None) -> Image.Image:
+    """An upright RGB PIL image from a path, bytes, a binary file object, a PIL image or a numpy
+    array, or an ImageError. `before_decode(pixels)` is called once the size is known from the
+    header and checked, before any pixel is decoded (the service uses it to bound memory)."""
     if isinstance(source, Image.Image):
         label = name or "image"
         image = source
-    else:
-        label = name or (str(source) if not isinstance(source, (bytes, bytearray)) else "upload")
-        try:
-            data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
-        except FileNotFoundError:
-            raise ImageError(label, "file not found", "missing") from None
-        except IsADirectoryError:
-            raise ImageError(label, "is a folder, not an image", "format") from None
-        except OSError as error:
-            raise ImageError(label, f"cannot read file ({error.strerror or error.__class__.__name__})", "missing") from None
+    elif hasattr(source, "__array_interface__") and not isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "array"
+        image = _from_array(source, label)
+    elif isinstance(source, (str, Path, bytes, bytearray, memoryview)) or hasattr(source, "read"):
+        label = name or (str(source) if isinstance(source, (str, Path)) else "upload")
+        data = _read_source(source, label)
         if not data:
             raise ImageError(label, "empty file (0 bytes)", "empty")
         try:
@@ -73,12 +121,17 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = DEFAU
             raise ImageError(label, f"possible decompression bomb ({error})", "too_large") from None
         except (OSError, ValueError, SyntaxError) as error:
             raise ImageError(label, f"unreadable image header ({error})") from None
+    else:
+        raise ImageError(name or "image", f"cannot read a picture from {type(source).__name__} (give a path, bytes, a "
+                                          "binary file object, a PIL image or a numpy array)", "format")
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageError(label, f"image has no pixels ({width}x{height})", "corrupt")
     if width * height > max_pixels:
         raise ImageError(label, f"too many pixels ({width}x{height} = {width * height:,} > limit {max_pixels:,}); "
                                 "possible decompression bomb", "too_large")
+    if before_decode is not None:
+        before_decode(width * height)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -94,6 +147,66 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = DEFAU
         if "truncated" in reason.lower():
             reason = "truncated image file"
         raise ImageError(label, f"corrupt or truncated image ({reason})") from None
+
+
+def release_free_memory() -> None:
+    """Hand memory that is free but kept by the C allocator back to the system (glibc's
+    malloc_trim; nothing elsewhere). Decoded pictures come and go in many threads' malloc arenas,
+    which otherwise keep the resident size at its high-water mark."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
+class DecodeBudget:
+    """At most `max_pixels` pixels decoded at once in this process, across threads: a picture
+    waits until its area fits (one picture over the budget alone still goes through, by itself),
+    so many large uploads at once cannot hold gigabytes of decoded pixels. When the last large
+    picture is done, free memory goes back to the system."""
+
+    def __init__(self, max_pixels: int, trim_above: int = 4_000_000):
+        self.max_pixels, self.trim_above = max_pixels, trim_above
+        self.in_use = self.peak = self.waiting = 0
+        self._since_trim = 0
+        self._free = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        with self._free:
+            self.waiting += 1
+            try:
+                self._free.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.max_pixels)
+            finally:
+                self.waiting -= 1
+            self.in_use += pixels
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._free:
+                self.in_use -= pixels
+                self._since_trim += pixels
+                trim = self.in_use == 0 and self._since_trim >= self.trim_above
+                if trim:
+                    self._since_trim = 0
+                self._free.notify_all()
+            if trim:
+                release_free_memory()
+
+    def stats(self) -> dict:
+        with self._free:
+            return {"max_pixels": self.max_pixels, "pixels_in_use": self.in_use, "peak_pixels": self.peak,
+                    "waiting": self.waiting}
 
 
 @dataclass(frozen=True)
