@@ -217,3 +217,17 @@ def test_image_paths_that_leave_the_image_folder_are_refused_before_opening(tmp_
     with pytest.raises(DataError, match="leaves the image folder|is absolute"):
         load_dataset([str(path)], str(images), load_config("synth").data)
     assert not any("passwd" in p or p.endswith("outside.png") for p in opened), opened
+
+
+def test_absolute_image_paths_are_read_when_the_user_allows_them(tmp_path):
+    images = tmp_path / "images"
+    make_images(images, ["ok.png"])
+    elsewhere = tmp_path / "elsewhere"
+    make_images(elsewhere, ["far.png"])
+    path = tmp_path / "captions.csv"
+    path.write_text(f"image,caption\nok.png,a red circle\n{elsewhere / 'far.png'},a blue square\n")
+    with pytest.raises(DataError, match="is absolute"):
+        load_dataset([str(path)], str(images), load_config("synth").data)
+    allowed = load_config("synth", ["data.allow_absolute_paths=true"]).data
+    records = load_dataset([str(path)], str(images), allowed)
+    assert sorted(r.path for r in records) == sorted([images / "ok.png", elsewhere / "far.png"])

@@ -67,6 +67,9 @@ class DataConfig:
         "(the weights' crop size for torchvision models, 64 for 'small')", min=16, max=2048)
     min_word_count: int = setting(5, "words seen fewer times in the training captions become <unk> (5 as in Karpathy's split)", min=1)
     max_caption_length: int = setting(20, "training captions are cut to this many words", min=1, max=200)
+    allow_absolute_paths: bool = setting(
+        False, "accept absolute image paths in annotation files; other paths must stay inside the image folder "
+        "(a file naming ../../etc/passwd is refused before anything is opened)")
     skip_missing_images: bool = setting(
         False, "continue when annotated images are missing from the image folder (they are counted and reported)")
     split_ratio: str = setting(

@@ -353,9 +353,7 @@ def load_dataset(specs: list[str], images_dir: str | Path | None, data_config) -
     """Records of one or more `--data` values, checked: pictures present, no picture twice."""
     import logging
 
-    # absolute image paths in annotation files only when the config allows them (a setting
-    # `data.allow_absolute_paths`, when config.py has one)
-    allow_absolute = bool(getattr(data_config, "allow_absolute_paths", False))
+    allow_absolute = data_config.allow_absolute_paths
     lists = [read_annotations(spec, images_dir, data_config.split_ratio, data_config.split_seed,
                               data_config.karpathy_split, allow_absolute) for spec in specs]
     records = merge(lists, specs)
