@@ -58,15 +58,15 @@ def main() -> None:
     sets = {"built-in scenes (seed 0)": write_dataset(args.out / "seed0", args.images, seed=0),
             "renamed words (seed 7)": renamed(write_dataset(args.out / "seed7", args.images, seed=7))}
     rows = []
-    for set_name, annotations in sets.items():
+    for set_name, data_file in sets.items():
         for decoder in args.decoders:
             for budgeted in (False, True):
                 config = load_config("synth", [f"model.decoder={decoder}", f"train.budget_schedule={budgeted}"])
-                records = load_dataset([str(annotations)], annotations.parent, config.data)
-                run = args.out / f"{annotations.stem}-{annotations.parent.name}-{decoder}-{budgeted}"
+                records = load_dataset([str(data_file)], data_file.parent, config.data)
+                run = args.out / f"{data_file.stem}-{data_file.parent.name}-{decoder}-{budgeted}"
                 summary = train(config, records, run, max_minutes=args.minutes, show_progress=False)
                 last = json.loads((run / "history.jsonl").read_text().splitlines()[-1])
-                report = evaluate_run(run, [str(annotations)], annotations.parent, "test", beam_size=1,
+                report = evaluate_run(run, [str(data_file)], data_file.parent, "test", beam_size=1,
                                       write_html=False, show_progress=False, metrics=("Bleu_4", "CIDEr"))
                 s, human = report["scores"], report["human"]
                 rows.append({"set": set_name, "decoder": decoder, "schedule": "planned" if budgeted else "truncated",
