@@ -239,10 +239,18 @@ def _write_attention(args, captioner, results) -> None:
         attention_figure(result.source, result.hypotheses[0], captioner.grid_side, target)
 
 
+def _check_device(args) -> None:
+    """A bad --device is reported as --device, before any model is loaded."""
+    from .distributed import resolve_device
+
+    resolve_device(args.device, "--device")
+
+
 def cmd_caption(args) -> int:
 
     from .api import Captioner
 
+    _check_device(args)
     captioner = Captioner.load([args.run] + args.ensemble, device=args.device)
     if args.beam_size is not None and args.beam_size < 1:
         raise ShowtellError(f"--beam-size: expected 1 or more, got {args.beam_size}")
@@ -294,6 +302,7 @@ def cmd_caption(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate_run import evaluate_run, format_table
 
+    _check_device(args)
     report = evaluate_run(args.run, args.data, args.images, args.split, args.beam_size, args.ensemble,
                           device=args.device, features_dir=args.features, max_images=args.max_images)
     if args.json:
@@ -330,6 +339,7 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from .serve.app import Limits, serve
 
+    _check_device(args)
     for name in ("max_upload_mb", "max_images", "max_pixels", "max_batch", "body_timeout"):
         if getattr(args, name) <= 0:
             raise ShowtellError(f"--{name.replace('_', '-')}: expected a positive number")
