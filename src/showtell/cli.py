@@ -126,10 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=3.5, help="training budget in minutes (default 3.5)")
     p.add_argument("--images", type=int, default=3000, help="synthetic pictures (default 3000)")
 
+    _add_score_parser(sub)
+
     p = sub.add_parser("config", help="print the resolved config, or every setting with --list")
     p.add_argument("--list", action="store_true")
     _config_args(p)
     return parser
+
+
+def _add_score_parser(sub) -> None:
+    p = sub.add_parser("score", help="how probable a trained model finds given captions of a picture")
+    p.add_argument("run", help="run directory or exported model")
+    p.add_argument("picture", help="image file")
+    p.add_argument("captions", nargs="+", metavar="CAPTION", help="captions to score (quote each)")
+    p.add_argument("--ensemble", action="append", default=[], metavar="RUN", help="another run to average with (repeatable)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="one JSON object per caption")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +294,8 @@ def cmd_caption(args) -> int:
                 if args.json:
                     print(json.dumps({"image": result.source, "caption": result.caption, "logprob": result.logprob,
                                       "error": result.error,
-                                      "hypotheses": [{"caption": h.caption, "logprob": h.logprob, "score": h.score}
+                                      "hypotheses": [{"caption": h.caption, "logprob": h.logprob, "score": h.score,
+                                                      "finished": h.finished}
                                                      for h in result.hypotheses]}), flush=True)
                 elif writer:
                     if result.error:
@@ -297,6 +310,21 @@ def cmd_caption(args) -> int:
     if failed:
         print(f"showtell: {failed} of {len(files)} pictures could not be captioned", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_score(args) -> int:
+    """Each caption's log-probability, perplexity and per-word log-probabilities, in the order given."""
+    from .api import Captioner
+
+    _check_device(args)
+    captioner = Captioner.load([args.run] + args.ensemble, device=args.device)
+    for result in captioner.logprob(args.picture, args.captions):
+        if args.json:
+            print(json.dumps({"image": args.picture, **result.to_dict()}), flush=True)
+            continue
+        print(f"{result.logprob:9.4f}  perplexity {result.perplexity:8.3f}  {result.caption}")
+        print("           " + "  ".join(f"{w} {lp:.3f}" for w, lp in zip(result.words, result.word_logprobs)))
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -368,7 +396,8 @@ def cmd_config(args) -> int:
 
 COMMANDS = {"synth": cmd_synth, "train": cmd_train, "caption": cmd_caption, "evaluate": cmd_evaluate,
             "prepare": cmd_prepare, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
-            "config": cmd_config}
+            "config": cmd_config,
+            "score": cmd_score}
 
 
 def main(argv: list[str] | None = None) -> int:
