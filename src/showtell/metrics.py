@@ -99,16 +99,13 @@ def python_ptb_tokenize(text: str) -> str:
         if token[0].isalnum() or (token[0] in "-." and len(token) > 1 and token[1].isdigit()):
             if text[end:end + 1] == "." and _keeps_period(token, text[end + 1:]):
                 token += "."
-                end += 1
+            clitic = _CLITIC.match(token)
             if token.startswith("y'") and len(token) > 2:      # y'all -> y' all
                 tokens += ["y'", token[2:]]
-                continue
-            clitic = _CLITIC.match(token)
-            if clitic and not token.endswith("."):
-                tokens += [_SPLIT_WORDS.get(clitic.group(1), (clitic.group(1),))[0], clitic.group(2)] \
-                    if clitic.group(1) not in ("ca", "wo") else [clitic.group(1), clitic.group(2)]
-                continue
-            tokens.extend(_SPLIT_WORDS.get(token, (token.replace(" ", "\u00a0"),)))
+            elif clitic and not token.endswith("."):          # don't -> do n't, can't -> ca n't
+                tokens += [clitic.group(1), clitic.group(2)]
+            else:
+                tokens.extend(_SPLIT_WORDS.get(token, (token.replace(" ", "\u00a0"),)))
         else:
             tokens.append(_BRACKETS.get(token, "--" if token.startswith("--") else token))
     return " ".join(t for t in tokens if t not in PTB_PUNCTUATION and t not in ('"', '``', "''", "...."))
