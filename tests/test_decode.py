@@ -331,3 +331,37 @@ def test_sample_logprobs_equal_teacher_forcing_and_carry_gradients():
             logits[:, [PAD, START, UNK]] = -math.inf
             policy = F.log_softmax(logits / 0.8, dim=-1).gather(1, torch.tensor(targets).unsqueeze(1)).squeeze(1)
             assert torch.allclose(token_lp[row][mask[row]], policy, atol=1e-5)
+
+
+def _reference_beam(model, image: int, k: int, max_length: int, n_best: int):
+    """Beam search written the slow, obvious way (one image, Python lists), as im2txt does it."""
+    live, done = [(0.0, [], model.init_state(torch.tensor([image])))], []
+    for t in range(max_length + 1):
+        grown = []
+        for lp, words, state in live:
+            logprobs, after, _ = model.step(torch.tensor([words[-1] if words else START]), state)
+            logprobs = logprobs[0].clone()
+            logprobs[[PAD, START, UNK]] = -math.inf
+            values, ids = logprobs.topk(k)
+            for value, word in zip(values.tolist(), ids.tolist()):
+                if word == END:
+                    done.append((lp + value, words))
+                elif t < max_length and math.isfinite(value):
+                    grown.append((lp + value, words + [word], after))
+        live = sorted(grown, key=lambda x: -x[0])[:k]
+    done.sort(key=lambda x: -x[0])
+    return [(words, lp, True) for lp, words in done[:n_best]] + \
+        [(words, lp, False) for lp, words, _ in live[:n_best - len(done[:n_best])]]
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_narrow_beam_equals_a_reference_beam_search(k):
+    """Beams narrower than the vocabulary prune; the exhaustive comparison (beam 64) never does."""
+    model = TableModel(n_images=12, max_steps=6, seed=12, end_bias=-0.5)
+    out = beam_search(model, torch.arange(12), beam_size=k, max_length=6, n_best=k)
+    for i in range(12):
+        truth = _reference_beam(model, i, k, 6, k)
+        got = [(out.sequences[i, j, :int(out.lengths[i, j])].tolist(), out.logprobs[i, j].item(), bool(out.finished[i, j]))
+               for j in range(len(truth))]
+        assert [(w, f) for w, _, f in got] == [(w, f) for w, _, f in truth], i
+        assert [lp for _, lp, _ in got] == pytest.approx([lp for _, lp, _ in truth], abs=1e-4)
