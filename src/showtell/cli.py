@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="evaluate only the first N pictures of the split")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object of scores")
+    p.add_argument("--check-metrics", action="store_true",
+                   help="recompute the scores with pycocoevalcap's own tokenizer and scorers and print both (needs Java)")
 
     p = sub.add_parser("prepare", help="cache encoder features and vocabulary for a frozen encoder")
     p.add_argument("--data", action="append", default=[], metavar="[SPLIT=]FILE", required=True)
@@ -333,12 +335,25 @@ def cmd_evaluate(args) -> int:
     _check_device(args)
     report = evaluate_run(args.run, args.data, args.images, args.split, args.beam_size, args.ensemble,
                           device=args.device, features_dir=args.features, max_images=args.max_images)
+    check = _check_metrics(report) if args.check_metrics else None
     if args.json:
-        print(json.dumps(report["scores"], sort_keys=True))
+        extra = {"pycocoevalcap": {m: theirs for m, (_, theirs) in check.items()}} if check else {}
+        print(json.dumps({**report["scores"], **extra}, sort_keys=True))
     else:
         print(format_table(report))
         print(f"report: {report['report_path']}")
+        if check:
+            from .check_metrics import format_check
+
+            print("\nthe same captions scored by pycocoevalcap's own tokenizer and scorers:")
+            print(format_check(check))
     return 0
+
+
+def _check_metrics(report: dict) -> dict:
+    from .check_metrics import check_report
+
+    return check_report(report)
 
 
 def cmd_prepare(args) -> int:
