@@ -15,6 +15,7 @@ def test_demo_trains_a_captioner_that_looks_at_the_pictures(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     text = done.stdout
     for expected in ("model, greedy", "model, beam 3", "human", "CIDEr", "BLEU-4", "model:", "reference:",
+                     "object hallucination (CHAIR, greedy)",
                      f"showtell caption {out / 'run'}"):
         assert expected in text
     for name in ("model.safetensors", "config.json", "vocab.json", "samples.png", "report.html"):

@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="evaluate only the first N pictures of the split")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object of scores")
+    p.add_argument("--objects", metavar="INSTANCES_JSON",
+                   help="COCO instances_*.json: report CHAIR object hallucination (automatic on the built-in scenes)")
     p.add_argument("--check-metrics", action="store_true",
                    help="recompute the scores with pycocoevalcap's own tokenizer and scorers and print both (needs Java)")
 
@@ -334,7 +336,8 @@ def cmd_evaluate(args) -> int:
 
     _check_device(args)
     report = evaluate_run(args.run, args.data, args.images, args.split, args.beam_size, args.ensemble,
-                          device=args.device, features_dir=args.features, max_images=args.max_images)
+                          device=args.device, features_dir=args.features, max_images=args.max_images,
+                          objects=args.objects)
     check = _check_metrics(report) if args.check_metrics else None
     if args.json:
         extra = {"pycocoevalcap": {m: theirs for m, (_, theirs) in check.items()}} if check else {}
