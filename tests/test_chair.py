@@ -70,3 +70,13 @@ def test_evaluate_reports_chair_on_the_built_in_scenes_and_checks_objects_files(
     other = _instances(tmp_path / "instances.json", {"elsewhere.jpg": ["dog"]})
     assert main(["--quiet", "evaluate", str(trained_run), "--data", data, "--max-images", "5", "--objects", str(other)]) == 2
     assert "none of the split's pictures" in capsys.readouterr().err
+
+
+def test_report_marks_the_hallucinated_words():
+    from showtell.chair import marked_words
+    from showtell.report import _marked
+
+    caption = "a dog next to a hot dog and a teddy bear"
+    positions = marked_words(caption, ["hot dog", "teddy bear"], COCO)
+    assert positions == [5, 6, 9, 10]
+    assert _marked(caption, positions) == "a dog next to a <mark>hot</mark> <mark>dog</mark> and a <mark>teddy</mark> <mark>bear</mark>"

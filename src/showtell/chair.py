@@ -132,19 +132,31 @@ class ObjectWords:
                 self.phrases.setdefault(words[:-1] + (_plural(words[-1]),), category)
         self.longest = max(len(p) for p in self.phrases)
 
-    def mentions(self, caption: str) -> list[str]:
-        """Categories named, in order, each phrase consuming its words ("hot dog" is not also "dog")."""
-        words, found, i = tokenize(caption), [], 0
+    def spans(self, words: list[str]) -> list[tuple[int, int, str]]:
+        """(first word, word after, category) of each object named in tokenised `words`, in order,
+        each phrase consuming its words ("hot dog" is not also "dog")."""
+        found, i = [], 0
         while i < len(words):
             for n in range(min(self.longest, len(words) - i), 0, -1):
                 category = self.phrases.get(tuple(words[i:i + n]))
                 if category is not None:
-                    found.append(category)
+                    found.append((i, i + n, category))
                     i += n
                     break
             else:
                 i += 1
         return found
+
+    def mentions(self, caption: str) -> list[str]:
+        """Categories named, in order."""
+        return [category for _, _, category in self.spans(tokenize(caption))]
+
+
+def marked_words(caption: str, wrong: Iterable[str], words: ObjectWords) -> list[int]:
+    """Positions in `caption.split()` of the words naming a hallucinated object (for the report;
+    decoded captions are vocabulary words, so their split equals their tokens)."""
+    wrong = set(wrong)
+    return [j for start, end, category in words.spans(tokenize(caption)) if category in wrong for j in range(start, end)]
 
 
 def chair(captions: Mapping[str, str], truth: Mapping[str, set[str]], words: ObjectWords) -> dict:
@@ -165,7 +177,7 @@ def chair(captions: Mapping[str, str], truth: Mapping[str, set[str]], words: Obj
     return {"CHAIR_i": hallucinated_total / named if named else 0.0,
             "CHAIR_s": with_hallucination / len(keys) if keys else 0.0,
             "object_recall": recalled / truth_total if truth_total else 0.0,
-            "captions": len(keys), "hallucinated": hallucinated}
+            "captions": len(keys), "hallucinated": hallucinated, "words": words}
 
 
 def coco_objects(instances: str | Path, references: Mapping[str, Iterable[str]] | None = None,

@@ -104,12 +104,20 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
                 name = f"attention{n:05d}.png"
                 attention_figure(record.path, result.hypotheses[0], captioner.grid_side, attention_dir / name)
                 item["attention_png"] = name
+            if hallucination and hallucination["hallucinated"].get(str(n)):
+                from .chair import marked_words
+
+                item["hallucinated"] = hallucination["hallucinated"][str(n)]
+                item["marked_words"] = marked_words(result.caption, item["hallucinated"], hallucination["words"])
             items.append(item)
         title = f"{run.path.name}: {split} split, " + ("greedy" if beam == 1 else f"beam {beam}")
         report_path = write_report(run.path, title, scores, human, items, run.history(),
                                    {"images": len(ok), "perplexity": f"{ppl:.3f}",
                                     "distinct captions": f"{distinct} of {len(ok)}",
-                                    "models": ", ".join([str(run_dir), *ensemble])})
+                                    "models": ", ".join([str(run_dir), *ensemble]),
+                                    **({"object hallucination (CHAIR_i / CHAIR_s / recall)":
+                                        f"{summary['CHAIR_i']:.3f} / {summary['CHAIR_s']:.3f} / {summary['object_recall']:.3f}"}
+                                       if hallucination else {})})
     return {"scores": summary, "human": human, "report_path": report_path, "results": results, "records": records,
             "per_image": per_image}
 
