@@ -44,6 +44,11 @@ def decode_all(captioner, feats, beam, alpha=0.0, block_unk=True, n_best=1, batc
     return out
 
 
+def longest(hyps):
+    """The n-best list's longest caption (the most probable among equally long ones)."""
+    return max(hyps, key=lambda h: (len(h.caption.split()), h.logprob))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
@@ -96,12 +101,10 @@ def main() -> int:
             rows[beam, alpha] = evaluate(f"beam {beam}, length_penalty {alpha}", hyps, baseline=greedy)
             if alpha == 0.0:
                 rows[beam, "hyps"] = hyps
-    hyps3 = rows[3, "hyps"]
     evaluate("beam 3, <unk> allowed", decode_all(captioner, feats, 3, block_unk=False), baseline=greedy)
     for beam in (3, 5):
         hyps = rows[beam, "hyps"]
-        evaluate(f"beam {beam} n-best: longest", hyps, lambda h: max(h, key=lambda x: (len(x.caption.split()), x.logprob)),
-                 baseline=greedy)
+        evaluate(f"beam {beam} n-best: longest", hyps, longest, baseline=greedy)
         oracle = []
         for k, h in zip(keys, hyps):  # document frequencies from the whole split, as in the corpus score
             tok = ptb_tokenize({str(j): [x.caption] for j, x in enumerate(h)})

@@ -38,7 +38,8 @@ class Mutation:
 
 MUTATIONS = [
     Mutation("drop the mask: <pad>/<start>/<unk> can be generated", DECODE, "_mask",
-             "    logprobs[..., PAD] = NEG_INF\n    logprobs[..., START] = NEG_INF\n    if block_unk:\n        logprobs[..., UNK] = NEG_INF\n", "",
+             "    logprobs[..., PAD] = NEG_INF\n    logprobs[..., START] = NEG_INF\n"
+             "    if block_unk:\n        logprobs[..., UNK] = NEG_INF\n", "",
              [D + "test_special_tokens_are_never_generated"]),
     Mutation("renormalise after masking: reported logprobs are not the model's", DECODE, "_mask",
              "    return logprobs", "    return logprobs.log_softmax(dim=-1)",

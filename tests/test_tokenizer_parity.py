@@ -85,7 +85,8 @@ RECORDED = {
     "What?! No way... Wait\u2026": "what ?! no way wait",
     "A dog \U0001f436 with a thumbs up \U0001f44d\U0001f3fd and \u2764\ufe0f.": "a dog with a thumbs up and \u2764",
     "Visit http://example.com/a?b=c or www.site.org today": "visit http://example.com/a?b=c or www.site.org today",
-    "'Tis the season, 'cause we're cool with rock 'n' roll in the '90s.": "'t is the season 'cause we 're cool with rock 'n' roll in the '90s",
+    "'Tis the season, 'cause we're cool with rock 'n' roll in the '90s.":
+        "'t is the season 'cause we 're cool with rock 'n' roll in the '90s",
     "Kids cannot wait, they're gonna go.": "kids can not wait they 're gon na go",
     "Prices: $5.99, \u00a33, \u20ac4 and 50% off!!!": "prices $ 5.99 # 3 $ 4 and 50 % off !!!",
     "A man with plan b.": "a man with plan b",

@@ -136,7 +136,7 @@ class Captioner:
         One caption string -> one CaptionScore, a list -> a list."""
         from .decode import Ensemble
         from .results import CaptionScore
-        from .vocab import END, PAD, START, SPECIALS, UNK, tokenize
+        from .vocab import END, PAD, SPECIALS, START, UNK, tokenize
 
         single = isinstance(captions, str)
         texts = [captions] if single else list(captions)
