@@ -108,3 +108,15 @@ class Server:
             self.process.kill()
             _, err = self.process.communicate()
         return err
+
+
+@pytest.fixture
+def java():
+    """For tests that need Java (coco-caption's tokenizer, METEOR): skipped without it, except in
+    CI (CI set), where a missing Java is a failure, not a silent skip (.ci/run installs it)."""
+    from showtell.metrics import java_available
+
+    if not java_available():
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail("Java is not installed, and CI must run the Java tests (.ci/run installs default-jre-headless)")
+        pytest.skip("Java is not installed (coco-caption's tokenizer and METEOR need it)")

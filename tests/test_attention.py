@@ -14,6 +14,7 @@ from showtell.decode import Ensemble, beam_search, greedy, sample
 from showtell.fileio import load_weights
 from showtell.models.attention import AttentionDecoder
 from showtell.train import train
+from showtell.vocab import END, PAD, START
 
 
 def _decoder():
@@ -34,12 +35,28 @@ def test_attention_weights_sum_to_one_at_every_step_in_every_decoding_mode():
                     weights = out.attention[b, k, :n]
                     assert torch.allclose(weights.sum(-1), torch.ones(n), atol=1e-5)
                     assert (weights >= 0).all()
-        drawn, _, _ = sample(decoder, features, 10, generator=torch.Generator().manual_seed(0))
-        assert drawn.lengths.min() >= 0
         state = decoder.init_state(features)
         for _ in range(5):
             _, state, alpha = decoder.step(torch.ones(4, dtype=torch.long), state)
             assert torch.allclose(alpha.sum(-1), torch.ones(4), atol=1e-6)
+
+
+def test_sampled_attention_captions_are_their_images_and_score_as_teacher_forcing():
+    """Three samples per image, rows image-major: each row's words, length and log-probability
+    agree with the attention decoder's teacher-forced pass over *its own* image (a sampler that
+    tiled the images instead, or miscounted lengths, fails here)."""
+    decoder = _decoder()
+    features = {"grid": torch.randn(4, 9, 8)}
+    with torch.no_grad():
+        drawn, _, _ = sample(decoder, features, 6, generator=torch.Generator().manual_seed(0), samples_per_image=3)
+        for row in range(12):
+            n = int(drawn.lengths[row, 0])
+            words = drawn.sequences[row, 0].tolist()
+            assert PAD not in words[:n] and set(words[n:]) <= {PAD}
+            targets = words[:n] + ([END] if drawn.finished[row, 0] else [])
+            logits, _ = decoder({"grid": features["grid"][row // 3:row // 3 + 1]}, torch.tensor([[START] + targets[:-1]]))
+            truth = torch.log_softmax(logits[0], -1).gather(1, torch.tensor(targets).unsqueeze(1)).sum()
+            assert drawn.logprobs[row, 0].item() == pytest.approx(float(truth), abs=1e-5)
 
 
 def test_beam_attention_belongs_to_the_chosen_words():

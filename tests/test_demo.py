@@ -24,6 +24,7 @@ def test_demo_trains_a_captioner_that_looks_at_the_pictures(tmp_path):
     text = done.stdout
     assert f"for {EPOCHS} epochs" in text and f"({EPOCHS * 25} training steps" in text  # 800 training pictures / 32
     for expected in ("model, greedy", "model, beam 3", "human", "CIDEr", "BLEU-4", "model:", "reference:",
+                     "object hallucination (CHAIR, greedy)",
                      f"showtell caption {out / 'run'}"):
         assert expected in text
     for name in ("model.safetensors", "config.json", "vocab.json", "samples.png", "report.html"):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,11 +47,9 @@ def check_device(name, setting: str = "device") -> torch.device:
     if not isinstance(name, (str, torch.device)):
         raise ArgumentError(f"{setting}: expected a device name such as 'cpu' or 'cuda', got {type(name).__name__}")
     try:
-        device = resolve_device(str(name))
-    except ShowtellError as error:  # resolve_device names train.device; say what the caller set
-        raise ArgumentError(f"{setting}: " + re.sub(r"^[\w.-]*device: ", "", str(error))) from None
-    except (RuntimeError, ValueError):
-        raise ArgumentError(f"{setting}: unknown device {str(name)!r} (expected cpu, cuda, cuda:N, mps or auto)") from None
+        device = resolve_device(str(name), setting)
+    except ShowtellError as error:
+        raise ArgumentError(str(error)) from None
     if device.type not in ("cpu", "cuda", "mps"):
         raise ArgumentError(f"{setting}: {device.type} devices are not supported (expected cpu, cuda, cuda:N, mps or auto)")
     try:
@@ -173,10 +170,13 @@ class Captioner:
                            sampling.get("top_k") if sampling.get("top_k") is not None else d.top_k,
                            sampling.get("top_p") if sampling.get("top_p") is not None else d.top_p,
                            d.block_unk, generator, samples_per_image=n)
-        # (B*n, 1, ...) -> (B, n, ...), most probable sample first
+        # (B*n, 1, ...) -> (B, n, ...): finished samples first (a cut one lacks its <end> term, so
+        # its log-probability is not comparable), each group most probable first, as beam search ranks
         shape = lambda x: x.view(batch, n, *x.shape[2:])  # noqa: E731
         sequences, lengths, logprobs, finished = (shape(x) for x in (out.sequences, out.lengths, out.logprobs, out.finished))
-        order = logprobs.argsort(dim=1, descending=True)
+        by_logprob = logprobs.view(batch, n).argsort(dim=1, descending=True, stable=True)
+        done_first = finished.view(batch, n).gather(1, by_logprob).to(torch.uint8).argsort(dim=1, descending=True, stable=True)
+        order = by_logprob.gather(1, done_first)
         pick = lambda x: x.gather(1, order.view(batch, n, *([1] * (x.dim() - 2))).expand_as(x))  # noqa: E731
         sequences, lengths, logprobs, finished = (pick(x) for x in (sequences, lengths, logprobs, finished))
         return type(out)(sequences, lengths, logprobs, logprobs, finished)
@@ -212,6 +212,57 @@ class Captioner:
                     continue
                 results.append(result_from(name, next(hyps), self.grid_side if return_attention else None))
         return results[0] if single else results
+
+    @torch.inference_mode()
+    def logprob(self, pictures: ImageInput | Sequence[ImageInput], captions: str | Sequence[str]):
+        """How probable the model finds given captions: per caption its total log-probability,
+        per-word log-probabilities (<end> included) and perplexity, under teacher forcing through
+        the same `init_state`/`step` functions decoding uses (an ensemble averages its models'
+        probabilities as in decoding), so a decoded caption scores exactly what decoding reported.
+        One picture is scored with every caption; a list of pictures pairs with the captions.
+        One caption string -> one CaptionScore, a list -> a list."""
+        from .decode import Ensemble
+        from .results import CaptionScore
+        from .vocab import END, PAD, SPECIALS, START, UNK, tokenize
+
+        single = isinstance(captions, str)
+        texts = [captions] if single else list(captions)
+        many = not isinstance(pictures, (str, Path, bytes, Image.Image))
+        sources = list(pictures) if many else [pictures]
+        if many and len(sources) != len(texts):
+            raise ConfigError(f"{len(sources)} pictures for {len(texts)} captions: give one picture, or one per caption")
+        prepared, errors = self.load_images(sources)
+        for error in errors:
+            if error:
+                raise error
+        ids = []
+        for text in texts:  # the training preprocessing; "<unk>" as a decoder writes it stays <unk>
+            tokens = [t for piece in text.split() for t in ([piece] if piece in SPECIALS else tokenize(piece))]
+            ids.append([UNK if t == "<unk>" else self.vocab.index.get(t, UNK) for t in tokens])
+        which = torch.tensor([i if many else 0 for i in range(len(texts))], device=self.device)
+        steps = max(len(x) for x in ids) + 1
+        targets = torch.full((len(texts), steps), PAD, dtype=torch.long, device=self.device)
+        for row, x in enumerate(ids):
+            targets[row, :len(x) + 1] = torch.tensor(x + [END])
+        with self._lock:
+            features = [{k: v.index_select(0, which) for k, v in
+                         model.encode(torch.stack([item[m] for item in prepared]).to(self.device)).items()}
+                        for m, model in enumerate(self.models)]
+            decoder = self.models[0] if len(self.models) == 1 else Ensemble(self.models)
+            state = decoder.init_state(features[0] if len(self.models) == 1 else features)
+            words, per_step = torch.full((len(texts),), START, dtype=torch.long, device=self.device), []
+            for t in range(steps):
+                logprobs, state, _ = decoder.step(words, state)
+                per_step.append(logprobs.float().gather(1, targets[:, t:t + 1]).squeeze(1))
+                words = targets[:, t]
+        table = torch.stack(per_step, dim=1).cpu()                               # (N, T)
+        scores = []
+        for row, (text, x) in enumerate(zip(texts, ids)):
+            word_lp = table[row, :len(x) + 1].tolist()
+            total = float(sum(word_lp))
+            scores.append(CaptionScore(text, [self.vocab.words[i] for i in x] + ["<end>"], word_lp, total,
+                                       float(torch.tensor(-total / len(word_lp)).exp())))
+        return scores[0] if single else scores
 
     @property
     def grid_side(self) -> int:

@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="evaluate only the first N pictures of the split")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object of scores")
+    p.add_argument("--objects", metavar="INSTANCES_JSON",
+                   help="COCO instances_*.json: report CHAIR object hallucination (automatic on the built-in scenes)")
+    p.add_argument("--check-metrics", action="store_true",
+                   help="recompute the scores with pycocoevalcap's own tokenizer and scorers and print both (needs Java)")
 
     p = sub.add_parser("prepare", help="cache encoder features and vocabulary for a frozen encoder")
     p.add_argument("--data", action="append", default=[], metavar="[SPLIT=]FILE", required=True)
@@ -133,10 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="train exactly this many epochs instead of for --minutes "
                                               "(the same model however busy the machine is)")
 
+    _add_score_parser(sub)
+
     p = sub.add_parser("config", help="print the resolved config, or every setting with --list")
     p.add_argument("--list", action="store_true")
     _config_args(p)
     return parser
+
+
+def _add_score_parser(sub) -> None:
+    p = sub.add_parser("score", help="how probable a trained model finds given captions of a picture")
+    p.add_argument("run", help="run directory or exported model")
+    p.add_argument("picture", help="image file")
+    p.add_argument("captions", nargs="+", metavar="CAPTION", help="captions to score (quote each)")
+    p.add_argument("--ensemble", action="append", default=[], metavar="RUN", help="another run to average with (repeatable)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="one JSON object per caption")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +352,8 @@ def cmd_caption(args) -> int:
                 if args.json:
                     print(json.dumps({"image": result.source, "caption": result.caption, "logprob": result.logprob,
                                       "error": result.error,
-                                      "hypotheses": [{"caption": h.caption, "logprob": h.logprob, "score": h.score}
+                                      "hypotheses": [{"caption": h.caption, "logprob": h.logprob, "score": h.score,
+                                                      "finished": h.finished}
                                                      for h in result.hypotheses]}), flush=True)
                 elif writer:
                     if result.error:
@@ -357,6 +374,21 @@ def cmd_caption(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_score(args) -> int:
+    """Each caption's log-probability, perplexity and per-word log-probabilities, in the order given."""
+    from .api import Captioner, check_device
+
+    check_device(args.device, "--device")
+    captioner = Captioner.load([args.run] + args.ensemble, device=args.device)
+    for result in captioner.logprob(args.picture, args.captions):
+        if args.json:
+            print(json.dumps({"image": args.picture, **result.to_dict()}), flush=True)
+            continue
+        print(f"{result.logprob:9.4f}  perplexity {result.perplexity:8.3f}  {result.caption}")
+        print("           " + "  ".join(f"{w} {lp:.3f}" for w, lp in zip(result.words, result.word_logprobs)))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .api import check_device
     from .evaluate_run import evaluate_run, format_table
@@ -368,13 +400,27 @@ def cmd_evaluate(args) -> int:
     check_device(args.device, "--device")
 
     report = evaluate_run(args.run, args.data, args.images, args.split, args.beam_size, args.ensemble,
-                          device=args.device, features_dir=args.features, max_images=args.max_images)
+                          device=args.device, features_dir=args.features, max_images=args.max_images,
+                          objects=args.objects)
+    check = _check_metrics(report) if args.check_metrics else None
     if args.json:
-        print(json.dumps(report["scores"], sort_keys=True))
+        extra = {"pycocoevalcap": {m: theirs for m, (_, theirs) in check.items()}} if check else {}
+        print(json.dumps({**report["scores"], **extra}, sort_keys=True))
     else:
         print(format_table(report))
         print(f"report: {report['report_path']}")
+        if check:
+            from .check_metrics import format_check
+
+            print("\nthe same captions scored by pycocoevalcap's own tokenizer and scorers:")
+            print(format_check(check))
     return 0
+
+
+def _check_metrics(report: dict) -> dict:
+    from .check_metrics import check_report
+
+    return check_report(report)
 
 
 def cmd_prepare(args) -> int:
@@ -448,7 +494,8 @@ def cmd_config(args) -> int:
 
 COMMANDS = {"synth": cmd_synth, "train": cmd_train, "caption": cmd_caption, "evaluate": cmd_evaluate,
             "prepare": cmd_prepare, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
-            "config": cmd_config}
+            "config": cmd_config,
+            "score": cmd_score}
 
 
 def main(argv: list[str] | None = None) -> int:

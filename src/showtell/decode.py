@@ -6,10 +6,16 @@ steps. Decoding knows nothing of a model's internals, only its two-call interfac
     state = model.init_state(features)            # dict of tensors, batch first
     logprobs, state, attention = model.step(words, state)   # (B,) -> (B, V), ..., (B, L) or None
 
-A caption has at most `max_length` words. After `max_length` words only <end> may follow; a
-hypothesis that has not ended by then is returned unfinished rather than dropped, so a model
-that never emits <end> still gets captions. <pad> and <start> are never generated; <unk> is not
-either when `block_unk` is set.
+A caption has at most `max_length` words. After `max_length` words the decoder takes one more
+step in which only <end> counts: greedy ends if <end> is the best word, sampling if it draws <end>,
+beam search if <end> is among a hypothesis's K best words (im2txt's rule). A hypothesis that does
+not end then is returned unfinished (`finished` False, its log-probability without <end>) rather
+than dropped, so a model that never emits <end> still gets captions; beam search ranks unfinished
+hypotheses after every finished one. Nothing forces <end>.
+
+<pad> and <start> are never generated; <unk> is not either when `block_unk` is set. Masking only
+restricts which words can be chosen: every reported log-probability is the model's own (log
+softmax over the full vocabulary), equal to teacher forcing of the same caption.
 """
 
 from __future__ import annotations
@@ -112,7 +118,13 @@ def beam_search(model, features, beam_size: int = 3, max_length: int = 20, lengt
     """Beam search as in the Show and Tell code: each of the K live hypotheses proposes its K best
     next words; those that are <end> join the finished pool (ranked by logprob / length**alpha,
     length counting <end>), the K best of the rest stay live. Stops when no live hypothesis can
-    beat the n_best-th finished one. With K = 1 this is exactly greedy decoding."""
+    beat the n_best-th finished one. With K = 1 this is exactly greedy decoding.
+
+    At `max_length` words (im2txt's rule): the hypotheses still alive take one more step, and only
+    those whose <end> is among their K best words finish. If fewer than n_best hypotheses finished,
+    the best of those alive at the limit fill the remaining places, unfinished, ranked after every
+    finished one whatever their scores (a sentence cut off is a worse answer than a whole one);
+    their log-probability has no <end> and their length is `max_length`."""
     k = beam_size
     n_best = min(n_best or k, k)
     state = model.init_state(features)
@@ -226,10 +238,14 @@ def sample(model, features, max_length: int = 20, temperature: float = 1.0, top_
            block_unk: bool = True, generator: torch.Generator | None = None, samples_per_image: int = 1):
     """Draw captions word by word from the (tempered, filtered) distribution.
 
-    Returns (Decoded with one hypothesis per row, token_logprobs (B*S, T+1), token_mask (B*S, T+1)):
-    the log-probability of every chosen token including <end>, differentiable when gradients are
-    enabled, which self-critical training needs. Rows are image-major: image i's samples are rows
-    i*S .. i*S+S-1."""
+    Returns (Decoded with one hypothesis per row, token_logprobs (B*S, T+1), token_mask (B*S, T+1)).
+    `Decoded.logprobs` is the model's own log-probability of the caption (its unmasked, untempered
+    distribution, <end> included when finished), as greedy and beam search report it.
+    `token_logprobs` is the log-probability of every chosen token under the distribution it was
+    drawn from (masked, tempered, filtered), differentiable when gradients are enabled: the policy
+    that self-critical training differentiates. As in greedy decoding, the word drawn after
+    `max_length` words counts only if it is <end>; otherwise the sample is cut and unfinished.
+    Rows are image-major: image i's samples are rows i*S .. i*S+S-1."""
     state = model.init_state(features)
     if samples_per_image > 1:
         rows = torch.arange(_batch_size(state), device=next(iter(state.values())).device)
@@ -240,32 +256,30 @@ def sample(model, features, max_length: int = 20, temperature: float = 1.0, top_
     sequences = torch.full((b, max_length), PAD, dtype=torch.long, device=device)
     lengths = torch.zeros(b, dtype=torch.long, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
+    total = torch.zeros(b, device=device)
     token_lp, token_mask = [], []
     for t in range(max_length + 1):
         logprobs, state, _ = model.step(words, state)
-        logits = _mask(logprobs, block_unk) / temperature
-        if t == max_length:                                   # only <end> may follow
-            keep_end = torch.full_like(logits, NEG_INF)
-            keep_end[:, END] = 0.0
-            logits = logits + keep_end
-        dist = F.log_softmax(_filter(logits, top_k, top_p), dim=-1)
+        dist = F.log_softmax(_filter(_mask(logprobs, block_unk) / temperature, top_k, top_p), dim=-1)
         drawn = torch.multinomial(dist.detach().exp(), 1, generator=generator).squeeze(1)
         active = ~finished
-        token_lp.append(dist.gather(1, drawn.unsqueeze(1)).squeeze(1))
-        token_mask.append(active)
         ends = active & (drawn == END)
-        grows = active & (drawn != END)
+        grows = active & (drawn != END) & (t < max_length)   # a word after max_length that is not <end> is cut
+        counts = ends | grows
+        token_lp.append(dist.gather(1, drawn.unsqueeze(1)).squeeze(1))
+        token_mask.append(counts)
+        own = logprobs.detach().gather(1, drawn.unsqueeze(1)).squeeze(1)
+        total = torch.where(counts, total + own, total)
         finished |= ends
         if t < max_length:
             sequences[:, t] = torch.where(grows, drawn, torch.full_like(drawn, PAD))
         lengths = lengths + grows.long()
-        if bool(finished.all()):
+        if not bool(grows.any()):
             break
         words = drawn
     token_logprobs = torch.stack(token_lp, dim=1)
     mask = torch.stack(token_mask, dim=1)
     token_logprobs = torch.where(mask, token_logprobs, torch.zeros_like(token_logprobs))
-    total = token_logprobs.sum(dim=1).detach()
     decoded = Decoded(sequences.unsqueeze(1), lengths.unsqueeze(1), total.unsqueeze(1), total.unsqueeze(1),
                       finished.unsqueeze(1))
     return decoded, token_logprobs, mask

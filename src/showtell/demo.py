@@ -67,7 +67,11 @@ def run_demo(out: Path, minutes: float = 3.5, n_images: int = 3000, seed: int = 
         say(f"{label:14} {s['Bleu_4']:7.3f} {s['CIDEr']:7.3f} {s['CIDEr'] / human['CIDEr']:12.2f} "
             f"{s['distinct_captions']:>5}/{s['n_images']}")
     say(f"{'human':14} {human['Bleu_4']:7.3f} {human['CIDEr']:7.3f} {1:12.2f}")
-    say(f"(human: each reference scored against the other four; perplexity {scores['perplexity']:.3f})\n")
+    say(f"(human: each reference scored against the other four; perplexity {scores['perplexity']:.3f})")
+    if "CHAIR_i" in scores:
+        say(f"object hallucination (CHAIR, greedy): {scores['CHAIR_i']:.3f} of the shapes named are not in the "
+            f"picture; {scores['CHAIR_s']:.3f} of captions name one; recall {scores['object_recall']:.3f}")
+    say()
 
     picks = list(range(0, len(report["records"]), max(1, len(report["records"]) // 8)))[:8]
     for i in picks[:6]:

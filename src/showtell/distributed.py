@@ -17,8 +17,9 @@ import torch
 import torch.distributed as td
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' is this rank's GPU when there is one, else the CPU."""
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """'auto' is this rank's GPU when there is one, else the CPU. `setting` names where the value
+    came from (`train.device`, `--device`), for the error message."""
     from .errors import ConfigError
 
     if name == "auto":
@@ -26,8 +27,11 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda", local_rank())
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name} asked for, but no CUDA GPU is available")
-    return torch.device(name)
+        raise ConfigError(f"{setting}: {name} asked for, but no CUDA GPU is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{setting}: unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
 
 
 def cpu_has_native_bf16() -> bool:

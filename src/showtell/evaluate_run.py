@@ -22,7 +22,10 @@ log = logging.getLogger("showtell")
 def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, split: str = "test",
                  beam_size: int | None = None, ensemble: list[str] = (), device: str = "cpu",
                  features_dir: str | None = None, max_images: int | None = None, batch_size: int = 32,
-                 write_html: bool = True, show_progress: bool = True, metrics=METRICS) -> dict:
+                 write_html: bool = True, show_progress: bool = True, metrics=METRICS,
+                 objects: str | None = None) -> dict:
+    """Decode a split and score it. `objects` (a COCO instances_*.json) adds CHAIR object
+    hallucination; on the built-in scenes it is added from the shapes drawn, without asking."""
     for name, value in (("beam_size", beam_size), ("max_images", max_images)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ArgumentError(f"{name}: expected 1 or more, got {value!r}")
@@ -88,6 +91,10 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
     distinct = len({results[i].caption for i in ok})
     summary = {**scores, "perplexity": ppl, "n_images": len(ok), "n_failed": len(records) - len(ok),
                "distinct_captions": distinct, "beam_size": beam, "split": split}
+    hallucination = object_hallucination(records, results, ok, data, objects)
+    if hallucination:
+        summary.update({k: hallucination[k] for k in ("CHAIR_i", "CHAIR_s", "object_recall")})
+        summary["chair_captions"] = hallucination["captions"]
     report_path = None
     if write_html:
         items = []
@@ -100,14 +107,42 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
                 name = f"attention{n:05d}.png"
                 attention_figure(record.path, result.hypotheses[0], captioner.grid_side, attention_dir / name)
                 item["attention_png"] = name
+            if hallucination and hallucination["hallucinated"].get(str(n)):
+                from .chair import marked_words
+
+                item["hallucinated"] = hallucination["hallucinated"][str(n)]
+                item["marked_words"] = marked_words(result.caption, item["hallucinated"], hallucination["words"])
             items.append(item)
         title = f"{run.path.name}: {split} split, " + ("greedy" if beam == 1 else f"beam {beam}")
         report_path = write_report(run.path, title, scores, human, items, run.history(),
                                    {"images": len(ok), "perplexity": f"{ppl:.3f}",
                                     "distinct captions": f"{distinct} of {len(ok)}",
-                                    "models": ", ".join([str(run_dir), *ensemble])})
+                                    "models": ", ".join([str(run_dir), *ensemble]),
+                                    **({"object hallucination (CHAIR_i / CHAIR_s / recall)":
+                                        f"{summary['CHAIR_i']:.3f} / {summary['CHAIR_s']:.3f} / {summary['object_recall']:.3f}"}
+                                       if hallucination else {})})
     return {"scores": summary, "human": human, "report_path": report_path, "results": results, "records": records,
             "per_image": per_image}
+
+
+def object_hallucination(records, results, ok, data, objects: str | None) -> dict | None:
+    """CHAIR of the best captions, where the pictures' objects are known (see chair.py)."""
+    from .chair import COCO_SYNONYMS, SYNTH_SYNONYMS, ObjectWords, chair, coco_objects, synth_objects
+
+    if objects:
+        words = ObjectWords(COCO_SYNONYMS)
+        truth = coco_objects(objects, {records[i].path.name: records[i].captions for i in ok}, words)
+    else:
+        truth, words = {}, ObjectWords(SYNTH_SYNONYMS)
+        for spec in data or []:
+            truth.update(synth_objects(spec.rpartition("=")[2] if spec.partition("=")[0] in ("train", "val", "test")
+                                       else spec))
+    if not truth:
+        return None
+    keyed = {str(i): truth[records[i].path.name] for i in ok if records[i].path.name in truth}
+    if objects and not keyed:
+        raise DataError(f"--objects {objects}: none of the split's pictures is in it (matched by file name)")
+    return chair({str(i): results[i].caption for i in ok}, keyed, words)
 
 
 def format_table(report: dict) -> str:
@@ -121,6 +156,10 @@ def format_table(report: dict) -> str:
         lines.append(f"{name:<10} {scores[name]:8.4f} {h if h is not None else float('nan'):8.4f} {ratio}"
                      if h is not None else f"{name:<10} {scores[name]:8.4f}")
     lines.append(f"{'perplexity':<10} {scores['perplexity']:8.3f}")
+    if "CHAIR_i" in scores:
+        lines.append(f"{'CHAIR_i':<10} {scores['CHAIR_i']:8.4f}   hallucinated objects / objects named")
+        lines.append(f"{'CHAIR_s':<10} {scores['CHAIR_s']:8.4f}   captions naming an object not in the picture")
+        lines.append(f"{'recall':<10} {scores['object_recall']:8.4f}   objects in the pictures that captions name")
     lines.append(f"{scores['n_images']} {scores['split']} images, beam {scores['beam_size']}, "
                  f"{scores['distinct_captions']} distinct captions" +
                  (f", {scores['n_failed']} unreadable" if scores["n_failed"] else ""))

@@ -48,35 +48,67 @@ def java_available() -> bool:
         return False
 
 
-_CLITICS = re.compile(r"(?i)([a-z0-9])('s|'re|'ve|'ll|'d|'m|n't)\b")
-_SPLIT = re.compile(r"(\.\.\.|--|[,;:?!()\[\]{}\"%$]|``|'')")
+# A Python mirror of the parts of CoreNLP 3.4.1's PTBLexer that captions meet, checked against it
+# by tests/test_tokenizer_parity.py on a generated corpus; the README lists what it leaves out.
+# Characters the Java lexer deletes as untokenizable (it reads UTF-16: anything past the BMP, such
+# as emoji, and emoji variation selectors) or normalises (curly quotes, dashes, ellipses, currencies).
+_UNTOKENIZABLE = re.compile("[\U00010000-\U0010FFFF\uFE00-\uFE0F\u200B-\u200D]")
+_NORMALISE = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u00ab": '"', "\u00bb": '"',
+                            "\u2026": " ... ", "\u2013": " -- ", "\u2014": " -- ", "\u00a3": " # ", "\u20ac": " $ ",
+                            "\u00bd": " 1/2 ", "\u00a2": " cents "})
+_TOKEN = re.compile(r"""(?ix)
+    (?:https?://|www\.)[^\s"<>|()]*[^\s"<>|.!?(){},;:'-]     # URL, without trailing punctuation
+  | [\w.+-]+@[\w-]+(?:\.[\w-]+)+                              # e-mail address
+  | '(?:n'|em|til|cause|\d\d(?:s)?)(?!\w)                     # 'n'  'em  'til  'cause  '90s
+  | 't(?=(?:is|was)\b)                                        # 'tis -> 't is
+  | [#@][^\W\d]\w*                                            # #hashtag  @user  (but #1 -> # 1)
+  | [?!]+                                                     # ?! and !!! stay one token
+  | \d+\ \d+/\d+(?!\w)                                        # 2 1/2: one token (joined by a no-break space)
+  | \.\.\.+ | --+
+  | (?:(?<![\w.-])[-.](?=\d))?                                # a sign or point: -5  .5
+    \w+(?: (?:-|/|\.|(?<=[^\W\d_])'(?=[^\W\d_])|(?<=\d)[,:](?=\d)) \w+ )*   # t-shirt and/or 3.5 o'clock 1,000 2:30
+  | \S
+""")
+_CLITIC = re.compile(r"(?is)(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$")
+_SPLIT_WORDS = {"cannot": ("can", "not"), "gonna": ("gon", "na"), "gotta": ("got", "ta"), "wanna": ("wan", "na"),
+                "lemme": ("lem", "me"), "gimme": ("gim", "me")}
 # CoreNLP writes brackets as -LRB- etc.; lower-cased they escape coco-caption's punctuation filter
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
-_ABBREVIATION = re.compile(r"^([a-z]\.)+$|^(mr|mrs|ms|dr|st|jr|sr|vs|etc|inc|co|ltd|no)\.$")
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "inc", "co", "ltd", "mt", "ave", "prof"}
+
+
+def _keeps_period(word: str, rest: str) -> bool:
+    """Whether CoreNLP reads `word.` (followed by `rest`) as an abbreviation that keeps its period:
+    known ones, acronyms (u.s., a.m.), an initial that is not the last word, No. before a number."""
+    if word in _ABBREVIATIONS or re.fullmatch(r"[^\W\d_](?:\.[^\W\d_])+", word):
+        return True
+    if re.fullmatch(r"[^\W\d_]", word):
+        return bool(re.search(r"\w", rest))
+    return word == "no" and bool(re.match(r"\s*\d", rest))
 
 
 def python_ptb_tokenize(text: str) -> str:
-    """PTB-style tokens of one caption, lower-cased, punctuation tokens dropped, space-joined.
-    Splits clitics ("dog's" -> "dog 's", "don't" -> "do n't") and punctuation as CoreNLP does."""
-    text = text.replace("\n", " ").lower()
-    text = _SPLIT.sub(r" \1 ", text)
-    text = _CLITICS.sub(r"\1 \2", text)
-    text = re.sub(r"(?i)\b(ca|wo)(n't)\b", r"\1 \2", text)
+    """PTB-style tokens of one caption, lower-cased, punctuation tokens dropped, space-joined, as
+    coco-caption's Java tokeniser gives them: clitics split ("dog's" -> "dog 's", "don't" -> "do
+    n't"), quotes and sentence punctuation dropped, numbers (1,000  2:30  3.5), hyphenated words,
+    URLs and e-mail addresses kept whole."""
+    text = _UNTOKENIZABLE.sub("", text.replace("\n", " ")).translate(_NORMALISE)
     tokens = []
-    for token in text.split():
-        if token.startswith("'") and token not in ("'s", "'re", "'ve", "'ll", "'d", "'m") and len(token) > 1:
-            tokens.append("'")
-            token = token[1:]
-        trailing = []
-        while len(token) > 1 and token[-1] == "'" and not token.endswith("n't"):
-            trailing.insert(0, "'")
-            token = token[:-1]
-        if len(token) > 1 and token.endswith(".") and token.strip(".") and not _ABBREVIATION.match(token):
-            trailing.insert(0, ".")
-            token = token[:-1]
-        tokens.append(_BRACKETS.get(token, token))
-        tokens.extend(trailing)
-    return " ".join(t for t in tokens if t not in PTB_PUNCTUATION and t != '"')
+    for match in _TOKEN.finditer(text):  # lower-cased token by token, as CoreNLP does (İ is one letter)
+        token, end = match.group().lower(), match.end()
+        if token[0].isalnum() or (token[0] in "-." and len(token) > 1 and token[1].isdigit()):
+            if text[end:end + 1] == "." and _keeps_period(token, text[end + 1:]):
+                token += "."
+            clitic = _CLITIC.match(token)
+            if token.startswith("y'") and len(token) > 2:      # y'all -> y' all
+                tokens += ["y'", token[2:]]
+            elif clitic and not token.endswith("."):          # don't -> do n't, can't -> ca n't
+                tokens += [clitic.group(1), clitic.group(2)]
+            else:
+                tokens.extend(_SPLIT_WORDS.get(token, (token.replace(" ", "\u00a0"),)))
+        else:
+            tokens.append(_BRACKETS.get(token, "--" if token.startswith("--") else token))
+    return " ".join(t for t in tokens if t not in PTB_PUNCTUATION and t not in ('"', '``', "''", "...."))
 
 
 def _java_ptb(sentences: list[str]) -> list[str] | None:

@@ -152,10 +152,17 @@ const b=document.getElementById('order');b.textContent=b.textContent.includes('b
 """
 
 
+def _marked(caption: str, positions) -> str:
+    """The caption as HTML, the words at `positions` (a hallucinated object's name) in <mark>."""
+    marked = set(positions)
+    return " ".join(f"<mark>{html.escape(w)}</mark>" if j in marked else html.escape(w) for j, w in enumerate(caption.split()))
+
+
 def write_report(run_dir: Path, title: str, scores: dict, human: dict, items: list[dict], history: Sequence[dict],
                  extra: dict | None = None) -> Path:
     """items: dicts with path, caption, alternatives [(caption, score)], references, cider,
-    error and optional attention_png; sorted worst CIDEr first."""
+    error and optional attention_png, hallucinated (objects) and marked_words (their positions
+    in the caption); sorted worst CIDEr first."""
     files = run_dir / "report_files"
     files.mkdir(parents=True, exist_ok=True)
     plots = history_plots(history, files)
@@ -171,7 +178,10 @@ def write_report(run_dir: Path, title: str, scores: dict, human: dict, items: li
                      if item.get("attention_png") else "")
         error = f"<div class=bad>{html.escape(item['error'])}</div>" if item.get("error") else ""
         image = f"<img class=thumb src='report_files/{thumb.name}' alt=''>" if has_thumb else "<div class=thumb></div>"
-        rows.append(f"<div class=item>{image}<div><div class=gen>{html.escape(item.get('caption', ''))}</div>"
+        caption = _marked(item.get("caption", ""), item.get("marked_words", ()))
+        if item.get("hallucinated"):
+            error += f"<div class=bad>not in the picture: {html.escape(', '.join(item['hallucinated']))}</div>"
+        rows.append(f"<div class=item>{image}<div><div class=gen>{caption}</div>"
                     f"<div class=cider>{html.escape(Path(item['path']).name)} · {cider}</div>{error}"
                     f"<ol class=alts>{alts}</ol><ul class=refs>{refs}</ul>{attention}</div></div>")
     names = [m for m in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE") if m in scores]

@@ -28,6 +28,20 @@ class CaptionResult:
         return asdict(self)
 
 
+@dataclass
+class CaptionScore:
+    """A given caption under the model (teacher forcing), as `Captioner.logprob` returns it."""
+
+    caption: str
+    words: list[str]                 # the words the model read, unknown ones as <unk>, then <end>
+    word_logprobs: list[float]       # log p(word | picture, words before it), one per entry of `words`
+    logprob: float                   # their sum: the caption's log-probability, <end> included
+    perplexity: float                # exp(-logprob / len(words))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def hypotheses_from(decoded, vocab, return_attention: bool = False) -> list[list[Hypothesis]]:
     """Per picture, the decoded hypotheses as text (those that exist: finite score)."""
     out = []

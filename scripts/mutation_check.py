@@ -1,0 +1,159 @@
+"""Break the decoding code on purpose, one plausible bug at a time, and check the tests notice.
+
+Each mutation is a text substitution inside one function of a temporary copy of src/; the tests
+named for it run against that copy (PYTHONPATH) and must fail. The unmutated copy runs first and
+must pass, so a "caught" mutation is one the tests tell apart from the real code.
+
+    python scripts/mutation_check.py            # about a minute on 2 cores
+    python scripts/mutation_check.py -k sign    # only mutations whose name contains "sign"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DECODE = "src/showtell/decode.py"
+D = "tests/test_decode.py::"
+
+
+@dataclass
+class Mutation:
+    name: str          # the bug, in words
+    file: str          # relative to the repository root
+    function: str      # the substitution happens inside this def/class only
+    old: str
+    new: str
+    tests: list[str]   # pytest node ids (or files) that must catch it
+
+
+MUTATIONS = [
+    Mutation("drop the mask: <pad>/<start>/<unk> can be generated", DECODE, "_mask",
+             "    logprobs[..., PAD] = NEG_INF\n    logprobs[..., START] = NEG_INF\n"
+             "    if block_unk:\n        logprobs[..., UNK] = NEG_INF\n", "",
+             [D + "test_special_tokens_are_never_generated"]),
+    Mutation("renormalise after masking: reported logprobs are not the model's", DECODE, "_mask",
+             "    return logprobs", "    return logprobs.log_softmax(dim=-1)",
+             [D + "test_greedy_beam_and_sampling_report_the_models_own_logprob"]),
+    Mutation("skip the length penalty", DECODE, "_normalise",
+             "    if alpha == 0.0:", "    if True:",
+             [D + "test_large_beam_equals_exhaustive_search", D + "test_beam_alive_at_max_length_is_unfinished_and_ranked_after_finished"]),
+    Mutation("flip a sign: beam adds the negated word log-probability", DECODE, "beam_search",
+             "candidates = alive_lp.unsqueeze(-1) + _mask(", "candidates = alive_lp.unsqueeze(-1) - _mask(",
+             [D + "test_large_beam_equals_exhaustive_search", D + "test_beam_size_one_is_greedy"]),
+    Mutation("beam ends every hypothesis alive at max_length (forced <end>)", DECODE, "beam_search",
+             "is_end = (top_word == END) & valid", "is_end = ((top_word == END) | (t == max_length)) & valid",
+             [D + "test_beam_alive_at_max_length_is_unfinished_and_ranked_after_finished"]),
+    Mutation("beam forgets to reorder the decoder state after pruning", DECODE, "beam_search",
+             "state = select_state(state, (rows.unsqueeze(1) * k + beam).view(-1))", "state = state",
+             [D + "test_beam_alive_at_max_length_is_unfinished_and_ranked_after_finished",
+              "tests/test_attention.py::test_beam_attention_belongs_to_the_chosen_words"]),
+    Mutation("beam keeps each beam's best continuation instead of the K best overall", DECODE, "beam_search",
+             "alive_lp, pick = go_on.topk(k, dim=1)",
+             "alive_lp, pick = go_on.view(b, k, w).max(dim=2); pick = pick + torch.arange(k, device=device) * w",
+             [D + "test_narrow_beam_equals_a_reference_beam_search"]),
+    Mutation("beam ranks unfinished hypotheses among the finished by score", DECODE, "beam_search",
+             "use_alive = slot >= n_done", "use_alive = alive_score.gather(1, alive_order[:, :1]).expand(-1, n_best) > fin_score",
+             [D + "test_beam_alive_at_max_length_is_unfinished_and_ranked_after_finished"]),
+    Mutation("sampling reports the tempered, masked policy's logprob", DECODE, "sample",
+             "own = logprobs.detach().gather", "own = dist.detach().gather",
+             [D + "test_greedy_beam_and_sampling_report_the_models_own_logprob",
+              D + "test_sample_logprobs_equal_teacher_forcing_and_carry_gradients"]),
+    Mutation("sampling counts the word cut at max_length", DECODE, "sample",
+             "counts = ends | grows", "counts = active",
+             [D + "test_sample_cut_at_max_length_is_unfinished_without_a_forced_end"]),
+    Mutation("sampling miscounts lengths (counts <end>)", DECODE, "sample",
+             "lengths = lengths + grows.long()", "lengths = lengths + counts.long()",
+             ["tests/test_attention.py::test_sampled_attention_captions_are_their_images_and_score_as_teacher_forcing"]),
+    Mutation("samples tiled instead of image-major", DECODE, "sample",
+             "rows.repeat_interleave(samples_per_image)", "rows.repeat(samples_per_image)",
+             ["tests/test_attention.py::test_sampled_attention_captions_are_their_images_and_score_as_teacher_forcing",
+              D + "test_sample_logprobs_equal_teacher_forcing_and_carry_gradients"]),
+    Mutation("top-p drops the word that crosses the threshold", DECODE, "_filter",
+             "before = probs.cumsum(dim=-1) - probs", "before = probs.cumsum(dim=-1)",
+             [D + "test_sampling_top_p_draws_exactly_the_nucleus"]),
+    Mutation("greedy takes the least probable word", DECODE, "greedy",
+             "best_lp, best = logprobs.max(dim=-1)", "best_lp, best = logprobs.masked_fill(logprobs.isinf(), 1e9).min(dim=-1)",
+             [D + "test_beam_size_one_is_greedy", D + "test_greedy_beam_and_sampling_report_the_models_own_logprob"]),
+    Mutation("ensemble averages log-probabilities instead of probabilities", DECODE, "Ensemble",
+             "torch.logsumexp(torch.stack(logprobs), dim=0) - math.log(len(self.models))", "torch.stack(logprobs).mean(dim=0)",
+             [D + "test_ensemble_averages_probabilities"]),
+    Mutation("CHAIR matches the shortest name first (a hot dog counts as a dog)", "src/showtell/chair.py", "ObjectWords",
+             "for n in range(min(self.longest, len(words) - i), 0, -1):",
+             "for n in range(1, min(self.longest, len(words) - i) + 1):",
+             ["tests/test_chair.py::test_mentions_take_the_longest_name_and_plurals",
+              "tests/test_chair.py::test_chair_on_coco_instances_counted_by_hand"]),
+    Mutation("tokeniser keeps every period as an abbreviation's", "src/showtell/metrics.py", "_keeps_period",
+             '    if word in _ABBREVIATIONS', '    return True\n    if word in _ABBREVIATIONS',
+             ["tests/test_tokenizer_parity.py::test_python_tokenizer_matches_recorded_java_output"]),
+]
+
+
+def _function_span(text: str, name: str) -> tuple[int, int]:
+    """Start and end of the top-level def/class `name` (up to the next top-level statement)."""
+    start = re.search(rf"^(?:def|class) {re.escape(name)}\b", text, re.M)
+    if start is None:
+        raise SystemExit(f"mutation_check: no function {name} (the source changed: update the mutation)")
+    body_start = text.index("\n", start.end()) + 1
+    following = re.search(r"^(?:def|class|@)", text[body_start:], re.M)
+    return start.start(), body_start + following.start() if following else len(text)
+
+
+def apply(mutation: Mutation, pristine: str) -> str:
+    a, b = _function_span(pristine, mutation.function)
+    body = pristine[a:b]
+    if body.count(mutation.old) != 1:
+        raise SystemExit(f"mutation_check: {mutation.name!r}: expected the text once in {mutation.function}, "
+                         f"found it {body.count(mutation.old)} times (update the mutation)")
+    return pristine[:a] + body.replace(mutation.old, mutation.new) + pristine[b:]
+
+
+def run_tests(src: Path, tests: list[str]) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    lines = [x for x in done.stdout.splitlines() if x.startswith(("FAILED", "ERROR"))] or done.stdout.splitlines()[-1:]
+    return done.returncode, lines[0] if lines else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", default="", help="only mutations whose name contains this")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if args.k in m.name]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        every_test = sorted({t for m in chosen for t in m.tests})
+        code, line = run_tests(src, every_test)
+        if code != 0:
+            print(f"the tests fail on the unmutated code, so nothing can be concluded: {line}")
+            return 1
+        print(f"baseline: the {len(every_test)} tests pass on the unmutated code")
+        survived = 0
+        for m in chosen:
+            target = src.parent / m.file
+            pristine = (ROOT / m.file).read_text()
+            target.write_text(apply(m, pristine))
+            started = time.time()
+            code, line = run_tests(src, m.tests)
+            target.write_text(pristine)
+            caught = code != 0
+            survived += not caught
+            print(f"{'caught  ' if caught else 'SURVIVED'}  {m.name}  ({time.time() - started:.0f} s)"
+                  + (f"\n          {line}" if caught else ""))
+    print(f"{len(chosen) - survived} of {len(chosen)} mutations caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
