@@ -45,8 +45,7 @@ def epoch_seconds(decoder, features, tokens, device, precision: str, images_per_
         inputs, targets = caps[:, :-1], caps[:, 1:]
         positions = targets != 0
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = decoder(feats, inputs, positions)
-            logits = out[0] if isinstance(out, tuple) else out
+            logits, _ = decoder(feats, inputs, positions)   # every decoder: (logits, penalty)
             loss = F.cross_entropy(logits.float(), targets[positions])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

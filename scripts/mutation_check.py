@@ -1,10 +1,10 @@
-"""Break the decoding code on purpose, one plausible bug at a time, and check the tests notice.
+"""Break the decoding and training code on purpose, one plausible bug at a time, and check the tests notice.
 
 Each mutation is a text substitution inside one function of a temporary copy of src/; the tests
 named for it run against that copy (PYTHONPATH) and must fail. The unmutated copy runs first and
 must pass, so a "caught" mutation is one the tests tell apart from the real code.
 
-    python scripts/mutation_check.py            # about a minute on 2 cores
+    python scripts/mutation_check.py            # about five minutes on 2 cores
     python scripts/mutation_check.py -k sign    # only mutations whose name contains "sign"
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DECODE = "src/showtell/decode.py"
 D = "tests/test_decode.py::"
+SCST, TRAIN, T = "src/showtell/scst.py", "src/showtell/train.py", "tests/test_training_core.py::"
 
 
 @dataclass
@@ -95,6 +96,28 @@ MUTATIONS = [
     Mutation("tokeniser keeps every period as an abbreviation's", "src/showtell/metrics.py", "_keeps_period",
              '    if word in _ABBREVIATIONS', '    return True\n    if word in _ABBREVIATIONS',
              ["tests/test_tokenizer_parity.py::test_python_tokenizer_matches_recorded_java_output"]),
+    # training
+    Mutation("flip the self-critical sign: samples worse than greedy become likelier", SCST, "SelfCritical",
+             "loss = -(advantage", "loss = (advantage", [T + "test_self_critical_update_raises_the_reward_and_the_flipped_sign_lowers_it"]),
+    Mutation("self-critical baseline ignores decode.block_unk", SCST, "SelfCritical",
+             "d.max_length, d.block_unk)", "d.max_length)",
+             [T + "test_self_critical_encodes_each_batch_once_and_its_baseline_blocks_unk"]),
+    Mutation("scheduled sampling feeds back <pad>/<start>/<unk>", "src/showtell/models/captioner.py", "scheduled_sampling",
+             "feedable[:, [PAD, START, UNK]] = -math.inf", "pass",
+             ["tests/test_attention.py::test_scheduled_sampling_feeds_back_only_words_that_decoding_could_write"]),
+    Mutation("only rank 0 starts self-critical training from the best model", TRAIN, "start_self_critical",
+             "if s.run is not None and s.run.has_model():", "if s.run is not None and s.run.has_model() and dist.is_main():",
+             [T + "test_self_critical_starts_from_the_best_model_on_every_rank"]),
+    Mutation("validation decodes with default settings, not decode.*", TRAIN, "validate",
+             "length_penalty=d.length_penalty, block_unk=d.block_unk", "length_penalty=0.0, block_unk=True",
+             [T + "test_validation_decodes_with_the_decode_settings"]),
+    Mutation("more epochs on resume recompute the schedule from scratch (the rate jumps)", "src/showtell/schedules.py",
+             "Plan", "return replace(self, total_steps=total_steps, decay_from_step=step, decay_from_factor=self.factor(step))",
+             "return replace(self, total_steps=total_steps)",
+             [T + "test_a_replanned_schedule_continues_without_a_jump_and_ends_at_zero"]),
+    Mutation("the time budget's plan is measured but never applied", TRAIN, "BudgetPlanner",
+             "state.plan, state.planned_end = plan.replanned(state.global_step, end), end", "state.planned_end = end",
+             [T + "test_a_budgeted_run_ends_at_its_budget_with_the_rate_decayed"]),
 ]
 
 

@@ -305,8 +305,7 @@ def _teacher_forced(decoder, features, words: list[int], finished: bool) -> floa
     inputs = torch.tensor([[START] + targets[:-1]]) if targets else torch.zeros((1, 0), dtype=torch.long)
     if not targets:
         return 0.0
-    logits = decoder(features, inputs)
-    logits = logits[0] if isinstance(logits, tuple) else logits
+    logits, _ = decoder(features, inputs)                      # every decoder: (logits, penalty)
     return float(F.log_softmax(logits[0].float(), dim=-1).gather(1, torch.tensor(targets).unsqueeze(1)).sum())
 
 
@@ -327,7 +326,8 @@ def test_sample_logprobs_equal_teacher_forcing_and_carry_gradients():
             # token_logprobs are the policy's: the masked, tempered distribution the words came from
             targets = words + ([END] if out.finished[row, 0] else [])
             inputs = torch.tensor([[START] + targets[:-1]])
-            logits = decoder(one, inputs)[0].float()
+            logits, _ = decoder(one, inputs)          # (1, T, V), no penalty
+            logits = logits[0].float()
             logits[:, [PAD, START, UNK]] = -math.inf
             policy = F.log_softmax(logits / 0.8, dim=-1).gather(1, torch.tensor(targets).unsqueeze(1)).squeeze(1)
             assert torch.allclose(token_lp[row][mask[row]], policy, atol=1e-5)
