@@ -62,7 +62,7 @@ def caption_counts(n_images: int, n_captions: int, rng: np.random.Generator) -> 
     """5 captions per picture; the extra ones go to a few pictures as 6th and 7th captions."""
     counts = np.full(n_images, 5, dtype=np.int64)
     extra = max(0, n_captions - 5 * n_images)
-    sevens = extra // 20
+    sevens = -(-extra // 20)   # about 1 in 20 of the extra captions is a 7th
     sixes = extra - 2 * sevens
     chosen = rng.choice(n_images, size=sixes + sevens, replace=False)
     counts[chosen[:sixes]] = 6
@@ -148,6 +148,18 @@ def write_feature_cache(out: Path, annotations: Path, fraction: float, seed: int
     return out
 
 
+def expected_vocabulary(n_tokens: float, min_word_count: int = 5) -> tuple[float, float]:
+    """(distinct words, words seen at least `min_word_count` times) expected in `n_tokens` draws
+    from the word law: each word's count is Poisson."""
+    from math import factorial
+
+    ranks = np.arange(1, WORD_TYPES + 1)
+    p = (ranks + ZIPF_Q) ** -ZIPF_S
+    lam = n_tokens * p / p.sum()
+    below = np.exp(-lam) * sum(lam ** k / factorial(k) for k in range(min_word_count))
+    return float((1 - np.exp(-lam)).sum()), float((1 - below).sum())
+
+
 def statistics(path: Path, min_word_count: int = 5) -> dict:
     """What the issue asks of the file: split sizes, captions per picture, lengths, vocabulary."""
     from collections import Counter
@@ -156,11 +168,14 @@ def statistics(path: Path, min_word_count: int = 5) -> dict:
     splits = Counter(item["split"] for item in data["images"])
     per_image = Counter(len(item["sentences"]) for item in data["images"])
     lengths = [len(s["tokens"]) for item in data["images"] for s in item["sentences"]]
+    train_tokens = sum(len(s["tokens"]) for item in data["images"] if item["split"] in ("train", "restval")
+                       for s in item["sentences"])
     words = Counter(w for item in data["images"] if item["split"] in ("train", "restval")
                     for s in item["sentences"] for w in s["tokens"])
     return {"images": len(data["images"]), "splits": dict(splits), "captions": len(lengths),
             "captions_per_image": dict(sorted(per_image.items())), "mean_length": float(np.mean(lengths)),
-            "raw_words": len(words), "kept_words": sum(1 for c in words.values() if c >= min_word_count)}
+            "train_tokens": train_tokens, "raw_words": len(words),
+            "kept_words": sum(1 for c in words.values() if c >= min_word_count)}
 
 
 # ---------------------------------------------------------------------------------------------
