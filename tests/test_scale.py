@@ -159,3 +159,17 @@ def test_workers_share_the_cache_and_read_the_same_batches(scale_cache):
             rows = [images.rows[i] for i in batch]
             assert torch.equal(feats[name], torch.stack([collate([images[i]])[1][name][0] for i in batch]))
             assert torch.equal(feats[name], torch.from_numpy(images.arrays[name][rows].astype(np.float32)))
+
+
+def test_collate_takes_a_batch_block_without_copying(scale_cache):
+    images = scale_cache.split_set(scale_cache.records())
+    items = images.__getitems__([4, 1, 9])
+    _, stacked, _ = collate(items)
+    for name, block in stacked.items():
+        assert torch.equal(block, torch.stack([x[name] for _, x, _ in items]))
+        assert block.data_ptr() == items[0][1][name].data_ptr()   # the read's own block, not a copy
+    # rows of one block in another order, or only some of them, are stacked (copied) as usual
+    for chosen in ([items[2], items[0], items[1]], items[:2], [items[1], items[1], items[2]]):
+        _, stacked, _ = collate(chosen)
+        for name, block in stacked.items():
+            assert torch.equal(block, torch.stack([x[name] for _, x, _ in chosen]))

@@ -115,6 +115,17 @@ class ImageSet(Dataset):
             return index, None, str(error)
 
 
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, without the copy when the tensors are the rows of one block in order (a
+    FeatureSet reads a whole batch as one block and hands out its rows)."""
+    base = tensors[0]._base
+    if (base is not None and base.shape[0] == len(tensors) and base.is_contiguous()
+            and all(t._base is base and t.storage_offset() == base.storage_offset() + i * base.stride(0)
+                    and t.shape == base.shape[1:] for i, t in enumerate(tensors))):
+        return base
+    return torch.stack(tensors)
+
+
 def collate(items):
     """Stack the good pictures (uint8 tensors, or dicts of cached feature tensors); report the
     bad ones by index with their messages."""
@@ -124,7 +135,7 @@ def collate(items):
         return torch.empty(0, dtype=torch.long), None, bad
     first = good[0][1]
     if isinstance(first, dict):
-        stacked = {k: torch.stack([x[k] for _, x in good]) for k in first}
+        stacked = {k: _stack([x[k] for _, x in good]) for k in first}
     else:
         stacked = torch.stack([x for _, x in good])
     return torch.tensor([i for i, _ in good]), stacked, bad
