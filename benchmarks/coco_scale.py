@@ -186,28 +186,33 @@ def peak_rss_mb() -> float:
 
 
 def link_pictures(annotations: Path, images: Path) -> int:
-    """One 32 px JPEG, hard-linked under every name the annotations list (no disk space)."""
+    """One 32 px JPEG, hard-linked under every name the annotations list (a new copy every 60,000
+    links: a file system allows about 65,000 links to one file)."""
     from PIL import Image
 
     data = json.loads(annotations.read_text(encoding="utf-8"))
-    source = images / "picture.jpg"
     images.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(source)
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     for folder in {item["filepath"] for item in data["images"]}:
         (images / folder).mkdir(exist_ok=True)
-    for item in data["images"]:
+    for i, item in enumerate(data["images"]):
+        if i % 60_000 == 0:
+            source = images / f"picture-{i // 60_000}.jpg"
+            picture.save(source)
         target = images / item["filepath"] / item["filename"]
         if not target.exists():
             os.link(source, target)
     return len(data["images"])
 
 
-def first_step(annotations: Path, images: Path, work: Path) -> dict:
+def first_step(annotations: Path, images: Path, work: Path, *settings: str) -> dict:
     """`showtell train` from the annotation file to a saved model after its first step (small CNN at
     32 px, as the issue measured), in a fresh process: wall time and that process's peak memory."""
     command = [sys.executable, "-m", "showtell", "train", "--data", str(annotations), "--images", str(images),
                "--out", str(work / "run"), "--max-minutes", "0.02", "--set", "model.encoder=small",
                "--set", "data.image_size=32", "--set", "train.val_max_images=16"]
+    for setting in settings:
+        command += ["--set", setting]
     code = ("import resource, runpy, sys, time; sys.argv = ['showtell', *sys.argv[1:]]; started = time.time()\n"
             "try:\n    runpy.run_module('showtell', run_name='__main__')\n"
             "except SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
@@ -220,6 +225,9 @@ def first_step(annotations: Path, images: Path, work: Path) -> dict:
     lines = [line for line in done.stderr.splitlines() if line.startswith("FIRST_STEP")]
     if not lines or lines[-1].split()[1] not in ("0", "None"):
         raise RuntimeError(f"showtell train failed:\n{done.stderr[-3000:]}")
+    import shutil
+
+    shutil.rmtree(work / "run", ignore_errors=True)
     return {"seconds": seconds, "peak_mb": float(lines[-1].split()[3])}
 
 
@@ -461,12 +469,20 @@ def main() -> None:
         link_pictures(annotations, images)
         stages = annotation_stages(annotations)
         first = first_step(annotations, images, out)
+        lazy = first_step(annotations, images, out, "data.cache_images=no")
         print("\nannotations to a first training step (showtell train, small CNN at 32 px, pictures read from disk):")
         print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
+        print(f"  whole command: {first['seconds']:.1f} s, peak {first['peak_mb'] / 1024:.2f} GB (the default "
+              f"data.cache_images=auto decodes all {stats['splits']['train'] + stats['splits']['restval']:,} training "
+              f"pictures into memory first); with data.cache_images=no {lazy['seconds']:.1f} s, "
+              f"peak {lazy['peak_mb'] / 1024:.2f} GB")
         rows.append(("annotations to a saved model after one step", f"{first['seconds']:.1f} s",
                      "under 30 s", verdict(first["seconds"], 30)))
         rows.append(("peak memory of that process", f"{first['peak_mb'] / 1024:.2f} GB", "under 2 GB",
                      verdict(first["peak_mb"], 2048)))
+        rows.append(("the same without decoding every picture first (data.cache_images=no)",
+                     f"{lazy['seconds']:.1f} s, {lazy['peak_mb'] / 1024:.2f} GB", "under 30 s, 2 GB",
+                     verdict(lazy["seconds"], 30) if lazy["peak_mb"] < 2048 else "NOT met"))
     if "loader" not in args.skip:
         copy = copy_bandwidth()
         rates = loader_rates_fresh(cache_dir, tuple(args.workers))
