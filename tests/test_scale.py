@@ -173,3 +173,22 @@ def test_collate_takes_a_batch_block_without_copying(scale_cache):
         _, stacked, _ = collate(chosen)
         for name, block in stacked.items():
             assert torch.equal(block, torch.stack([x[name] for _, x, _ in chosen]))
+
+
+def test_records_hold_no_object_of_the_parsed_file(tmp_path, scale_file):
+    """A record that keeps one parsed string pins the allocator block it lives in, so the memory
+    of the whole parsed file (about 1 GB at COCO size) could never go back to the system."""
+    from showtell.data.formats import read_karpathy
+
+    path = awkward_file(tmp_path, scale_file)
+    data = json.loads(path.read_text())
+    parsed = set()
+    for item in data["images"]:
+        parsed.update(id(v) for v in item.values())
+        for sentence in item["sentences"]:
+            parsed.update(id(v) for v in sentence.values())
+            parsed.update(id(t) for t in sentence.get("tokens", []))
+    records = read_karpathy(path, data, path.parent)
+    held = [r.split for r in records] + [c for r in records for c in r.captions]
+    held += [v for r in records for v in r.extra.values()] + [t for r in records for ts in r.tokens for t in ts]
+    assert not [v for v in held if id(v) in parsed and not (isinstance(v, int) and -5 <= v <= 256)]

@@ -72,7 +72,7 @@ def _caption(value, where: str) -> tuple[str, list[str]]:
     tokens = tokenize(value)
     if not tokens:
         raise DataError(f"{where}: empty caption {value!r}")
-    return value.strip(), tokens
+    return _own(value.strip()), tokens
 
 
 def _inside(root: Path, name: str, where: str, allow_absolute: bool = False) -> Path:
@@ -96,7 +96,18 @@ def _split(value, where: str) -> str:
     split = "train" if value == "restval" else value
     if split not in SPLITS:
         raise DataError(f"{where}: split must be train, val, test or restval, got {value!r}")
-    return split
+    return SPLITS[SPLITS.index(split)]   # the constant, not the file's string (see _own)
+
+
+def _own(value):
+    """A copy of a parsed string or number, so that a record holds none of the parsed file's
+    objects: then the memory of the whole parsed file goes back to the system once it is freed
+    (one kept string pins the allocator's block of 256 kB it lives in)."""
+    if type(value) is str:
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+    if type(value) is int:
+        return int(str(value))
+    return value
 
 
 class _Lowered(dict):
@@ -130,7 +141,7 @@ def _karpathy_sentence(sentence, lowered: _Lowered, where) -> tuple[str, list[st
             return _caption(raw, where())
         if "" in toks:
             toks = [t for t in toks if t]
-        return raw.strip(), toks or tokenize(raw)
+        return _own(raw.strip()), toks or tokenize(raw)
     return _caption(raw, where())
 
 
@@ -168,7 +179,7 @@ def read_karpathy(path: Path, data, images_dir: Path, allow_absolute: bool = Fal
         if location in seen_files:
             raise DataError(f"{where}: {location} is listed twice (also images[{seen_files[location]}])")
         seen_keys[key], seen_files[location] = i, i
-        extra = {k: item[k] for k in ("scene", "cocoid", "imgid") if k in item}
+        extra = {k: _own(item[k]) for k in ("scene", "cocoid", "imgid") if k in item}
         location = _inside(images_dir, os.path.join(folder, filename), where, allow_absolute)
         records.append(ImageRecord(key, location, _split(item.get("split"), where),
                                    captions, tokens, extra))
