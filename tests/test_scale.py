@@ -145,7 +145,7 @@ def test_scale_cache_is_prepares_format(scale_cache):
 
 def test_workers_share_the_cache_and_read_the_same_batches(scale_cache):
     images = scale_cache.split_set(scale_cache.records())
-    images.arrays   # opened in this process: must still not travel to the workers
+    # opening the arrays here (as reading a batch in this process does) must not make them travel
     array_bytes = sum(a.nbytes for a in images.arrays.values())
     assert len(pickle.dumps(images)) < 0.01 * array_bytes   # no copy of the features in the pickle
     batches = [[5, 0, 17], [3], list(range(40, 60)), [60, 2, 59, 1]]

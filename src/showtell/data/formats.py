@@ -168,7 +168,7 @@ def read_karpathy(path: Path, data, images_dir: Path, allow_absolute: bool = Fal
             raise DataError(f"{where} ({filename}): missing or empty 'sentences'")
         captions, tokens = [], []
         for k, sentence in enumerate(sentences):
-            caption, toks = _karpathy_sentence(sentence, lowered, lambda: f"{where}.sentences[{k}]")
+            caption, toks = _karpathy_sentence(sentence, lowered, lambda where=where, k=k: f"{where}.sentences[{k}]")
             captions.append(caption)
             tokens.append(toks)
         key = item.get("cocoid", item.get("imgid"))
