@@ -12,6 +12,7 @@ import json
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 
 from .errors import RunError
@@ -41,7 +42,7 @@ class Vocabulary:
     @classmethod
     def build(cls, captions: Iterable[Sequence[str]], min_word_count: int) -> "Vocabulary":
         """From tokenised training captions; most frequent first, ties alphabetical (deterministic)."""
-        counts = Counter(w for tokens in captions for w in tokens)
+        counts = Counter(chain.from_iterable(captions))
         kept = sorted((w for w, c in counts.items() if c >= min_word_count and w not in SPECIALS),
                       key=lambda w: (-counts[w], w))
         return cls(list(SPECIALS) + kept, min_word_count)

@@ -102,7 +102,7 @@ class FeatureSet(Dataset):
         order = np.argsort(rows, kind="stable")
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
-        block = {name: torch.from_numpy(array[rows[order]][back].astype(np.float32)) for name, array in self.arrays.items()}
+        block = {name: torch.from_numpy(array[rows[order]][back]).float() for name, array in self.arrays.items()}
         return [(index, {name: values[k] for name, values in block.items()}, None) for k, index in enumerate(indices)]
 
 

@@ -15,11 +15,15 @@ the record and what is wrong.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import os
 import random
+import re
+import string
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +72,7 @@ def _caption(value, where: str) -> tuple[str, list[str]]:
     tokens = tokenize(value)
     if not tokens:
         raise DataError(f"{where}: empty caption {value!r}")
-    return value.strip(), tokens
+    return _own(value.strip()), tokens
 
 
 def _inside(root: Path, name: str, where: str, allow_absolute: bool = False) -> Path:
@@ -92,7 +96,53 @@ def _split(value, where: str) -> str:
     split = "train" if value == "restval" else value
     if split not in SPLITS:
         raise DataError(f"{where}: split must be train, val, test or restval, got {value!r}")
-    return split
+    return SPLITS[SPLITS.index(split)]   # the constant, not the file's string (see _own)
+
+
+def _own(value):
+    """A copy of a parsed string or number, so that a record holds none of the parsed file's
+    objects: then the memory of the whole parsed file goes back to the system once it is freed
+    (one kept string pins the allocator's block of 256 kB it lives in)."""
+    if type(value) is str:
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+    if type(value) is int:
+        return int(str(value))
+    return value
+
+
+class _Lowered(dict):
+    """A file token -> its lower-case form ("" for a blank token), computed once per distinct token
+    and shared by every caption that uses it."""
+
+    def __missing__(self, token):
+        if not isinstance(token, str):
+            raise TypeError(token)
+        value = self[token] = token.lower() if token.strip() else ""
+        return value
+
+
+# a character that tokenize() keeps: neither white space nor ASCII punctuation
+_WORD_CHAR = re.compile("[^\\s" + re.escape(string.punctuation) + "]")
+
+
+def _karpathy_sentence(sentence, lowered: _Lowered, where) -> tuple[str, list[str]]:
+    """(caption, tokens) of one `sentences[]` entry; `where()` names it in errors. The file's own
+    tokens (lower-cased) are the reference tokenisation when it has them (COCO/Flickr files do);
+    otherwise the raw text is tokenised. Either way the raw text must hold a word."""
+    if not isinstance(sentence, dict):
+        raise DataError(f"{where()}: expected an object with 'raw' and/or 'tokens'")
+    raw, file_tokens = sentence.get("raw"), sentence.get("tokens")
+    if raw is None and isinstance(file_tokens, list):
+        raw = " ".join(map(str, file_tokens))
+    if isinstance(file_tokens, list) and isinstance(raw, str) and _WORD_CHAR.search(raw):
+        try:
+            toks = list(map(lowered.__getitem__, file_tokens))
+        except TypeError:   # a token that is not text: the raw text decides
+            return _caption(raw, where())
+        if "" in toks:
+            toks = [t for t in toks if t]
+        return _own(raw.strip()), toks or tokenize(raw)
+    return _caption(raw, where())
 
 
 def read_karpathy(path: Path, data, images_dir: Path, allow_absolute: bool = False) -> list[ImageRecord]:
@@ -102,6 +152,7 @@ def read_karpathy(path: Path, data, images_dir: Path, allow_absolute: bool = Fal
     records = []
     seen_keys: dict[str, int] = {}
     seen_files: dict[str, int] = {}
+    lowered = _Lowered()   # one string object per distinct token: 6.5M tokens hold 25k strings at COCO size
     for i, item in enumerate(images):
         where = f"{path}: images[{i}]"
         if not isinstance(item, dict):
@@ -117,16 +168,7 @@ def read_karpathy(path: Path, data, images_dir: Path, allow_absolute: bool = Fal
             raise DataError(f"{where} ({filename}): missing or empty 'sentences'")
         captions, tokens = [], []
         for k, sentence in enumerate(sentences):
-            swhere = f"{where}.sentences[{k}]"
-            if not isinstance(sentence, dict):
-                raise DataError(f"{swhere}: expected an object with 'raw' and/or 'tokens'")
-            raw = sentence.get("raw")
-            if raw is None and isinstance(sentence.get("tokens"), list):
-                raw = " ".join(map(str, sentence["tokens"]))
-            caption, toks = _caption(raw, swhere)
-            if isinstance(sentence.get("tokens"), list) and all(isinstance(t, str) for t in sentence["tokens"]):
-                # the file's own tokens are the reference tokenisation (they are for COCO/Flickr)
-                toks = [t.lower() for t in sentence["tokens"] if t.strip()] or toks
+            caption, toks = _karpathy_sentence(sentence, lowered, lambda where=where, k=k: f"{where}.sentences[{k}]")
             captions.append(caption)
             tokens.append(toks)
         key = item.get("cocoid", item.get("imgid"))
@@ -137,7 +179,7 @@ def read_karpathy(path: Path, data, images_dir: Path, allow_absolute: bool = Fal
         if location in seen_files:
             raise DataError(f"{where}: {location} is listed twice (also images[{seen_files[location]}])")
         seen_keys[key], seen_files[location] = i, i
-        extra = {k: item[k] for k in ("scene", "cocoid", "imgid") if k in item}
+        extra = {k: _own(item[k]) for k in ("scene", "cocoid", "imgid") if k in item}
         location = _inside(images_dir, os.path.join(folder, filename), where, allow_absolute)
         records.append(ImageRecord(key, location, _split(item.get("split"), where),
                                    captions, tokens, extra))
@@ -263,7 +305,7 @@ def apply_karpathy_split(records: list[ImageRecord], split_file: Path) -> list[I
     """Splits for COCO-format records from Karpathy's file, matched by COCO image id; images
     that the split file does not list are left out, as in the papers that use it."""
     data = _load_json(split_file)
-    if detect_format(split_file) != "karpathy":
+    if detect_format(split_file, data) != "karpathy":
         raise DataError(f"{split_file}: data.karpathy_split must be a Karpathy split JSON (dataset_coco.json)")
     splits = {}
     for i, item in enumerate(data["images"]):
@@ -277,11 +319,14 @@ def apply_karpathy_split(records: list[ImageRecord], split_file: Path) -> list[I
     return kept
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path, data=None) -> str:
+    """'csv', 'jsonl', 'coco' or 'karpathy'; `data` is the file's parsed JSON when the caller has it
+    (a COCO-sized file takes seconds to parse, so it is parsed once)."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".jsonl"):
         return suffix[1:]
-    data = _load_json(path)
+    if data is None:
+        data = _load_json(path)
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         if "annotations" in data:
             return "coco"
@@ -290,6 +335,19 @@ def detect_format(path: Path) -> str:
             return "karpathy"
     raise DataError(f"{path}: unrecognised annotation format (expected a COCO captions JSON, a Karpathy split "
                     "JSON, a CSV with image,caption columns or a JSON Lines file)")
+
+
+@contextmanager
+def _collector_paused():
+    """Python's cycle collector off while a file becomes records: parsing makes millions of objects
+    and no cycles, and each full collection would walk all of them (a third of the time at COCO size)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def read_annotations(spec: str, images_dir: str | Path | None, split_ratio: str = "0.9,0.05,0.05",
@@ -305,15 +363,18 @@ def read_annotations(spec: str, images_dir: str | Path | None, split_ratio: str 
         raise DataError(f"{path}: annotation file not found")
     if images_dir and not root.is_dir():
         raise DataError(f"{root}: image folder not found")
-    kind = detect_format(path)
-    if kind == "karpathy":
-        records = read_karpathy(path, _load_json(path), root, allow_absolute)
-    elif kind == "coco":
-        records = read_coco(path, _load_json(path), root, forced, allow_absolute)
-        if karpathy_split and not forced:
-            records = apply_karpathy_split(records, Path(karpathy_split))
-    else:
-        records = read_table(path, root, allow_absolute)
+    with _collector_paused():
+        data = None if path.suffix.lower() in (".csv", ".jsonl") else _load_json(path)
+        kind = detect_format(path, data)
+        if kind == "karpathy":
+            records = read_karpathy(path, data, root, allow_absolute)
+        elif kind == "coco":
+            records = read_coco(path, data, root, forced, allow_absolute)
+            if karpathy_split and not forced:
+                records = apply_karpathy_split(records, Path(karpathy_split))
+        else:
+            records = read_table(path, root, allow_absolute)
+        del data
     if forced:
         for record in records:
             record.split = forced
