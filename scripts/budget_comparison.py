@@ -65,7 +65,8 @@ def main() -> None:
                 records = load_dataset([str(data_file)], data_file.parent, config.data)
                 run = args.out / f"{data_file.stem}-{data_file.parent.name}-{decoder}-{budgeted}"
                 summary = train(config, records, run, max_minutes=args.minutes, show_progress=False)
-                last = json.loads((run / "history.jsonl").read_text().splitlines()[-1])
+                history = run / "history.jsonl"   # absent when the budget ended before the first epoch did
+                last = json.loads(history.read_text().splitlines()[-1]) if history.exists() else {"lr": float("nan")}
                 report = evaluate_run(run, [str(data_file)], data_file.parent, "test", beam_size=1,
                                       write_html=False, show_progress=False, metrics=("Bleu_4", "CIDEr"))
                 s, human = report["scores"], report["human"]
