@@ -30,13 +30,9 @@ def texts_of(decoded, vocab: Vocabulary) -> list[str]:
 
 
 class SelfCritical:
-    """The self-critical phase: `loss` of a batch of pictures, for the training loop to minimise.
-
-    Its decoding goes around DistributedDataParallel's forward, so the loop averages its
-    gradients over ranks by hand (`averages_gradients_itself` is False)."""
-
-    name = "scst"
-    through_ddp = False
+    """The self-critical loss of a batch of pictures, for the training loop to minimise. Its
+    decoding goes around DistributedDataParallel's forward, so the loop averages the gradients
+    over ranks by hand (train.SelfCriticalPhase.through_ddp is False)."""
 
     def __init__(self, references: list[list[str]], vocab: Vocabulary, config: Config):
         self.references = references        # tokenised references joined by spaces, per picture
