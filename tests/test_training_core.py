@@ -215,10 +215,10 @@ def test_a_finished_plan_extended_restarts_with_a_warm_up():
 
 def test_resume_with_more_epochs_continues_the_decay_from_where_it_stopped(tmp_path, synth_dir, monkeypatch):
     records = records_of(synth_dir)
-    config = load_config("synth", [*TINY, "train.epochs=4", "train.budget_schedule=false"])   # a hard stop
-    steps = iter(range(1000))
+    config = load_config("synth", [*TINY, "train.epochs=4"])
+    steps = iter(range(1000))   # a stop after step 7, decided by counting steps, not by a clock
     monkeypatch.setattr(training, "should_stop", lambda deadline, requested, device: next(steps) == 6)
-    train(config, records, tmp_path / "run", show_progress=False, max_minutes=1)   # stops after step 7
+    train(config, records, tmp_path / "run", show_progress=False)
     monkeypatch.undo()
     per_epoch = json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[0])["step"]
     assert per_epoch < 7 < 2 * per_epoch                                        # in the second epoch
@@ -286,11 +286,11 @@ def test_a_kill_after_validation_before_the_checkpoint_neither_repeats_history_n
 
 def test_a_budget_stop_mid_epoch_validates_nothing_and_resumes_exactly(tmp_path, synth_dir, monkeypatch):
     records = records_of(synth_dir)
-    config = load_config("synth", [*TINY, "train.epochs=2", "train.budget_schedule=false"])   # a hard stop
+    config = load_config("synth", [*TINY, "train.epochs=2"])
     train(config, records, tmp_path / "whole", show_progress=False)
-    steps = iter(range(1000))
+    steps = iter(range(1000))   # the budget's stop after step 3, decided by counting steps, not by a clock
     monkeypatch.setattr(training, "should_stop", lambda deadline, requested, device: next(steps) == 2)
-    summary = train(config, records, tmp_path / "stopped", show_progress=False, max_minutes=1)
+    summary = train(config, records, tmp_path / "stopped", show_progress=False)
     assert summary["stopped_early"] and summary["steps"] == 3
     assert not (tmp_path / "stopped" / "history.jsonl").exists()            # no validation mid-epoch
     assert weights_meta(tmp_path / "stopped" / "model.safetensors")["val_metric"].startswith("none")

@@ -37,6 +37,7 @@ from .distributed import cpu_has_native_bf16, resolve_device
 from .errors import ConfigError, DataError, RunError, Stopped
 from .evaluate import autocast, features_of, to_device, validation_scores
 from .fileio import atomic_write_text
+from .metrics import perplexity
 from .models.captioner import CaptionModel, build_model
 from .progress import progress_bar
 from .run import Run
@@ -110,7 +111,7 @@ class Session:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(epoch_batches(len(self.train.records), self.config.train.batch_size, 0, 0))
+        return math.ceil(len(self.train.records) / self.config.train.batch_size)   # epoch_batches keeps the last, short batch
 
     @property
     def total_epochs(self) -> int:
@@ -132,7 +133,11 @@ class TrainState:
     skipped: dict[int, str] = field(default_factory=dict)
     history_length: int = 0         # history.jsonl lines that belong to this state
     planned_end: int | None = None  # a time budget's planned last step (the decay ends there)
-    finished: bool = False          # the budget's plan has been carried out
+
+    @property
+    def finished(self) -> bool:
+        """The time budget's plan has been carried out."""
+        return self.planned_end is not None and self.global_step >= self.planned_end
 
     def to_dict(self) -> dict:
         return {**asdict(self), "plan": self.plan.to_dict()}
@@ -286,7 +291,7 @@ def validate(s: Session, state: TrainState, train_value: float | None, lr: float
         record.update(train_loss=None, train_perplexity=None, scst_greedy_cider=train_value)
     else:
         record.update(train_loss=train_value,
-                      train_perplexity=math.exp(min(train_value, 50)) if train_value is not None else None)
+                      train_perplexity=perplexity(train_value) if train_value is not None else None)
     if s.val is not None and len(s.val.records):
         record.update(validation_scores(s.model, s.val.images, s.val.table, s.val.references, s.vocab, s.device,
                                         t.val_beam_size, d.max_length, t.precision, t.val_max_images,
@@ -500,8 +505,7 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
                 budget.after_step(s, state)
                 if state.global_step % t.checkpoint_every == 0:
                     save_checkpoint(s, state, optimizer)
-                if state.planned_end is not None and state.global_step >= state.planned_end:
-                    state.finished = True   # the budget's plan is done: validate now, even mid-epoch
+                if state.finished:   # the budget's plan is done: validate now, even mid-epoch
                     break
                 if should_stop(deadline, requested, s.device):
                     stopped = True
@@ -596,13 +600,13 @@ RESUME_SETTINGS = ("train.epochs", "train.scst_epochs", "train.scst_lr", "train.
                    "data.num_workers", "train.device")
 
 
-def resume_config(run: Run, overrides: list[str] | None) -> Config:
+def resume_config(saved: Config, overrides: list[str] | None) -> Config:
     """The run's config with the `--set` changes that do not alter what was already trained."""
     values = parse_overrides(overrides or [])
     for key in values:
         if key not in RESUME_SETTINGS:
             raise ConfigError(f"--set {key}: cannot change when resuming (allowed: {', '.join(RESUME_SETTINGS)})")
-    return resolve(apply(run.config(), values, where="--set ")) if values else run.config()
+    return resolve(apply(saved, values, where="--set ")) if values else saved
 
 
 def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | None = None,
@@ -610,8 +614,9 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     """Continue the run in `path` from its newest good checkpoint. Everything is checked before
     anything in the run is written: a refused resume leaves the run as it was."""
     run = Run(path)
-    config, vocab = resume_config(run, overrides), run.vocab()
-    more_epochs = config.train.epochs != run.config().train.epochs
+    saved = run.config()
+    config, vocab = resume_config(saved, overrides), run.vocab()
+    more_epochs = config.train.epochs != saved.train.epochs
     step, weights, saved = run.load_checkpoint()
     if "train_state" not in saved:
         raise RunError(f"{run.path}: checkpoint from an older showtell; it cannot be resumed by this version")
@@ -642,7 +647,7 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
         log.info("train.epochs changed: the learning-rate decay now ends at step %d (was %d), continuing from step %d",
                  planned, state.plan.total_steps, state.global_step)
         state.plan = state.plan.replanned(state.global_step, planned)
-        state.planned_end, state.finished = None, False
+        state.planned_end = None
     if dist.is_main():  # forget history written after the checkpoint (it will be recomputed identically)
         run.rewrite_history(run.history()[: state.history_length])
     log.info("resuming %s at epoch %d, step %d", run.path, state.epoch + 1, state.step_in_epoch)
