@@ -526,8 +526,7 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
         log.info("time budget: the learning-rate decay was planned to end at step %d of %d (train.epochs=%d); "
                  "%d steps done", state.planned_end, t.epochs * s.steps_per_epoch, t.epochs, state.global_step)
     if stopped and dist.is_main():
-        log.info("stopped at the %.1f-minute budget after %d steps; the best checkpoint is kept",
-                 max_minutes, state.global_step)
+        log.info("stopped at the time budget after %d steps; the best checkpoint is kept", state.global_step)
     if state.skipped and dist.is_main():
         log.warning("%d unreadable images were skipped during training (first: %s)",
                     len(state.skipped), next(iter(state.skipped.values())))
