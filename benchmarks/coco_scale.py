@@ -234,17 +234,13 @@ def first_step(annotations: Path, images: Path, work: Path, *settings: str) -> d
 def annotation_stages(annotations: Path) -> dict:
     """Seconds of each step from the annotation file to the caption table (this process)."""
     from showtell.data.batching import CaptionTable
-    from showtell.data.formats import _collector_paused, _load_json, read_karpathy
+    from showtell.data.formats import read_annotations
     from showtell.vocab import Vocabulary
 
     times = {}
     started = time.perf_counter()
-    with _collector_paused():
-        data = _load_json(annotations)
-        times["JSON parse"] = time.perf_counter() - started
-        records = read_karpathy(annotations, data, annotations.parent)
-        del data
-    times["records (tokens, paths, checks)"] = time.perf_counter() - started - sum(times.values())
+    records = read_annotations(str(annotations), annotations.parent)
+    times["records (JSON read element by element, tokens, paths, checks)"] = time.perf_counter() - started
     train = [r for r in records if r.split == "train"]
     vocab = Vocabulary.build((t for r in train for t in r.tokens), 5)
     times["vocabulary"] = time.perf_counter() - started - sum(times.values())

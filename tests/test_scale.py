@@ -17,6 +17,7 @@ import torch
 from showtell.data.batching import CaptionTable, collate, make_loader
 from showtell.data.features import FeatureCache
 from showtell.data.formats import read_annotations
+from showtell.errors import DataError
 from showtell.vocab import END, PAD, START, UNK, Vocabulary, tokenize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -178,7 +179,7 @@ def test_collate_takes_a_batch_block_without_copying(scale_cache):
 def test_records_hold_no_object_of_the_parsed_file(tmp_path, scale_file):
     """A record that keeps one parsed string pins the allocator block it lives in, so the memory
     of the whole parsed file (about 1 GB at COCO size) could never go back to the system."""
-    from showtell.data.formats import read_karpathy
+    from showtell.data.formats import _KarpathyReader
 
     path = awkward_file(tmp_path, scale_file)
     data = json.loads(path.read_text())
@@ -188,7 +189,61 @@ def test_records_hold_no_object_of_the_parsed_file(tmp_path, scale_file):
         for sentence in item["sentences"]:
             parsed.update(id(v) for v in sentence.values())
             parsed.update(id(t) for t in sentence.get("tokens", []))
-    records = read_karpathy(path, data, path.parent)
+    reader = _KarpathyReader(path, path.parent)
+    for i, item in enumerate(data["images"]):
+        reader.image(item, i)
+    records = reader.finish()
     held = [r.split for r in records] + [c for r in records for c in r.captions]
     held += [v for r in records for v in r.extra.values()] + [t for r in records for ts in r.tokens for t in ts]
     assert not [v for v in held if id(v) in parsed and not (isinstance(v, int) and -5 <= v <= 256)]
+
+
+@pytest.mark.parametrize("text", [
+    '{"images": [1, 2}', '{"images": [1 2]}', '{"images" [1]}', '{images: []}', '{"images": [], }',
+    '{"images": []} x', '{"images": [{"a": 1},]}', '', '   ', '{"a": 1', '{"images": [', '[1, 2',
+])
+def test_streamed_json_reports_errors_where_json_does(tmp_path, text):
+    """The element-by-element reader names the same line and column as json.loads for broken files."""
+    path = tmp_path / "broken.json"
+    path.write_text(text)
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    with pytest.raises(DataError) as error:
+        read_annotations(str(path), tmp_path)
+    assert f"line {expected.value.lineno}, column {expected.value.colno}" in str(error.value)
+
+
+def test_coco_members_in_any_order_and_spacing(tmp_path):
+    """COCO files may list annotations before images and put white space anywhere; reading them
+    element by element gives what reading the whole parsed file gives."""
+    images = [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in (3, 1, 2)]
+    annotations = [{"image_id": i % 3 + 1, "caption": f"Caption number {i}."} for i in range(9)]
+    ordered = tmp_path / "ordered.json"
+    ordered.write_text(json.dumps({"info": {"year": 2014}, "images": images, "annotations": annotations}))
+    reversed_ = tmp_path / "reversed.json"
+    reversed_.write_text(json.dumps({"annotations": annotations, "licenses": [{"id": 1}], "images": images}, indent="\t\n "))
+    want = [(r.key, r.captions, r.tokens) for r in read_annotations(str(ordered), tmp_path)]
+    got = [(r.key, r.captions, r.tokens) for r in read_annotations(str(reversed_), tmp_path)]
+    assert got == want and len(want) == 3 and [len(c) for _, c, _ in want] == [3, 3, 3]
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({"annotations": annotations + [{"image_id": 9, "caption": "x"}], "images": images}))
+    with pytest.raises(DataError, match=r"annotations\[9\]: image_id 9 is not in 'images'"):
+        read_annotations(str(missing), tmp_path)
+
+
+def test_reading_never_builds_the_parsed_file(scale_file):
+    """Memory traced while reading a Karpathy file, beyond what its records keep, stays well under
+    what json.loads alone allocates for the parsed file (the text itself is counted)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    tree = json.loads(scale_file.read_text())
+    tree_peak = tracemalloc.get_traced_memory()[1]
+    del tree
+    tracemalloc.stop()
+    tracemalloc.start()
+    records = read_annotations(str(scale_file), scale_file.parent)
+    kept, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(records) == 2466
+    assert peak - kept < 0.35 * tree_peak, (peak - kept, tree_peak)

@@ -63,7 +63,82 @@ def _load_json(path: Path):
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+        raise _json_error(path, error) from None
+
+
+def _json_error(path: Path, error: json.JSONDecodeError) -> DataError:
+    return DataError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})")
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+@dataclass
+class _Streamed:
+    """Stands for a member whose elements went to a callback one by one."""
+    count: int
+
+
+def _stream_json(path: Path, arrays: dict) -> object:
+    """The file's JSON value; when it is an object, its members named in `arrays` whose values are
+    lists are decoded one element at a time, each handed to `arrays[name](element, index)`, and
+    are never built whole (they map to `_Streamed`). A COCO-sized annotation file takes 0.13 GB as
+    text and 1.1 GB as a parsed tree; this way the tree never exists."""
+    text = _read_text(path)
+    decoder = json.JSONDecoder()
+
+    def skip(i: int) -> int:
+        return _SPACE.match(text, i).end()
+
+    def at(i: int, char: str) -> bool:
+        return i < len(text) and text[i] == char
+
+    def expect_more(i: int, closing: str) -> tuple[int, bool]:
+        """After a value: (where the next one starts, whether there is one)."""
+        i = skip(i)
+        if at(i, ","):
+            return skip(i + 1), True
+        if at(i, closing):
+            return i + 1, False
+        raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+
+    def stream_array(i: int, handle) -> tuple[_Streamed, int]:
+        count, i = 0, skip(i + 1)
+        if at(i, "]"):
+            return _Streamed(0), i + 1
+        more = True
+        while more:
+            element, i = decoder.raw_decode(text, i)
+            handle(element, count)
+            count += 1
+            i, more = expect_more(i, "]")
+        return _Streamed(count), i
+
+    try:
+        i = skip(0)
+        if not at(i, "{"):
+            return json.loads(text)          # not an object: nothing to stream
+        members, i = {}, skip(i + 1)
+        more = not at(i, "}")
+        i = i if more else i + 1
+        while more:
+            if not at(i, '"'):
+                raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
+            key, i = decoder.raw_decode(text, i)
+            i = skip(i)
+            if not at(i, ":"):
+                raise json.JSONDecodeError("Expecting ':' delimiter", text, i)
+            i = skip(i + 1)
+            if key in arrays and at(i, "["):
+                members[key], i = stream_array(i, arrays[key])
+            else:
+                members[key], i = decoder.raw_decode(text, i)
+            i, more = expect_more(i, "}")
+        if skip(i) != len(text):
+            raise json.JSONDecodeError("Extra data", text, skip(i))
+        return members
+    except json.JSONDecodeError as error:
+        raise _json_error(path, error) from None
 
 
 def _caption(value, where: str) -> tuple[str, list[str]]:
@@ -145,16 +220,18 @@ def _karpathy_sentence(sentence, lowered: _Lowered, where) -> tuple[str, list[st
     return _caption(raw, where())
 
 
-def read_karpathy(path: Path, data, images_dir: Path, allow_absolute: bool = False) -> list[ImageRecord]:
-    images = data.get("images")
-    if not isinstance(images, list):
-        raise DataError(f"{path}: 'images' must be a list")
-    records = []
-    seen_keys: dict[str, int] = {}
-    seen_files: dict[str, int] = {}
-    lowered = _Lowered()   # one string object per distinct token: 6.5M tokens hold 25k strings at COCO size
-    for i, item in enumerate(images):
-        where = f"{path}: images[{i}]"
+class _KarpathyReader:
+    """Records of a Karpathy split file, one `images[]` element at a time."""
+
+    def __init__(self, path: Path, images_dir: Path, allow_absolute: bool = False):
+        self.path, self.images_dir, self.allow_absolute = path, images_dir, allow_absolute
+        self.records: list[ImageRecord] = []
+        self.seen_keys: dict[str, int] = {}
+        self.seen_files: dict[str, int] = {}
+        self.lowered = _Lowered()   # one string object per distinct token: 6.5M tokens hold 25k strings at COCO size
+
+    def image(self, item, i: int) -> None:
+        where = f"{self.path}: images[{i}]"
         if not isinstance(item, dict):
             raise DataError(f"{where}: expected an object")
         filename = item.get("filename")
@@ -168,22 +245,23 @@ def read_karpathy(path: Path, data, images_dir: Path, allow_absolute: bool = Fal
             raise DataError(f"{where} ({filename}): missing or empty 'sentences'")
         captions, tokens = [], []
         for k, sentence in enumerate(sentences):
-            caption, toks = _karpathy_sentence(sentence, lowered, lambda where=where, k=k: f"{where}.sentences[{k}]")
+            caption, toks = _karpathy_sentence(sentence, self.lowered, lambda where=where, k=k: f"{where}.sentences[{k}]")
             captions.append(caption)
             tokens.append(toks)
         key = item.get("cocoid", item.get("imgid"))
         key = str(key) if key is not None else f"{folder}/{filename}".strip("/")
         location = f"{folder}/{filename}".strip("/")
-        if key in seen_keys:
-            raise DataError(f"{where}: duplicate image id {key} (also images[{seen_keys[key]}])")
-        if location in seen_files:
-            raise DataError(f"{where}: {location} is listed twice (also images[{seen_files[location]}])")
-        seen_keys[key], seen_files[location] = i, i
+        if key in self.seen_keys:
+            raise DataError(f"{where}: duplicate image id {key} (also images[{self.seen_keys[key]}])")
+        if location in self.seen_files:
+            raise DataError(f"{where}: {location} is listed twice (also images[{self.seen_files[location]}])")
+        self.seen_keys[key], self.seen_files[location] = i, i
         extra = {k: _own(item[k]) for k in ("scene", "cocoid", "imgid") if k in item}
-        location = _inside(images_dir, os.path.join(folder, filename), where, allow_absolute)
-        records.append(ImageRecord(key, location, _split(item.get("split"), where),
-                                   captions, tokens, extra))
-    return records
+        location = _inside(self.images_dir, os.path.join(folder, filename), where, self.allow_absolute)
+        self.records.append(ImageRecord(key, location, _split(item.get("split"), where), captions, tokens, extra))
+
+    def finish(self) -> list[ImageRecord]:
+        return self.records
 
 
 def _coco_folder(path: Path, file_name: str) -> str | None:
@@ -194,43 +272,55 @@ def _coco_folder(path: Path, file_name: str) -> str | None:
     return stem.split("_", 1)[1] if "_" in stem else None
 
 
-def read_coco(path: Path, data, images_dir: Path, split: str | None, allow_absolute: bool = False) -> list[ImageRecord]:
-    images, annotations = data.get("images"), data.get("annotations")
-    if not isinstance(images, list) or not isinstance(annotations, list):
-        raise DataError(f"{path}: a COCO captions file needs 'images' and 'annotations' lists")
-    by_id: dict[int, ImageRecord] = {}
-    seen_files: dict[str, int] = {}
-    for i, item in enumerate(images):
-        where = f"{path}: images[{i}]"
+class _CocoReader:
+    """Records of a COCO captions file, one `images[]` or `annotations[]` element at a time
+    (annotations listed before their images wait until the images are read)."""
+
+    def __init__(self, path: Path, images_dir: Path, split: str | None, allow_absolute: bool = False):
+        self.path, self.images_dir, self.split, self.allow_absolute = path, images_dir, split, allow_absolute
+        self.by_id: dict[int, ImageRecord] = {}
+        self.seen_files: dict[str, int] = {}
+        self.waiting: list[tuple[object, int]] = []
+
+    def image(self, item, i: int) -> None:
+        where = f"{self.path}: images[{i}]"
         if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("file_name"), str):
             raise DataError(f"{where}: needs 'id' and 'file_name'")
         image_id, name = item["id"], item["file_name"]
         if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
             raise DataError(f"{where}: 'id' must be a number or text")
-        if image_id in by_id:
+        if image_id in self.by_id:
             raise DataError(f"{where}: duplicate image id {image_id}")
-        if name in seen_files:
-            raise DataError(f"{where}: {name} is listed twice (ids {seen_files[name]} and {image_id})")
-        seen_files[name] = image_id
-        location = _inside(images_dir, name, where, allow_absolute)
-        folder = _coco_folder(path, name)
-        if not location.exists() and folder and not os.path.isabs(name) and (images_dir / folder / name).exists():
-            location = images_dir / folder / name
-        by_id[image_id] = ImageRecord(str(image_id), location, split or "", extra={"cocoid": image_id})
-    for i, ann in enumerate(annotations):
-        where = f"{path}: annotations[{i}]"
+        if name in self.seen_files:
+            raise DataError(f"{where}: {name} is listed twice (ids {self.seen_files[name]} and {image_id})")
+        self.seen_files[name] = image_id
+        location = _inside(self.images_dir, name, where, self.allow_absolute)
+        folder = _coco_folder(self.path, name)
+        if not location.exists() and folder and not os.path.isabs(name) and (self.images_dir / folder / name).exists():
+            location = self.images_dir / folder / name
+        self.by_id[image_id] = ImageRecord(str(image_id), location, self.split or "", extra={"cocoid": image_id})
+
+    def annotation(self, ann, i: int, last_chance: bool = False) -> None:
+        where = f"{self.path}: annotations[{i}]"
         if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
             raise DataError(f"{where}: needs 'image_id' and 'caption'")
-        record = by_id.get(ann["image_id"])
+        record = self.by_id.get(ann["image_id"]) if isinstance(ann["image_id"], (int, float, str)) else None
         if record is None:
+            if not last_chance:
+                self.waiting.append((ann, i))
+                return
             raise DataError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
         caption, tokens = _caption(ann["caption"], where)
         record.captions.append(caption)
         record.tokens.append(tokens)
-    records = [r for r in by_id.values() if r.captions]
-    if not records:
-        raise DataError(f"{path}: no image has a caption")
-    return records
+
+    def finish(self) -> list[ImageRecord]:
+        for ann, i in self.waiting:
+            self.annotation(ann, i, last_chance=True)
+        records = [r for r in self.by_id.values() if r.captions]
+        if not records:
+            raise DataError(f"{self.path}: no image has a caption")
+        return records
 
 
 def _table_rows(path: Path) -> list[tuple[str, dict]]:
@@ -304,13 +394,14 @@ def assign_ratio_splits(records: list[ImageRecord], ratio: str, seed: int) -> No
 def apply_karpathy_split(records: list[ImageRecord], split_file: Path) -> list[ImageRecord]:
     """Splits for COCO-format records from Karpathy's file, matched by COCO image id; images
     that the split file does not list are left out, as in the papers that use it."""
-    data = _load_json(split_file)
-    if detect_format(split_file, data) != "karpathy":
-        raise DataError(f"{split_file}: data.karpathy_split must be a Karpathy split JSON (dataset_coco.json)")
     splits = {}
-    for i, item in enumerate(data["images"]):
+
+    def image(item, i: int) -> None:
         if isinstance(item, dict) and "cocoid" in item:
             splits[str(item["cocoid"])] = _split(item.get("split"), f"{split_file}: images[{i}]")
+
+    if _JsonAnnotations(split_file, image).read() != "karpathy":
+        raise DataError(f"{split_file}: data.karpathy_split must be a Karpathy split JSON (dataset_coco.json)")
     if not splits:
         raise DataError(f"{split_file}: no image has a 'cocoid' to match COCO ids against")
     kept = [r for r in records if r.key in splits]
@@ -319,22 +410,58 @@ def apply_karpathy_split(records: list[ImageRecord], split_file: Path) -> list[I
     return kept
 
 
-def detect_format(path: Path, data=None) -> str:
-    """'csv', 'jsonl', 'coco' or 'karpathy'; `data` is the file's parsed JSON when the caller has it
-    (a COCO-sized file takes seconds to parse, so it is parsed once)."""
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".jsonl"):
-        return suffix[1:]
-    if data is None:
-        data = _load_json(path)
-    if isinstance(data, dict) and isinstance(data.get("images"), list):
-        if "annotations" in data:
-            return "coco"
-        first = next((x for x in data["images"] if isinstance(x, dict)), {})
-        if "sentences" in first or "filename" in first:
-            return "karpathy"
-    raise DataError(f"{path}: unrecognised annotation format (expected a COCO captions JSON, a Karpathy split "
-                    "JSON, a CSV with image,caption columns or a JSON Lines file)")
+UNRECOGNISED = ("unrecognised annotation format (expected a COCO captions JSON, a Karpathy split JSON, "
+                "a CSV with image,caption columns or a JSON Lines file)")
+
+
+class _JsonAnnotations:
+    """A COCO or Karpathy JSON file read element by element: the first image object tells which
+    format it is (Karpathy's have 'filename'/'sentences', COCO's 'file_name'), and images go to
+    `karpathy_image` or to `coco` as they are decoded. Images before the first such object (none
+    in a real file) wait; in a file where none tells, 'annotations' means COCO, as it always did."""
+
+    def __init__(self, path: Path, karpathy_image=None, coco: _CocoReader | None = None):
+        self.path, self.karpathy_image, self.coco = path, karpathy_image, coco
+        self.kind: str | None = None
+        self.waiting: list[tuple[object, int]] = []
+
+    def image(self, item, i: int) -> None:
+        if self.kind is None:
+            if not (isinstance(item, dict) and {"filename", "sentences", "file_name"} & item.keys()):
+                self.waiting.append((item, i))
+                return
+            self.decide("karpathy" if {"filename", "sentences"} & item.keys() else "coco")
+        self._to_reader(item, i)
+
+    def decide(self, kind: str) -> None:
+        self.kind = kind
+        for item, i in self.waiting:
+            self._to_reader(item, i)
+        self.waiting = []
+
+    def _to_reader(self, item, i: int) -> None:
+        if self.kind == "karpathy":
+            if self.karpathy_image:
+                self.karpathy_image(item, i)
+        elif self.coco is not None:
+            self.coco.image(item, i)
+
+    def annotation(self, item, i: int) -> None:
+        if self.coco is not None:
+            self.coco.annotation(item, i)
+
+    def read(self) -> str:
+        """'karpathy' or 'coco', once every element went to its reader."""
+        data = _stream_json(self.path, {"images": self.image, "annotations": self.annotation})
+        if not isinstance(data, dict) or not isinstance(data.get("images"), _Streamed):
+            raise DataError(f"{self.path}: {UNRECOGNISED}")
+        if self.kind is None:
+            if "annotations" not in data:
+                raise DataError(f"{self.path}: {UNRECOGNISED}")
+            self.decide("coco")
+        if self.kind == "coco" and not isinstance(data.get("annotations"), _Streamed):
+            raise DataError(f"{self.path}: a COCO captions file needs 'images' and 'annotations' lists")
+        return self.kind
 
 
 @contextmanager
@@ -364,17 +491,17 @@ def read_annotations(spec: str, images_dir: str | Path | None, split_ratio: str 
     if images_dir and not root.is_dir():
         raise DataError(f"{root}: image folder not found")
     with _collector_paused():
-        data = None if path.suffix.lower() in (".csv", ".jsonl") else _load_json(path)
-        kind = detect_format(path, data)
-        if kind == "karpathy":
-            records = read_karpathy(path, data, root, allow_absolute)
-        elif kind == "coco":
-            records = read_coco(path, data, root, forced, allow_absolute)
-            if karpathy_split and not forced:
-                records = apply_karpathy_split(records, Path(karpathy_split))
-        else:
+        if path.suffix.lower() in (".csv", ".jsonl"):
             records = read_table(path, root, allow_absolute)
-        del data
+        else:
+            karpathy = _KarpathyReader(path, root, allow_absolute)
+            coco = _CocoReader(path, root, forced, allow_absolute)
+            if _JsonAnnotations(path, karpathy.image, coco).read() == "karpathy":
+                records = karpathy.finish()
+            else:
+                records = coco.finish()
+                if karpathy_split and not forced:
+                    records = apply_karpathy_split(records, Path(karpathy_split))
     if forced:
         for record in records:
             record.split = forced
