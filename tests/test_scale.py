@@ -247,3 +247,36 @@ def test_reading_never_builds_the_parsed_file(scale_file):
     tracemalloc.stop()
     assert len(records) == 2466
     assert peak - kept < 0.35 * tree_peak, (peak - kept, tree_peak)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pictures_are_kept_as_the_first_epoch_decodes_them(tmp_path, workers):
+    """With data.cache_images the first pass decodes each picture once, as training reaches it (no
+    wait before the first step); later passes, also in workers started afterwards, read memory."""
+    from PIL import Image
+
+    from showtell.data.batching import ImageSet
+    from showtell.data.formats import ImageRecord
+    from showtell.data.images import ImageTransform
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(10):
+        path = tmp_path / f"p{i}.png"
+        if i == 7:
+            path.write_bytes(b"not a picture")
+        else:
+            Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).save(path)
+        records.append(ImageRecord(str(i), path, "train", ["a caption"], [["a", "caption"]]))
+    images = ImageSet(records, ImageTransform(crop=16, resize=16, mode="squash"))
+    images.keep_decoded()
+    assert not bool(images.cached.any()) and not images.bad          # nothing decoded up front
+    plan = [[3, 1, 7], [0, 2, 4, 5], [9, 8, 6]]
+    first = list(make_loader(images, plan, workers))
+    assert bool(images.cached.sum() == 9) and not bool(images.cached[7]) and set(images.bad) == {7}
+    for record in records:                                           # from now on only memory can answer
+        record.path.unlink()
+    second = list(make_loader(images, plan, workers))
+    for (ids1, pictures1, bad1), (ids2, pictures2, bad2) in zip(first, second, strict=True):
+        assert torch.equal(ids1, ids2) and torch.equal(pictures1, pictures2) and bad1 == bad2
+    assert [i for _, _, bad in second for i, _ in bad] == [7]

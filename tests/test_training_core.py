@@ -123,7 +123,7 @@ def test_self_critical_encodes_each_batch_once_and_its_baseline_blocks_unk(synth
     model.encode = encode
     monkeypatch.setattr(scst, "greedy", greedy)
 
-    s = Session(config, None, model, vocab, make_split(records, model, vocab, config, show_progress=False), None,
+    s = Session(config, None, model, vocab, make_split(records, model, vocab, config), None,
                 torch.device("cpu"))
     images = torch.stack([s.train.images[i][1] for i in range(4)])
     model.train()

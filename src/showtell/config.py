@@ -80,7 +80,7 @@ class DataConfig:
         "", "Karpathy split JSON (dataset_coco.json) giving COCO-format files their train/val/test split by image id")
     num_workers: int = setting(0, "DataLoader worker processes that decode images (0: in the training process)", min=0, max=64)
     cache_images: str = setting(
-        "auto", "keep decoded, resized images in memory: 'auto' (when they fit in 2 GB), 'yes' or 'no'",
+        "auto", "keep pictures in memory once decoded (the first epoch decodes as it goes): 'auto' (when they fit in 2 GB), 'yes' or 'no'",
         choices=("auto", "yes", "no"))
     max_image_pixels: int = setting(
         89_478_485, "refuse images with more pixels than this (decompression-bomb guard; PIL's default)", min=1)

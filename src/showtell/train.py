@@ -31,7 +31,7 @@ import torch
 
 from . import distributed as dist
 from .config import Config, apply, parse_overrides, resolve
-from .data.batching import CaptionTable, ImageSet, choose_captions, epoch_batches, make_loader, preload
+from .data.batching import CaptionTable, ImageSet, choose_captions, epoch_batches, make_loader
 from .data.formats import ImageRecord
 from .distributed import cpu_has_native_bf16, resolve_device
 from .errors import ConfigError, DataError, RunError, Stopped
@@ -70,7 +70,7 @@ class SplitData:
 
 
 def make_split(records: list[ImageRecord], model: CaptionModel, vocab: Vocabulary, config: Config,
-               features=None, split: str = "train", show_progress: bool = True) -> SplitData:
+               features=None, split: str = "train") -> SplitData:
     """Pictures (from files, memory or the feature cache) and encoded captions of one split."""
     if features is not None:
         images = features.split_set(records, split)
@@ -79,10 +79,7 @@ def make_split(records: list[ImageRecord], model: CaptionModel, vocab: Vocabular
         side = model.transform.crop
         want = config.data.cache_images
         if want == "yes" or (want == "auto" and len(records) * 3 * side * side <= CACHE_LIMIT_BYTES):
-            bar = progress_bar(total=len(records), desc=f"loading {split} images", unit="img", leave=False,
-                               disable=not show_progress or not dist.is_main())
-            preload(images, bar.update)
-            bar.close()
+            images.keep_decoded()
     return SplitData(records, images, CaptionTable(records, vocab, config.data.max_caption_length))
 
 
@@ -259,8 +256,8 @@ def start_finetuning(s: Session, state: TrainState) -> Session:
     s.model.encoder.freeze(False)
     if s.features is not None:
         s = replace(s, features=None,
-                    train=make_split(s.train.records, s.model, s.vocab, s.config, None, "train", s.show_progress),
-                    val=make_split(s.val.records, s.model, s.vocab, s.config, None, "val", s.show_progress)
+                    train=make_split(s.train.records, s.model, s.vocab, s.config, None, "train"),
+                    val=make_split(s.val.records, s.model, s.vocab, s.config, None, "val")
                     if s.val is not None else None)
     return replace(s, ddp=dist.wrap(s.model, s.device) if s.ddp is not None else None)  # DDP fixes its parameters
 
@@ -567,8 +564,8 @@ def open_session(config: Config, run: Run | None, model: CaptionModel, vocab: Vo
         features = None   # a training encoder needs the pictures
     model.to(device)
     s = Session(config, run, model, vocab,
-                make_split(train_records, model, vocab, config, features, "train", show_progress),
-                make_split(val_records, model, vocab, config, features, "val", show_progress) if val_records else None,
+                make_split(train_records, model, vocab, config, features, "train"),
+                make_split(val_records, model, vocab, config, features, "val") if val_records else None,
                 device, features, show_progress)
     return replace(s, ddp=dist.wrap(model, device) if dist.is_distributed() else None)
 

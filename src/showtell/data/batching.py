@@ -94,12 +94,13 @@ class ImageSet(Dataset):
     """Pictures of `records` as uint8 tensors; a bad picture yields its error instead of failing."""
 
     def __init__(self, records: Sequence[ImageRecord], transform: ImageTransform,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, cache: torch.Tensor | None = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.records = list(records)
         self.transform = transform
         self.max_pixels = max_pixels
-        self.cache = cache
-        self.bad: dict[int, str] = {}   # pictures known to be unusable (found while preloading)
+        self.cache: torch.Tensor | None = None    # (N, 3, side, side) uint8 once pictures are kept
+        self.cached: torch.Tensor | None = None   # (N,) bool: which rows of `cache` hold their picture
+        self.bad: dict[int, str] = {}             # pictures known to be unusable
 
     def __len__(self) -> int:
         return len(self.records)
@@ -107,12 +108,31 @@ class ImageSet(Dataset):
     def __getitem__(self, index: int):
         if index in self.bad:
             return index, None, self.bad[index]
-        if self.cache is not None:
+        if self.cached is not None and self.cached[index]:
             return index, self.cache[index], None
         try:
             return index, load_tensor(self.records[index].path, self.transform, self.max_pixels), None
         except ImageError as error:
             return index, None, str(error)
+
+    def keep_decoded(self) -> None:
+        """From now on keep each picture once it is decoded: the first pass over the set decodes as
+        it goes (training starts at once instead of after decoding every picture), later passes
+        read memory. The block's pages are only touched as pictures arrive."""
+        side = self.transform.crop
+        self.cache = torch.empty((len(self.records), 3, side, side), dtype=torch.uint8)
+        self.cached = torch.zeros(len(self.records), dtype=torch.bool)
+
+    def remembering(self, batches):
+        """Pass a loader's batches through, keeping their pictures (and which ones are unreadable).
+        Batches decoded by DataLoader workers are kept by this process, which receives them;
+        workers started later (each epoch's) inherit them."""
+        for ids, pictures, bad in batches:
+            if pictures is not None and len(ids):
+                self.cache[ids] = pictures
+                self.cached[ids] = True
+            self.bad.update(bad)
+            yield ids, pictures, bad
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -142,22 +162,25 @@ def collate(items):
 
 
 def preload(images: ImageSet, progress=None) -> None:
-    """Decode every picture once into one uint8 tensor kept by `images`; bad ones are remembered."""
-    side = images.transform.crop
-    cache = torch.zeros((len(images), 3, side, side), dtype=torch.uint8)
+    """Decode every picture now and keep it (tests, and callers that want the whole block)."""
+    images.keep_decoded()
     for index in range(len(images)):
         _, tensor, error = images[index]
         if error:
             images.bad[index] = error
         else:
-            cache[index] = tensor
+            images.cache[index] = tensor
+            images.cached[index] = True
         if progress:
             progress(1)
-    images.cache = cache
 
 
-def make_loader(images: Dataset, batches: list[list[int]], num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """A loader that yields exactly `batches` (lists of indices), in order."""
+def make_loader(images: Dataset, batches: list[list[int]], num_workers: int, pin_memory: bool = False):
+    """An iterable that yields exactly `batches` (lists of indices) as (ids, pictures, bad), in order;
+    an ImageSet that keeps its pictures keeps those it has not seen yet on the way."""
     # a private generator: creating a loader must not consume the global RNG (exact resume)
-    return DataLoader(images, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, generator=torch.Generator())
+    loader = DataLoader(images, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
+                        pin_memory=pin_memory, generator=torch.Generator())
+    if isinstance(images, ImageSet) and images.cached is not None and not bool(images.cached.all()):
+        return images.remembering(loader)
+    return loader
