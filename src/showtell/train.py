@@ -35,7 +35,7 @@ from .data.batching import CaptionTable, ImageSet, choose_captions, epoch_batche
 from .data.formats import ImageRecord
 from .distributed import cpu_has_native_bf16, resolve_device
 from .errors import ConfigError, DataError, RunError, Stopped
-from .evaluate import autocast, features_of, to_device, validation_scores
+from .evaluate import autocast, features_of, validation_scores
 from .fileio import atomic_write_text
 from .metrics import perplexity
 from .models.captioner import CaptionModel, build_model
@@ -182,7 +182,7 @@ class CrossEntropy:
         rows = [r for i in ids.tolist()
                 for r in table.rows_for(i, choose_captions(table.counts[i], t.captions_per_image, t.seed, state.epoch, i))]
         tokens = table.batch(rows).to(s.device)                              # (B*S, T+2)
-        source = {"features": to_device(batch, s.device)} if isinstance(batch, dict) else \
+        source = {"features": features_of(s.model, batch, s.device)} if isinstance(batch, dict) else \
             {"images": batch.to(s.device, non_blocking=True)}
         p = sampling_probability(t.scheduled_sampling, state.epoch + state.step_in_epoch / max(1, s.steps_per_epoch))
         with autocast(s.device, t.precision):
