@@ -216,8 +216,9 @@ def first_step(annotations: Path, images: Path, work: Path, *settings: str) -> d
     code = ("import resource, runpy, sys, time; sys.argv = ['showtell', *sys.argv[1:]]; started = time.time()\n"
             "try:\n    runpy.run_module('showtell', run_name='__main__')\n"
             "except SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-            "print('FIRST_STEP', code, time.time() - started, "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n")
+            "usage = resource.getrusage(resource.RUSAGE_SELF)\n"
+            "print('FIRST_STEP', code, time.time() - started, usage.ru_maxrss / 1024, "
+            "usage.ru_utime + usage.ru_stime, file=sys.stderr)\n")
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, *command[3:]], capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -228,7 +229,9 @@ def first_step(annotations: Path, images: Path, work: Path, *settings: str) -> d
     import shutil
 
     shutil.rmtree(work / "run", ignore_errors=True)
-    return {"seconds": seconds, "peak_mb": float(lines[-1].split()[3])}
+    fields = lines[-1].split()
+    return {"seconds": seconds, "peak_mb": float(fields[3]), "cpu_seconds": float(fields[4]),
+            "load": os.getloadavg()[0]}
 
 
 def annotation_stages(annotations: Path) -> dict:
@@ -465,20 +468,17 @@ def main() -> None:
         link_pictures(annotations, images)
         stages = annotation_stages(annotations)
         first = first_step(annotations, images, out)
-        lazy = first_step(annotations, images, out, "data.cache_images=no")
         print("\nannotations to a first training step (showtell train, small CNN at 32 px, pictures read from disk):")
         print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
-        print(f"  whole command: {first['seconds']:.1f} s, peak {first['peak_mb'] / 1024:.2f} GB (the default "
-              f"data.cache_images=auto decodes all {stats['splits']['train'] + stats['splits']['restval']:,} training "
-              f"pictures into memory first); with data.cache_images=no {lazy['seconds']:.1f} s, "
-              f"peak {lazy['peak_mb'] / 1024:.2f} GB")
+        print(f"  whole command: {first['seconds']:.1f} s ({first['cpu_seconds']:.1f} s of CPU time; load average "
+              f"{first['load']:.1f} on {os.cpu_count()} cores), peak {first['peak_mb'] / 1024:.2f} GB; pictures are "
+              "decoded as training reaches them (data.cache_images keeps them after that)")
         rows.append(("annotations to a saved model after one step", f"{first['seconds']:.1f} s",
                      "under 30 s", verdict(first["seconds"], 30)))
+        rows.append(("  its CPU time (what a quiet machine's wall time approaches)", f"{first['cpu_seconds']:.1f} s",
+                     "under 30 s", verdict(first["cpu_seconds"], 30)))
         rows.append(("peak memory of that process", f"{first['peak_mb'] / 1024:.2f} GB", "under 2 GB",
                      verdict(first["peak_mb"], 2048)))
-        rows.append(("the same without decoding every picture first (data.cache_images=no)",
-                     f"{lazy['seconds']:.1f} s, {lazy['peak_mb'] / 1024:.2f} GB", "under 30 s, 2 GB",
-                     verdict(lazy["seconds"], 30) if lazy["peak_mb"] < 2048 else "NOT met"))
     if "loader" not in args.skip:
         copy = copy_bandwidth()
         rates = loader_rates_fresh(cache_dir, tuple(args.workers))

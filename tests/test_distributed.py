@@ -94,3 +94,25 @@ def test_feature_extraction_is_shared_between_ranks(tmp_path, synth_dir):
     assert done == [40, 40]
     one, two = np.load(tmp_path / "one" / "global.npy"), np.load(tmp_path / "two" / "global.npy")
     assert np.abs(one.astype(np.float32) - two.astype(np.float32)).max() <= 1e-2 and np.abs(two).sum() > 0
+
+    # a kill of the two-process run leaves rows not marked done (their bytes anything): the same
+    # command in ONE process finishes exactly those rows, and the cache equals the single-process one
+    cache = tmp_path / "two"
+    marks = np.load(cache / "done.npy", mmap_mode="r+")
+    lost = np.arange(len(marks))[3::2]
+    marks[lost] = 0
+    marks.flush()
+    for name in ("global", "grid"):
+        if (cache / f"{name}.npy").exists():
+            values = np.load(cache / f"{name}.npy", mmap_mode="r+")
+            values[lost] = 7.0
+            values.flush()
+    (cache / "complete.json").unlink()
+    resumed = subprocess.run([sys.executable, "-m", "showtell", *common, "--out", str(cache)],
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "continuing the interrupted feature cache" in resumed.stderr + resumed.stdout
+    again = np.load(cache / "global.npy")
+    assert np.all(np.load(cache / "done.npy")) and (cache / "complete.json").exists()
+    assert np.abs(one.astype(np.float32) - again.astype(np.float32)).max() <= 1e-2
+    assert np.array_equal(again[~np.isin(np.arange(len(again)), lost)], two[~np.isin(np.arange(len(two)), lost)])

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 log = logging.getLogger("showtell")
@@ -268,16 +269,17 @@ def score_tokenised(gts: dict[str, list[str]], res: dict[str, list[str]], metric
     per_image: dict[str, dict[str, float]] = {}
     if not res:
         return scores, per_image
+    meteor = None
+    if "METEOR" in metrics:   # its Java process works while the Python scorers below run
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meteor")
+        meteor = pool.submit(_meteor, gts, res)
+        pool.shutdown(wait=False)
     if any(m.startswith("Bleu") for m in metrics):
         with contextlib.redirect_stdout(io.StringIO()):  # BleuScorer prints its statistics
             bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         for i, value in enumerate(bleu):
             if f"Bleu_{i + 1}" in metrics:
                 scores[f"Bleu_{i + 1}"] = float(value)
-    if "METEOR" in metrics:
-        value = _meteor(gts, res)
-        if value is not None:
-            scores["METEOR"] = value
     if "ROUGE_L" in metrics:
         value, each = Rouge().compute_score(gts, res)
         scores["ROUGE_L"] = float(value)
@@ -297,7 +299,9 @@ def score_tokenised(gts: dict[str, list[str]], res: dict[str, list[str]], metric
         else:
             _warn_once("SPICE skipped: it needs Java and Stanford CoreNLP 3.6.0 in pycocoevalcap/spice/lib "
                        "(run python -m pycocoevalcap.spice.get_stanford_models where there is internet)")
-    return scores, per_image
+    if meteor is not None and meteor.result() is not None:
+        scores["METEOR"] = meteor.result()
+    return {m: scores[m] for m in METRICS if m in scores}, per_image
 
 
 def _meteor(gts, res) -> float | None:
