@@ -112,7 +112,7 @@ class FeatureSet(Dataset):
         self._reader_pid = 0
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_readers": None}   # a worker opens the files itself
+        return {**self.__dict__, "_readers": None, "_reader_pid": 0}   # a worker opens the files itself
 
     @property
     def readers(self) -> dict[str, RowReader]:
