@@ -5,10 +5,12 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 
+import pytest
 from conftest import ROOT
+
+tomllib = pytest.importorskip("tomllib")   # Python 3.11+
 
 
 def _imported_top_level_modules() -> set[str]:

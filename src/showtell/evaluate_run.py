@@ -14,6 +14,7 @@ from .data.formats import load_dataset
 from .errors import DataError
 from .evaluate import caption_images, teacher_forced_nll
 from .metrics import METRICS, human_bound, perplexity, ptb_tokenize, score_tokenised
+from .modelcard import write_model_card
 from .progress import progress_bar
 from .report import attention_figure, write_report
 from .run import Run
@@ -139,6 +140,7 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
     evaluation_path = write_json(run.path / "evaluations" / f"{split}-{decoding}.json", evaluation)
     if results_file is not None:
         write_results(results_file, ((image_id, results[i].caption) for image_id, i in zip(ids, ok)))
+    write_model_card(run.path)   # the card shows every kept evaluation
     return {"scores": summary, "human": human, "report_path": report_path, "results": results, "records": records,
             "per_image": per_image, "evaluation_path": evaluation_path}
 

@@ -38,6 +38,7 @@ from .errors import ConfigError, DataError, RunError, Stopped
 from .evaluate import autocast, features_of, to_device, validation_scores
 from .fileio import atomic_write_text
 from .metrics import perplexity
+from .modelcard import record_training, write_model_card
 from .models.captioner import CaptionModel, build_model
 from .progress import progress_bar
 from .run import Run
@@ -576,6 +577,7 @@ def open_session(config: Config, run: Run | None, model: CaptionModel, vocab: Vo
 def train(config: Config, records: list[ImageRecord], out: str | Path | None, sources: dict | None = None,
           max_minutes: float | None = None, show_progress: bool = True, features=None) -> dict:
     """Train a new model on `records` into run directory `out` (None: keep nothing on disk)."""
+    started = clock()
     config = resolve(config)
     train_records, val_records = split_records(records)
     vocab = Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count)
@@ -591,7 +593,15 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
     state = TrainState(plan=phase_plan(s, "xe"))
     summary = fit(s, state, make_optimizer(s, "xe"), max_minutes if max_minutes is not None else config.train.max_minutes)
     summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
+    describe_run(run, summary, clock() - started)
     return summary
+
+
+def describe_run(run: Run | None, summary: dict, seconds: float) -> None:
+    """training.json and the model card (README.md), written by rank 0 at the end of training."""
+    if run is not None and dist.is_main():
+        record_training(run.path, summary, seconds)
+        write_model_card(run.path)
 
 
 RESUME_SETTINGS = ("train.epochs", "train.scst_epochs", "train.scst_lr", "train.scst_samples", "train.max_minutes",
@@ -612,6 +622,7 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
            show_progress: bool = True, features=None, overrides: list[str] | None = None) -> dict:
     """Continue the run in `path` from its newest good checkpoint. Everything is checked before
     anything in the run is written: a refused resume leaves the run as it was."""
+    started = clock()
     run = Run(path)
     saved = run.config()
     config, vocab = resume_config(saved, overrides), run.vocab()
@@ -652,4 +663,5 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     log.info("resuming %s at epoch %d, step %d", run.path, state.epoch + 1, state.step_in_epoch)
     summary = fit(s, state, optimizer, max_minutes if max_minutes is not None else config.train.max_minutes)
     summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
+    describe_run(run, summary, clock() - started)
     return summary
