@@ -23,9 +23,9 @@ SAMPLES = 3   # validation captions kept in each history line (the model card an
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast where asked for (CPU or GPU); a no-op context for fp32."""
-    enabled = precision == "bf16"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    """bf16 or fp16 autocast where asked for (CPU or GPU); a no-op context for fp32."""
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
 
 
 def to_device(batch, device: torch.device):

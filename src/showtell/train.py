@@ -109,6 +109,7 @@ class Session:
     features: object | None = None     # the feature cache, while the encoder stays frozen
     show_progress: bool = True
     ddp: torch.nn.Module | None = None
+    scaler: torch.amp.GradScaler | None = None   # fp16: scales the loss so small gradients survive float16
 
     @property
     def steps_per_epoch(self) -> int:
@@ -168,7 +169,8 @@ def set_rng_state(saved: dict) -> None:
 def save_checkpoint(s: Session, state: TrainState, optimizer: torch.optim.Optimizer) -> None:
     if s.run is not None and dist.is_main():
         s.run.save_checkpoint(state.global_step, s.model, {"train_state": state.to_dict(), "rng": rng_state(),
-                                                           "optimizer": optimizer.state_dict()},
+                                                           "optimizer": optimizer.state_dict(),
+                                                           **({"scaler": s.scaler.state_dict()} if s.scaler else {})},
                               s.config.train.keep_checkpoints)
 
 
@@ -244,12 +246,21 @@ def optimise(s: Session, optimizer: torch.optim.Optimizer, loss: torch.Tensor, f
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if s.scaler is None:
+        loss.backward()
+    else:   # fp16: backward of the scaled loss, then true gradients for clipping; a step with inf/NaN is skipped
+        s.scaler.scale(loss).backward()
     if not through_ddp:
         dist.average_gradients(s.model)
+    if s.scaler is not None:
+        s.scaler.unscale_(optimizer)
     if s.config.train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.config.train.grad_clip)
-    optimizer.step()
+    if s.scaler is None:
+        optimizer.step()
+    else:
+        s.scaler.step(optimizer)
+        s.scaler.update()
 
 
 # --- changes of phase ---------------------------------------------------------------------------------
@@ -563,6 +574,9 @@ def open_session(config: Config, run: Run | None, model: CaptionModel, vocab: Vo
     if config.train.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16() and dist.is_main():
         log.warning("train.precision=bf16: this CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16), "
                     "so bf16 is emulated and slower than fp32 here")
+    if config.train.precision == "fp16" and device.type == "cpu" and dist.is_main():
+        log.warning("train.precision=fp16 is meant for GPUs without bfloat16 (V100, T4); on the CPU float16 "
+                    "autocast runs, slower than fp32")
     train_records, val_records = split_records(records)
     if not model.encoder.frozen:
         features = None   # a training encoder needs the pictures
@@ -571,7 +585,8 @@ def open_session(config: Config, run: Run | None, model: CaptionModel, vocab: Vo
                 make_split(train_records, model, vocab, config, features, "train", show_progress),
                 make_split(val_records, model, vocab, config, features, "val", show_progress) if val_records else None,
                 device, features, show_progress)
-    return replace(s, ddp=dist.wrap(model, device) if dist.is_distributed() else None)
+    scaler = torch.amp.GradScaler(device.type) if config.train.precision == "fp16" else None
+    return replace(s, ddp=dist.wrap(model, device) if dist.is_distributed() else None, scaler=scaler)
 
 
 def train(config: Config, records: list[ImageRecord], out: str | Path | None, sources: dict | None = None,
@@ -651,6 +666,8 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     s = open_session(config, run, model, vocab, records, features, show_progress)
     optimizer = make_optimizer(s, state.phase)
     optimizer.load_state_dict(saved["optimizer"])
+    if s.scaler is not None and saved.get("scaler"):
+        s.scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"])
     if more_epochs and state.phase == "xe":   # a new plan for the new length (a time budget's plan is kept otherwise)
         planned = phase_plan(s, "xe").total_steps
