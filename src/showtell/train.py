@@ -44,6 +44,8 @@ from .progress import progress_bar
 from .run import Run
 from .schedules import Plan, sampling_probability
 from .scst import SelfCritical
+from .trainlog import check_available as check_log
+from .trainlog import open_log
 from .vocab import Vocabulary
 
 log = logging.getLogger("showtell")
@@ -467,6 +469,16 @@ def stop_signals():
             signal.signal(signum, handler)
 
 
+@contextmanager
+def closing_log(board):
+    """Close the TensorBoard writer however training ends (its last events reach the disk)."""
+    try:
+        yield board
+    finally:
+        if board:
+            board.close()
+
+
 def should_stop(deadline: float | None, requested: list[int], device: torch.device) -> bool:
     """Every rank must stop at the same step: rank 0's clock, and any rank's signal, decide for all."""
     late = deadline is not None and dist.is_main() and clock() > deadline
@@ -481,7 +493,8 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
     stopped = False
     if state.global_step == 0:
         save_checkpoint(s, state, optimizer)  # so that --resume works even after a kill in the very first steps
-    with stop_signals() as requested:
+    board = open_log(s.config, s.run, state.global_step, dist.is_main())
+    with stop_signals() as requested, closing_log(board):
         while state.epoch < s.total_epochs and not stopped and not state.finished:
             if state.phase == "xe" and state.epoch >= t.epochs:
                 start_self_critical(s, state)
@@ -507,6 +520,8 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
                     loss, value = phase.loss(s, ids, batch, state)
                     optimise(s, optimizer, loss, state.plan.factor(state.global_step), phase.through_ddp)
                     state.epoch_values.append(value)
+                    if board:
+                        board.update(state.global_step, value, optimizer.param_groups[0]["lr"])
                     seen += len(ids) * dist.world_size()
                 state.step_in_epoch += 1
                 state.global_step += 1
@@ -525,7 +540,9 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
             bar.close()
             if state.step_in_epoch >= len(batches) or state.finished:   # any other stop validates nothing:
                 validation_started = clock()                     # the epoch continues on --resume
-                end_epoch(s, state, optimizer.param_groups[0]["lr"])
+                record = end_epoch(s, state, optimizer.param_groups[0]["lr"])
+                if board and record:
+                    board.epoch(record)
                 budget.after_validation(clock() - validation_started, s, state)
             dist.barrier()
             save_checkpoint(s, state, optimizer)
@@ -594,6 +611,7 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
     """Train a new model on `records` into run directory `out` (None: keep nothing on disk)."""
     started = clock()
     config = resolve(config)
+    check_log(config)
     train_records, val_records = split_records(records)
     vocab = Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count)
     seed_everything(config.train.seed)
@@ -621,7 +639,7 @@ def describe_run(run: Run | None, summary: dict, seconds: float) -> None:
 
 RESUME_SETTINGS = ("train.epochs", "train.scst_epochs", "train.scst_lr", "train.scst_samples", "train.max_minutes",
                    "train.checkpoint_every", "train.keep_checkpoints", "train.val_max_images", "train.val_beam_size",
-                   "data.num_workers", "train.device")
+                   "data.num_workers", "train.device", "train.log")
 
 
 def resume_config(saved: Config, overrides: list[str] | None) -> Config:
@@ -641,6 +659,7 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     run = Run(path)
     saved = run.config()
     config, vocab = resume_config(saved, overrides), run.vocab()
+    check_log(config)
     more_epochs = config.train.epochs != saved.train.epochs
     step, weights, saved = run.load_checkpoint()
     if "train_state" not in saved:
