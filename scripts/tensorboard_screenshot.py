@@ -1,6 +1,6 @@
 """Make the README's screenshot of TensorBoard showing a run while it trains: start a short
 training with train.log=tensorboard, serve RUN/tensorboard with TensorBoard, open its scalars page
-in headless Chromium once the first validation is in, and save it as a PNG.
+in headless Chromium once two validations are in, and save it as a PNG.
 
     python scripts/tensorboard_screenshot.py [--out docs/tensorboard.png] [--work DIR] [--minutes 2]
 
@@ -67,12 +67,13 @@ def main() -> None:
     board = None
     try:
         deadline = time.monotonic() + 60 * args.minutes + 120
-        while not (run / "history.jsonl").is_file():       # the first validation is in the events
+        history = run / "history.jsonl"
+        while not history.is_file() or len(history.read_text().splitlines()) < 2:   # two validations in the events
             if trainer.poll() is not None or time.monotonic() > deadline:
-                fail("training ended or stalled before its first validation")
+                fail("training ended or stalled before its second validation")
             time.sleep(2)
-        time.sleep(20)                                       # a few more updates on the curves
-        board = subprocess.Popen([tensorboard, "--logdir", str(run / "tensorboard"), "--port", str(port),
+        time.sleep(10)                                       # a few more updates on the curves
+        board = subprocess.Popen([tensorboard, "--logdir_spec", f"{run.name}:{run / 'tensorboard'}", "--port", str(port),
                                   "--host", "127.0.0.1", "--reload_interval", "2"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
@@ -86,9 +87,16 @@ def main() -> None:
             fail("TensorBoard did not start")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--headless=new", "--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+            page = browser.new_page(viewport={"width": 1280, "height": 1250}, device_scale_factor=1)
             page.goto(url + "/?darkMode=false#timeseries")
             page.wait_for_selector("canvas, svg.line-chart, .line-chart", timeout=60000)
+            if page.locator("text=HISTOGRAMS").count():      # the settings pane hides the curves
+                page.get_by_role("button", name="Settings").click(timeout=3000)
+            try:   # the curves that matter
+                page.locator("input[placeholder*='Filter tags']").first.fill("val/|train/loss|step/loss", timeout=5000)
+                page.keyboard.press("Escape")                 # close the tag suggestions
+            except Exception as error:  # a newer TensorBoard page: keep its default view
+                print(f"tensorboard_screenshot: warning: all tags shown ({error.__class__.__name__})", file=sys.stderr)
             page.wait_for_timeout(4000)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=args.out, full_page=False)
