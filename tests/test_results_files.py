@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -45,6 +46,9 @@ def test_a_results_file_scores_the_same_in_pycocoevalcap(trained_run, synth_dir,
     report = evaluate_run(trained_run, [f"test={annotations}"], str(synth_dir), "test", beam_size=1,
                           write_html=False, show_progress=False, results_file=results)
     written = json.loads(results.read_text())
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert results.stat().st_mode & 0o777 == 0o666 & ~mask    # as open(path, "w") leaves it, not mkstemp's 0600
     assert {r["image_id"] for r in written} == ids and all(set(r) == {"image_id", "caption"} for r in written)
 
     monkeypatch.setattr(pycocoevalcap.eval, "Spice", _NoSpice)

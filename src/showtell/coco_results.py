@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -67,7 +68,10 @@ def write_json(path: str | Path, value) -> Path:
     if path.parent and not path.parent.is_dir():
         raise ShowtellError(f"{path}: the folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    try:   # the mode open(path, "w") would give (mkstemp makes 0600); fileio does the same, but imports torch
+        mask = os.umask(0o077)
+        os.umask(mask)
+        os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o666 & ~mask)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(value, f, ensure_ascii=False, indent=1)
             f.write("\n")

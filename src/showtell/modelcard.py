@@ -6,19 +6,19 @@ what it was trained on and how, how well it does next to the human bound, a few 
 how to load it, and what it cannot do. Everything comes from the run's own files (config.json,
 vocab.json, data.json, training.json, history.jsonl, evaluations/*.json and the header of
 model.safetensors), so the card can be rewritten at any time: training writes it at its end and
-every `evaluate` rewrites it with its scores. `export` copies it. No torch here.
+every `evaluate` rewrites it with its scores. `export` copies it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import yaml
+
+from .fileio import atomic_write_text
 
 CARD = "README.md"
 TRAINING = "training.json"
@@ -62,7 +62,7 @@ def record_training(run: str | Path, summary: dict, seconds: float) -> None:
     info = {**before, **{k: summary[k] for k in keep if k in summary},
             "seconds": round(float(before.get("seconds", 0.0)) + seconds, 1),
             "sessions": int(before.get("sessions", 0)) + 1}
-    _write(run / TRAINING, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(run / TRAINING, json.dumps(info, indent=2) + "\n")
 
 
 def evaluations(run: Path) -> list[dict]:
@@ -238,7 +238,7 @@ def _samples(evals: list[dict], history: list[dict], n: int = 5) -> list[dict]:
 
 def write_model_card(run: str | Path) -> Path:
     path = Path(run) / CARD
-    _write(path, build_card(run))
+    atomic_write_text(path, build_card(run))
     return path
 
 
@@ -248,14 +248,3 @@ def read_metadata(card_text: str) -> dict:
         raise ValueError("a model card starts with a '---' line")
     block = card_text[4:].split("\n---\n", 1)[0]
     return yaml.safe_load(block)
-
-
-def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
