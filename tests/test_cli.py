@@ -71,7 +71,8 @@ def test_synth_and_export(tmp_path, trained_run, capsys):
     assert main(["synth", str(tmp_path / "s"), "--images", "12", "--size", "48"]) == 0
     assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 12
     assert main(["export", str(trained_run), str(tmp_path / "package")]) == 0
-    assert sorted(p.name for p in (tmp_path / "package").iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
+    assert sorted(p.name for p in (tmp_path / "package").iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                                        "vocab.json"]   # README.md: the model card
     image = next((tmp_path / "s" / "images").glob("*.png"))
     capsys.readouterr()
     assert main(["caption", str(tmp_path / "package"), str(image)]) == 0

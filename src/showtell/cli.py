@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON object per line")
     fmt.add_argument("--csv", action="store_true", help="CSV with a header")
+    p.add_argument("--coco-results", metavar="FILE.json", type=Path,
+                   help="also write a COCO results file (ids from COCO file names, e.g. for test2014)")
 
     p = sub.add_parser("evaluate", help="score a trained model on a dataset split and write report.html")
     p.add_argument("run")
@@ -101,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="COCO instances_*.json: report CHAIR object hallucination (automatic on the built-in scenes)")
     p.add_argument("--check-metrics", action="store_true",
                    help="recompute the scores with pycocoevalcap's own tokenizer and scorers and print both (needs Java)")
+    p.add_argument("--results", metavar="FILE.json", type=Path,
+                   help="write the captions as a COCO results file ([{image_id, caption}], the dataset's own ids)")
 
     p = sub.add_parser("prepare", help="cache encoder features and vocabulary for a frozen encoder")
     p.add_argument("--data", action="append", default=[], metavar="[SPLIT=]FILE", required=True)
@@ -329,6 +333,8 @@ def cmd_caption(args) -> int:
     files = expand_images(args.images)
     if not files:
         raise ShowtellError("no pictures found in " + " ".join(args.images))
+    coco_ids = _coco_ids(args.coco_results, files) if args.coco_results else None
+    coco_pairs = []
     targets = {}
     if want_attention:
         args.attention.mkdir(parents=True, exist_ok=True)
@@ -362,6 +368,8 @@ def cmd_caption(args) -> int:
                         writer.writerow([result.source, h.caption, f"{h.logprob:.4f}", rank, ""])
                 elif not result.error:
                     print(f"{_quote(result.source)}\t{result.caption}", flush=True)
+                if coco_ids is not None and not result.error:
+                    coco_pairs.append((coco_ids[result.source], result.caption))
             if want_attention:
                 _write_attention(captioner, results, targets)
             bar.update(len(chunk))
@@ -369,9 +377,24 @@ def cmd_caption(args) -> int:
         renamed = [(source, target) for source, target in targets.items() if target.stem != Path(source).stem]
         for source, target in renamed:
             log.info("attention map of %s is %s (another picture has the same name)", _quote(source), target)
+    if coco_ids is not None:
+        from .coco_results import write_results
+
+        write_results(args.coco_results, coco_pairs)
+        log.info("COCO results file of %d pictures: %s", len(coco_pairs), args.coco_results)
     if failed:
         print(f"showtell: {failed} of {len(files)} pictures could not be captioned", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _coco_ids(out: Path, files: list[str]) -> dict[str, int]:
+    """Each picture's COCO id, parsed from its name, checked with the output file before captioning."""
+    from .coco_results import ids_from_names
+
+    if out.is_dir() or not out.parent.is_dir():
+        raise ShowtellError(f"--coco-results {out}: " + ("is a folder; give a file name such as results.json"
+                                                         if out.is_dir() else f"the folder {out.parent} does not exist"))
+    return ids_from_names(files)
 
 
 def cmd_score(args) -> int:
@@ -401,7 +424,7 @@ def cmd_evaluate(args) -> int:
 
     report = evaluate_run(args.run, args.data, args.images, args.split, args.beam_size, args.ensemble,
                           device=args.device, features_dir=args.features, max_images=args.max_images,
-                          objects=args.objects)
+                          objects=args.objects, results_file=args.results)
     check = _check_metrics(report) if args.check_metrics else None
     if args.json:
         extra = {"pycocoevalcap": {m: theirs for m, (_, theirs) in check.items()}} if check else {}
@@ -409,6 +432,9 @@ def cmd_evaluate(args) -> int:
     else:
         print(format_table(report))
         print(f"report: {report['report_path']}")
+        print(f"scores and captions kept in {report['evaluation_path']}")
+        if args.results:
+            print(f"COCO results file: {args.results}")
         if check:
             from .check_metrics import format_check
 

@@ -113,7 +113,13 @@ class TrainConfig:
     val_beam_size: int = setting(1, "beam size of validation decoding (1: greedy)", min=1, max=20)
     val_max_images: int = setting(1000, "decode at most this many validation images per evaluation", min=1)
     device: str = setting("auto", "'auto' (GPU when present), 'cpu', 'cuda' or 'cuda:N'")
-    precision: str = setting("fp32", "'bf16' runs matrix products in bfloat16 autocast", choices=("fp32", "bf16"))
+    precision: str = setting(
+        "fp32", "'bf16' runs matrix products in bfloat16 autocast; 'fp16' in float16 autocast with a gradient "
+        "scaler, for GPUs without bfloat16 (V100, T4)", choices=("fp32", "bf16", "fp16"))
+    log: str = setting(
+        "none", "'tensorboard': also write losses, perplexity, learning rate, validation scores and captions as "
+        "TensorBoard events in RUN/tensorboard while training (pip install 'showtell[tensorboard]')",
+        choices=("none", "tensorboard"))
     checkpoint_every: int = setting(200, "save a resumable checkpoint every this many steps (and at each epoch's end)", min=1)
     keep_checkpoints: int = setting(3, "resumable checkpoints kept besides the best model", min=1)
     scheduled_sampling: str = setting(

@@ -19,12 +19,13 @@ from .results import CaptionResult, hypotheses_from, result_from
 from .vocab import Vocabulary
 
 log = logging.getLogger("showtell")
+SAMPLES = 3   # validation captions kept in each history line (the model card and TensorBoard show them)
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast where asked for (CPU or GPU); a no-op context for fp32."""
-    enabled = precision == "bf16"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    """bf16 or fp16 autocast where asked for (CPU or GPU); a no-op context for fp32."""
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
 
 
 def to_device(batch, device: torch.device):
@@ -117,5 +118,7 @@ def validation_scores(model, images, table: CaptionTable, references: Sequence[S
     scores, _ = split_scores(results, [references[i] for i in indices], ("Bleu_4", "CIDEr"), use_java=False)
     loss = nll / max(words, 1)
     distinct = len({r.caption for r in results if r.error is None})
+    samples = [{"file": images.records[i].path.name, "caption": r.caption, "reference": references[i][0]}
+               for i, r in zip(indices, results) if r.error is None][:SAMPLES]
     return {"val_loss": loss, "val_perplexity": perplexity(loss), **{f"val_{k}": v for k, v in scores.items()},
-            "val_distinct_captions": distinct, "val_images": len(results)}
+            "val_distinct_captions": distinct, "val_images": len(results), "val_samples": samples}

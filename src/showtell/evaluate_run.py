@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from .api import ArgumentError, Captioner
+from .coco_results import record_image_id, write_json, write_results
 from .data.batching import CaptionTable, ImageSet
 from .data.features import FeatureCache
 from .data.formats import load_dataset
 from .errors import DataError
 from .evaluate import caption_images, teacher_forced_nll
 from .metrics import METRICS, human_bound, perplexity, ptb_tokenize, score_tokenised
+from .modelcard import write_model_card
 from .progress import progress_bar
 from .report import attention_figure, write_report
 from .run import Run
@@ -23,9 +26,13 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
                  beam_size: int | None = None, ensemble: list[str] = (), device: str = "cpu",
                  features_dir: str | None = None, max_images: int | None = None, batch_size: int = 32,
                  write_html: bool = True, show_progress: bool = True, metrics=METRICS,
-                 objects: str | None = None) -> dict:
+                 objects: str | None = None, results_file: str | Path | None = None) -> dict:
     """Decode a split and score it. `objects` (a COCO instances_*.json) adds CHAIR object
-    hallucination; on the built-in scenes it is added from the shapes drawn, without asking."""
+    hallucination; on the built-in scenes it is added from the shapes drawn, without asking.
+    The scores and captions are kept in RUN/evaluations/<split>-<decoding>.json; `results_file`
+    also gets the captions as a COCO results file (the dataset's own image ids)."""
+    if results_file is not None:
+        check_output_file(results_file, "--results")
     for name, value in (("beam_size", beam_size), ("max_images", max_images)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ArgumentError(f"{name}: expected 1 or more, got {value!r}")
@@ -121,8 +128,35 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
                                     **({"object hallucination (CHAIR_i / CHAIR_s / recall)":
                                         f"{summary['CHAIR_i']:.3f} / {summary['CHAIR_s']:.3f} / {summary['object_recall']:.3f}"}
                                        if hallucination else {})})
+    decoding = decoding_name(beam, len(ensemble))
+    ids = [record_image_id(records[i]) for i in ok]
+    evaluation = {"split": split, "decoding": decoding, "beam_size": beam,
+                  "models": [str(run_dir), *map(str, ensemble)], "data": list(data or [features_dir]),
+                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "scores": {k: v for k, v in summary.items() if k != "chair_captions"}, "human": human,
+                  "predictions": [{"image_id": image_id, "file": records[i].path.name, "caption": results[i].caption,
+                                   "references": list(records[i].captions)} for image_id, i in zip(ids, ok)]}
+    (run.path / "evaluations").mkdir(exist_ok=True)
+    evaluation_path = write_json(run.path / "evaluations" / f"{split}-{decoding}.json", evaluation)
+    if results_file is not None:
+        write_results(results_file, ((image_id, results[i].caption) for image_id, i in zip(ids, ok)))
+    write_model_card(run.path)   # the card shows every kept evaluation
     return {"scores": summary, "human": human, "report_path": report_path, "results": results, "records": records,
-            "per_image": per_image}
+            "per_image": per_image, "evaluation_path": evaluation_path}
+
+
+def decoding_name(beam: int, extra_models: int = 0) -> str:
+    """'greedy', 'beam3', ... ('-ensemble3' added for three models averaged): the evaluation's file name."""
+    return ("greedy" if beam == 1 else f"beam{beam}") + (f"-ensemble{extra_models + 1}" if extra_models else "")
+
+
+def check_output_file(path: str | Path, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{option} {path}: is a folder; give a file name such as results.json")
+    if not path.parent.is_dir():
+        raise DataError(f"{option} {path}: the folder {path.parent} does not exist")
 
 
 def object_hallucination(records, results, ok, data, objects: str | None) -> dict | None:

@@ -161,7 +161,7 @@ class Run:
         for name in PACKAGE_FILES:
             self._need(name)
         out.mkdir(parents=True, exist_ok=True)
-        for name in PACKAGE_FILES:
+        for name in PACKAGE_FILES + (("README.md",) if (self.path / "README.md").is_file() else ()):  # + model card
             tmp = out / f".{name}.tmp"
             shutil.copyfile(self.path / name, tmp)
             tmp.replace(out / name)

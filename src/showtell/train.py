@@ -38,11 +38,14 @@ from .errors import ConfigError, DataError, RunError, Stopped
 from .evaluate import autocast, features_of, validation_scores
 from .fileio import atomic_write_text
 from .metrics import perplexity
+from .modelcard import record_training, write_model_card
 from .models.captioner import CaptionModel, build_model
 from .progress import progress_bar
 from .run import Run
 from .schedules import Plan, sampling_probability
 from .scst import SelfCritical
+from .trainlog import check_available as check_log
+from .trainlog import open_log
 from .vocab import Vocabulary
 
 log = logging.getLogger("showtell")
@@ -105,6 +108,7 @@ class Session:
     features: object | None = None     # the feature cache, while the encoder stays frozen
     show_progress: bool = True
     ddp: torch.nn.Module | None = None
+    scaler: torch.amp.GradScaler | None = None   # fp16: scales the loss so small gradients survive float16
 
     @property
     def steps_per_epoch(self) -> int:
@@ -164,7 +168,8 @@ def set_rng_state(saved: dict) -> None:
 def save_checkpoint(s: Session, state: TrainState, optimizer: torch.optim.Optimizer) -> None:
     if s.run is not None and dist.is_main():
         s.run.save_checkpoint(state.global_step, s.model, {"train_state": state.to_dict(), "rng": rng_state(),
-                                                           "optimizer": optimizer.state_dict()},
+                                                           "optimizer": optimizer.state_dict(),
+                                                           **({"scaler": s.scaler.state_dict()} if s.scaler else {})},
                               s.config.train.keep_checkpoints)
 
 
@@ -240,12 +245,21 @@ def optimise(s: Session, optimizer: torch.optim.Optimizer, loss: torch.Tensor, f
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if s.scaler is None:
+        loss.backward()
+    else:   # fp16: backward of the scaled loss, then true gradients for clipping; a step with inf/NaN is skipped
+        s.scaler.scale(loss).backward()
     if not through_ddp:
         dist.average_gradients(s.model)
+    if s.scaler is not None:
+        s.scaler.unscale_(optimizer)
     if s.config.train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.config.train.grad_clip)
-    optimizer.step()
+    if s.scaler is None:
+        optimizer.step()
+    else:
+        s.scaler.step(optimizer)
+        s.scaler.update()
 
 
 # --- changes of phase ---------------------------------------------------------------------------------
@@ -452,6 +466,16 @@ def stop_signals():
             signal.signal(signum, handler)
 
 
+@contextmanager
+def closing_log(board):
+    """Close the TensorBoard writer however training ends (its last events reach the disk)."""
+    try:
+        yield board
+    finally:
+        if board:
+            board.close()
+
+
 def should_stop(deadline: float | None, requested: list[int], device: torch.device) -> bool:
     """Every rank must stop at the same step: rank 0's clock, and any rank's signal, decide for all."""
     late = deadline is not None and dist.is_main() and clock() > deadline
@@ -466,7 +490,8 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
     stopped = False
     if state.global_step == 0:
         save_checkpoint(s, state, optimizer)  # so that --resume works even after a kill in the very first steps
-    with stop_signals() as requested:
+    board = open_log(s.config, s.run, state.global_step, dist.is_main())
+    with stop_signals() as requested, closing_log(board):
         while state.epoch < s.total_epochs and not stopped and not state.finished:
             if state.phase == "xe" and state.epoch >= t.epochs:
                 start_self_critical(s, state)
@@ -492,6 +517,8 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
                     loss, value = phase.loss(s, ids, batch, state)
                     optimise(s, optimizer, loss, state.plan.factor(state.global_step), phase.through_ddp)
                     state.epoch_values.append(value)
+                    if board:
+                        board.update(state.global_step, value, optimizer.param_groups[0]["lr"])
                     seen += len(ids) * dist.world_size()
                 state.step_in_epoch += 1
                 state.global_step += 1
@@ -510,7 +537,9 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
             bar.close()
             if state.step_in_epoch >= len(batches) or state.finished:   # any other stop validates nothing:
                 validation_started = clock()                     # the epoch continues on --resume
-                end_epoch(s, state, optimizer.param_groups[0]["lr"])
+                record = end_epoch(s, state, optimizer.param_groups[0]["lr"])
+                if board and record:
+                    board.epoch(record)
                 budget.after_validation(clock() - validation_started, s, state)
             dist.barrier()
             save_checkpoint(s, state, optimizer)
@@ -559,6 +588,9 @@ def open_session(config: Config, run: Run | None, model: CaptionModel, vocab: Vo
     if config.train.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16() and dist.is_main():
         log.warning("train.precision=bf16: this CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16), "
                     "so bf16 is emulated and slower than fp32 here")
+    if config.train.precision == "fp16" and device.type == "cpu" and dist.is_main():
+        log.warning("train.precision=fp16 is meant for GPUs without bfloat16 (V100, T4); on the CPU float16 "
+                    "autocast runs, slower than fp32")
     train_records, val_records = split_records(records)
     if not model.encoder.frozen:
         features = None   # a training encoder needs the pictures
@@ -567,13 +599,16 @@ def open_session(config: Config, run: Run | None, model: CaptionModel, vocab: Vo
                 make_split(train_records, model, vocab, config, features, "train"),
                 make_split(val_records, model, vocab, config, features, "val") if val_records else None,
                 device, features, show_progress)
-    return replace(s, ddp=dist.wrap(model, device) if dist.is_distributed() else None)
+    scaler = torch.amp.GradScaler(device.type) if config.train.precision == "fp16" else None
+    return replace(s, ddp=dist.wrap(model, device) if dist.is_distributed() else None, scaler=scaler)
 
 
 def train(config: Config, records: list[ImageRecord], out: str | Path | None, sources: dict | None = None,
           max_minutes: float | None = None, show_progress: bool = True, features=None) -> dict:
     """Train a new model on `records` into run directory `out` (None: keep nothing on disk)."""
+    started = clock()
     config = resolve(config)
+    check_log(config)
     train_records, val_records = split_records(records)
     vocab = Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count)
     seed_everything(config.train.seed)
@@ -588,12 +623,20 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
     state = TrainState(plan=phase_plan(s, "xe"))
     summary = fit(s, state, make_optimizer(s, "xe"), max_minutes if max_minutes is not None else config.train.max_minutes)
     summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
+    describe_run(run, summary, clock() - started)
     return summary
+
+
+def describe_run(run: Run | None, summary: dict, seconds: float) -> None:
+    """training.json and the model card (README.md), written by rank 0 at the end of training."""
+    if run is not None and dist.is_main():
+        record_training(run.path, summary, seconds)
+        write_model_card(run.path)
 
 
 RESUME_SETTINGS = ("train.epochs", "train.scst_epochs", "train.scst_lr", "train.scst_samples", "train.max_minutes",
                    "train.checkpoint_every", "train.keep_checkpoints", "train.val_max_images", "train.val_beam_size",
-                   "data.num_workers", "train.device")
+                   "data.num_workers", "train.device", "train.log")
 
 
 def resume_config(saved: Config, overrides: list[str] | None) -> Config:
@@ -609,9 +652,11 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
            show_progress: bool = True, features=None, overrides: list[str] | None = None) -> dict:
     """Continue the run in `path` from its newest good checkpoint. Everything is checked before
     anything in the run is written: a refused resume leaves the run as it was."""
+    started = clock()
     run = Run(path)
     saved = run.config()
     config, vocab = resume_config(saved, overrides), run.vocab()
+    check_log(config)
     more_epochs = config.train.epochs != saved.train.epochs
     step, weights, saved = run.load_checkpoint()
     if "train_state" not in saved:
@@ -637,6 +682,8 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     s = open_session(config, run, model, vocab, records, features, show_progress)
     optimizer = make_optimizer(s, state.phase)
     optimizer.load_state_dict(saved["optimizer"])
+    if s.scaler is not None and saved.get("scaler"):
+        s.scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"])
     if more_epochs and state.phase == "xe":   # a new plan for the new length (a time budget's plan is kept otherwise)
         planned = phase_plan(s, "xe").total_steps
@@ -649,4 +696,5 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     log.info("resuming %s at epoch %d, step %d", run.path, state.epoch + 1, state.step_in_epoch)
     summary = fit(s, state, optimizer, max_minutes if max_minutes is not None else config.train.max_minutes)
     summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
+    describe_run(run, summary, clock() - started)
     return summary
