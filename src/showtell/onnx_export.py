@@ -102,6 +102,12 @@ def _export(module, args, path: Path, inputs, outputs, dynamic_shapes) -> None:
 
 def export_onnx(run: str | Path, out: str | Path) -> Path:
     """The run's package plus the ONNX graphs and onnx.json in `out`; one-line errors."""
+    try:
+        import onnx  # noqa: F401  torch's exporter needs both
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise RunError(f"export --onnx needs the onnx and onnxscript packages ({error.name} is missing): "
+                       "pip install 'showtell[export]'") from None
     config, _, model = load_model(run, "cpu")
     model = model.float().eval()
     size = model.encoder.transform.crop

@@ -34,7 +34,7 @@ def is_onnx_package(path) -> bool:
 
 def check_onnx_device(name, setting: str = "device") -> str:
     """ONNX packages run on onnxruntime's CPU provider: 'cpu' (or 'auto')."""
-    if name not in ("cpu", "auto"):
+    if str(name) not in ("cpu", "auto"):
         raise ArgumentError(f"{setting}: an ONNX package runs on the CPU here (onnxruntime's CPU provider); got {name!r}")
     return "cpu"
 
