@@ -93,7 +93,7 @@ def main(images: int = 64, batch: int = 32) -> str:
                 rates, captions = {}, {}
                 for name, captioner in backends.items():
                     captions[name] = [r.caption for r in captioner.caption(files, beam_size=beam, batch_size=batch)]
-                    seconds = timed(lambda c=captioner: c.caption(files, beam_size=beam, batch_size=batch),
+                    seconds = timed(lambda c=captioner, b=beam: c.caption(files, beam_size=b, batch_size=batch),
                                     repeats=3, warmup=0, min_seconds=0.5)
                     rates[name] = len(files) / seconds
                 same = captions["PyTorch"] == captions["ONNX"]

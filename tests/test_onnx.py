@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 BLOCKER = """
 import importlib.abc, os, sys
 class _Blocked(importlib.abc.MetaPathFinder):
-    names = ("torch", "torchvision") + tuple(os.environ.get("BLOCK", "").split(",")) 
+    names = ("torch", "torchvision") + tuple(os.environ.get("BLOCK", "").split(","))
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in self.names:
             raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")

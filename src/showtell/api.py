@@ -148,7 +148,7 @@ class Captioner:
         return self.config.data.max_image_pixels
 
     def load_images(self, sources: Sequence[ImageInput], max_pixels: int | None = None,
-                    names: Sequence[str] | None = None, budget=None) -> tuple[list[list[torch.Tensor] | None], list[ImageError | None]]:
+                    names: Sequence[str] | None = None, budget=None) -> tuple[list[list | None], list[ImageError | None]]:
         """Each picture prepared for each model (models may differ in size); an error per picture.
         `budget` (a data.images.DecodeBudget) bounds the pixels decoded at once across threads."""
         prepared, errors = [], []
@@ -178,7 +178,7 @@ class Captioner:
 
         return torch.inference_mode()
 
-    def caption_tensors(self, batch: list[list[torch.Tensor]], beam_size: int | None = None, n_best: int = 1,
+    def caption_tensors(self, batch: list[list], beam_size: int | None = None, n_best: int = 1,
                         max_length: int | None = None, return_attention: bool = False,
                         sampling: dict | None = None) -> list[list[Hypothesis]]:
         """Decode prepared pictures (one list of per-model tensors each) in one batched pass:
