@@ -10,25 +10,27 @@ A picture is a path, bytes, a binary file object, a PIL image or a numpy array (
 of 0, an unknown device, no run) raises `ArgumentError`, a `ShowtellError` and a `ValueError`.
 
 One lock guards the model, so a Captioner can be shared between threads (the web service does).
+
+A package made by `showtell export RUN OUT --onnx` (it has an onnx.json) loads as a Captioner
+that runs on onnxruntime (runtime.OnnxCaptioner), with no PyTorch installed: same methods, same
+captions. Nothing in this module imports torch until a PyTorch run is loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import numbers
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from .data.images import load_image
 from .decode import Ensemble, decode, sample
-from .distributed import resolve_device
-from .errors import ConfigError, ImageError, ShowtellError
+from .errors import ConfigError, ImageError, RunError, ShowtellError
 from .results import CaptionResult, Hypothesis, hypotheses_from, result_from
-from .run import load_model
 
 ImageInput = str | Path | bytes | Image.Image
 
@@ -41,9 +43,22 @@ class ArgumentError(ConfigError, ValueError):
     """A bad argument to the Python API (also a ValueError); `str(error)` names it and the problem."""
 
 
-def check_device(name, setting: str = "device") -> torch.device:
+def _torch(what: str):
+    """torch, or a one-line error saying that `what` needs it and what runs without it."""
+    try:
+        import torch
+    except ImportError:
+        raise RunError(f"{what}: PyTorch is not installed; without it showtell runs ONNX packages only "
+                       "(made by `showtell export RUN OUT --onnx` where PyTorch is)") from None
+    return torch
+
+
+def check_device(name, setting: str = "device"):
     """The torch device for `name` ('cpu', 'cuda', 'cuda:N', 'mps', 'auto'), or a one-line error
     naming `setting` when torch does not know it or this machine does not have it."""
+    torch = _torch(setting)
+    from .distributed import resolve_device
+
     if not isinstance(name, (str, torch.device)):
         raise ArgumentError(f"{setting}: expected a device name such as 'cpu' or 'cuda', got {type(name).__name__}")
     try:
@@ -90,14 +105,18 @@ def check_sampling(sampling: dict | None) -> dict | None:
 
 
 class Captioner:
-    def __init__(self, models, configs, vocab, device: torch.device):
+    backend = "torch"
+
+    def __init__(self, models, configs, vocab, device):
         self.models, self.configs, self.vocab, self.device = models, configs, vocab, device
         self.config = configs[0]
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, paths: str | Path | Sequence[str | Path], device: str = "cpu") -> "Captioner":
-        """One run directory (or exported package), or several to decode as an ensemble."""
+    def load(cls, paths: str | Path | Sequence[str | Path], device: str = "cpu", backend: str = "auto") -> "Captioner":
+        """One run directory (or exported package), or several to decode as an ensemble.
+        `backend`: 'auto' runs ONNX packages on onnxruntime and runs on PyTorch; 'torch' or 'onnx'
+        to choose (an ONNX export also holds the PyTorch weights)."""
         if isinstance(paths, (str, Path)):
             paths = [paths]
         elif isinstance(paths, Sequence) and all(isinstance(p, (str, Path)) for p in paths):
@@ -106,7 +125,17 @@ class Captioner:
             raise ArgumentError(f"Captioner.load: expected a run directory or a list of them, got {paths!r:.80}")
         if not paths:
             raise ArgumentError("Captioner.load: expected a run directory or a list of them, got an empty list")
+        if backend not in ("auto", "torch", "onnx"):
+            raise ArgumentError(f"backend: expected 'auto', 'torch' or 'onnx', got {backend!r}")
+        from .runtime import is_onnx_package
+
+        if backend == "onnx" or (backend == "auto" and any(is_onnx_package(p) for p in paths)):
+            from .runtime import OnnxCaptioner
+
+            return OnnxCaptioner.load_packages(paths, device)
         device = check_device(device)
+        from .run import load_model
+
         loaded = [load_model(p, device) for p in paths]
         vocab = loaded[0][1]
         for path, (_, other, _) in zip(paths[1:], loaded[1:]):
@@ -119,7 +148,7 @@ class Captioner:
         return self.config.data.max_image_pixels
 
     def load_images(self, sources: Sequence[ImageInput], max_pixels: int | None = None,
-                    names: Sequence[str] | None = None, budget=None) -> tuple[list[list[torch.Tensor] | None], list[ImageError | None]]:
+                    names: Sequence[str] | None = None, budget=None) -> tuple[list[list | None], list[ImageError | None]]:
         """Each picture prepared for each model (models may differ in size); an error per picture.
         `budget` (a data.images.DecodeBudget) bounds the pixels decoded at once across threads."""
         prepared, errors = [], []
@@ -130,7 +159,7 @@ class Captioner:
                 with contextlib.ExitStack() as held:  # a decoding budget, held until the picture is shaped
                     hold = (lambda pixels: held.enter_context(budget.hold(pixels))) if budget else None
                     image = load_image(source, limit, name=str(name), before_decode=hold)  # decoded once
-                    prepared.append([model.transform(image) for model in self.models])
+                    prepared.append([model.transform(image) for model in self.models])  # uint8 (3, S, S)
                     del image
                 errors.append(None)
             except ImageError as error:
@@ -138,8 +167,18 @@ class Captioner:
                 errors.append(error)
         return prepared, errors
 
-    @torch.inference_mode()
-    def caption_tensors(self, batch: list[list[torch.Tensor]], beam_size: int | None = None, n_best: int = 1,
+    def _batch(self, tensors: list):
+        """Prepared pictures of one model as one batch on the device."""
+        import torch
+
+        return torch.stack(tensors).to(self.device)
+
+    def _no_grad(self):
+        import torch
+
+        return torch.inference_mode()
+
+    def caption_tensors(self, batch: list[list], beam_size: int | None = None, n_best: int = 1,
                         max_length: int | None = None, return_attention: bool = False,
                         sampling: dict | None = None) -> list[list[Hypothesis]]:
         """Decode prepared pictures (one list of per-model tensors each) in one batched pass:
@@ -150,9 +189,8 @@ class Captioner:
         n_best = max(1, n_best if sampling is not None else min(n_best, beam))
         if return_attention and not self.has_attention:
             raise ArgumentError("return_attention: not an attention model (model.decoder=attention)")
-        with self._lock:
-            features = [model.encode(torch.stack([item[m] for item in batch]).to(self.device))
-                        for m, model in enumerate(self.models)]
+        with self._no_grad(), self._lock:
+            features = [model.encode(self._batch([item[m] for item in batch])) for m, model in enumerate(self.models)]
             decoder = self.models[0] if len(self.models) == 1 else Ensemble(self.models)
             feats = features[0] if len(self.models) == 1 else features
             if sampling is not None:
@@ -163,6 +201,8 @@ class Captioner:
         return hypotheses_from(out, self.vocab, return_attention)
 
     def _sample(self, decoder, feats, batch: int, n: int, max_length: int, sampling: dict):
+        import torch
+
         d = self.config.decode
         generator = torch.Generator(device=self.device)
         generator.manual_seed(int(sampling.get("seed") or 0))
@@ -213,7 +253,6 @@ class Captioner:
                 results.append(result_from(name, next(hyps), self.grid_side if return_attention else None))
         return results[0] if single else results
 
-    @torch.inference_mode()
     def logprob(self, pictures: ImageInput | Sequence[ImageInput], captions: str | Sequence[str]):
         """How probable the model finds given captions: per caption its total log-probability,
         per-word log-probabilities (<end> included) and perplexity, under teacher forcing through
@@ -221,7 +260,8 @@ class Captioner:
         probabilities as in decoding), so a decoded caption scores exactly what decoding reported.
         One picture is scored with every caption; a list of pictures pairs with the captions.
         One caption string -> one CaptionScore, a list -> a list."""
-        from .decode import Ensemble
+        import torch
+
         from .results import CaptionScore
         from .vocab import END, PAD, SPECIALS, START, UNK, tokenize
 
@@ -244,7 +284,7 @@ class Captioner:
         targets = torch.full((len(texts), steps), PAD, dtype=torch.long, device=self.device)
         for row, x in enumerate(ids):
             targets[row, :len(x) + 1] = torch.tensor(x + [END])
-        with self._lock:
+        with torch.inference_mode(), self._lock:
             features = [{k: v.index_select(0, which) for k, v in
                          model.encode(torch.stack([item[m] for item in prepared]).to(self.device)).items()}
                         for m, model in enumerate(self.models)]
@@ -282,7 +322,8 @@ def _is_single(images) -> bool:
         iter(images)
     except TypeError:
         return True
-    return isinstance(images, torch.Tensor)
+    torch = sys.modules.get("torch")  # a tensor is one picture; torch is not imported to find out
+    return torch is not None and isinstance(images, torch.Tensor)
 
 
 def _name(source, index: int) -> str:

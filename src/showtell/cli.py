@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="copy a run's model package (config, vocabulary, weights)")
     p.add_argument("run")
     p.add_argument("out", type=Path)
+    p.add_argument("--onnx", action="store_true", help="also write the encoder and one decoder step as ONNX "
+                                                       "graphs, to caption and serve with onnxruntime and no PyTorch")
 
     p = sub.add_parser("serve", help="HTTP service and web page for a trained model")
     p.add_argument("run")
@@ -291,8 +293,6 @@ def _quote(name: str) -> str:
 
 def _check_caption_args(args) -> None:
     """Every argument of `caption` checked before any model is loaded or picture decoded."""
-    from .api import check_device
-
     for name in ("beam_size", "top_k"):
         value = getattr(args, name)
         low = 0 if name == "top_k" else 1
@@ -312,7 +312,19 @@ def _check_caption_args(args) -> None:
                 raise ShowtellError(f"--{name.replace('_', '-')}: only used with --sample")
     if args.attention is not None and args.attention.exists() and not args.attention.is_dir():
         raise ShowtellError(f"--attention {args.attention}: exists and is not a folder")
-    check_device(args.device, "--device")
+    _check_device_for(args.run, args.device)
+
+
+def _check_device_for(run: str, device: str) -> None:
+    """--device checked for what will run: onnxruntime for an ONNX package, torch for a run."""
+    from .runtime import check_onnx_device, is_onnx_package
+
+    if is_onnx_package(run):
+        check_onnx_device(device, "--device")
+    else:
+        from .api import check_device
+
+        check_device(device, "--device")
 
 
 def cmd_caption(args) -> int:
@@ -467,6 +479,16 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.onnx:
+        from .api import _torch
+
+        _torch("export --onnx")
+        from .onnx_export import export_onnx
+
+        out = export_onnx(args.run, args.out)
+        print(f"exported the model package and encoder.onnx, init_state.onnx, step.onnx to {out}; "
+              f"caption with: showtell caption {out} IMAGE...  (needs only onnxruntime, not PyTorch)")
+        return 0
     from .run import Run
 
     out = Run(args.run).export(args.out)
@@ -475,10 +497,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .api import check_device
     from .serve.app import Limits, serve
 
-    check_device(args.device, "--device")
+    _check_device_for(args.run, args.device)
     if args.max_decoded_pixels is None:
         args.max_decoded_pixels = args.max_pixels
     for name in ("max_upload_mb", "max_images", "max_pixels", "max_decoded_pixels", "max_batch", "body_timeout"):

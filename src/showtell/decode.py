@@ -1,10 +1,16 @@
 """Turning image features into sentences: greedy, beam search, sampling and ensembles.
 
-Everything here is batched over images (and beams) as tensors; the only Python loop is over time
+Everything here is batched over images (and beams) as arrays; the only Python loop is over time
 steps. Decoding knows nothing of a model's internals, only its two-call interface:
 
-    state = model.init_state(features)            # dict of tensors, batch first
+    state = model.init_state(features)            # dict of arrays, batch first
     logprobs, state, attention = model.step(words, state)   # (B,) -> (B, V), ..., (B, L) or None
+
+Greedy and beam search are written once against the array API standard (through
+`array_api_compat`), so the same code decodes a PyTorch model (torch tensors, on any device) and
+an exported ONNX step graph run by onnxruntime (NumPy arrays); the few operations the standard
+lacks (top-k, log-sum-exp) are the small helpers below. Sampling, which self-critical training
+differentiates, works on torch tensors only.
 
 A caption has at most `max_length` words. After `max_length` words the decoder takes one more
 step in which only <end> counts: greedy ends if <end> is the best word, sampling if it draws <end>,
@@ -22,95 +28,141 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-import torch
-import torch.nn.functional as F
+from array_api_compat import array_namespace, is_numpy_array, is_torch_array
+from array_api_compat import device as device_of
 
 from .vocab import END, PAD, START, UNK
 
 NEG_INF = float("-inf")
+Array = Any  # a torch tensor or a NumPy array (anything array_api_compat knows)
 
 
 @dataclass
 class Decoded:
-    """N hypotheses per image, best first."""
+    """N hypotheses per image, best first (arrays of the model's own kind: torch or NumPy)."""
 
-    sequences: torch.Tensor        # (B, N, T) word ids, <pad> after the last word, no <start>/<end>
-    lengths: torch.Tensor          # (B, N) words per hypothesis
-    logprobs: torch.Tensor         # (B, N) total log-probability, including that of <end> when finished
-    scores: torch.Tensor           # (B, N) the ranking score: logprob / length**alpha
-    finished: torch.Tensor         # (B, N) ended with <end> (False: stopped at max_length, or no hypothesis)
-    attention: torch.Tensor | None = None   # (B, N, T, L) attention over the grid for each word
+    sequences: Array               # (B, N, T) word ids, <pad> after the last word, no <start>/<end>
+    lengths: Array                 # (B, N) words per hypothesis
+    logprobs: Array                # (B, N) total log-probability, including that of <end> when finished
+    scores: Array                  # (B, N) the ranking score: logprob / length**alpha
+    finished: Array                # (B, N) ended with <end> (False: stopped at max_length, or no hypothesis)
+    attention: Array | None = None  # (B, N, T, L) attention over the grid for each word
 
     def best(self) -> "Decoded":
         return Decoded(self.sequences[:, :1], self.lengths[:, :1], self.logprobs[:, :1], self.scores[:, :1],
                        self.finished[:, :1], None if self.attention is None else self.attention[:, :1])
 
 
-def _mask(logprobs: torch.Tensor, block_unk: bool) -> torch.Tensor:
-    logprobs = logprobs.clone()
-    logprobs[..., PAD] = NEG_INF
-    logprobs[..., START] = NEG_INF
-    if block_unk:
-        logprobs[..., UNK] = NEG_INF
-    return logprobs
+# --- the operations the array API standard lacks ---------------------------------------------------
+
+def topk(x: Array, k: int) -> tuple[Array, Array]:
+    """The k largest entries along the last axis, largest first: (values, indices). Equal values
+    come lowest index first on NumPy; torch.topk's order among exact ties is its own (finite ties
+    do not occur in a trained model's log-probabilities; -inf ones are never chosen words)."""
+    if is_torch_array(x):
+        return x.topk(k, dim=-1)
+    if is_numpy_array(x):
+        import numpy as np
+
+        n = x.shape[-1]
+        part = np.argpartition(-x, k - 1, axis=-1)[..., :k] if k < n else np.broadcast_to(np.arange(n), x.shape)
+        values = np.take_along_axis(x, part, axis=-1)
+        order = np.lexsort((part, -values), axis=-1)                   # by value, then by index
+        return np.take_along_axis(values, order, axis=-1), np.take_along_axis(part, order, axis=-1)
+    xp = array_namespace(x)
+    index = xp.argsort(x, axis=-1, descending=True, stable=True)[..., :k]
+    return xp.take_along_axis(x, index, axis=-1), index
 
 
-def _batch_size(state: dict[str, torch.Tensor]) -> int:
-    return next(iter(state.values())).shape[0]
+def _max(xp, x: Array) -> tuple[Array, Array]:
+    """(largest value, its index) along the last axis; the first index among equal values."""
+    if is_torch_array(x):
+        return x.max(dim=-1)
+    index = xp.argmax(x, axis=-1)
+    return xp.take_along_axis(x, index[..., None], axis=-1)[..., 0], index
 
 
-def select_state(state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Reorder/duplicate the batch rows of every state tensor (beam bookkeeping)."""
-    return {k: v.index_select(0, index) for k, v in state.items()}
+def logsumexp(xp, x: Array, axis: int) -> Array:
+    if is_torch_array(x):
+        return x.logsumexp(dim=axis)
+    top = xp.max(x, axis=axis, keepdims=True)
+    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    return xp.squeeze(top, axis=axis) + xp.log(xp.sum(xp.exp(x - top), axis=axis))
 
+
+def _backend(state: dict[str, Array]):
+    """(array namespace, batch size, device) of a decoder state."""
+    first = next(iter(state.values()))
+    return array_namespace(first), first.shape[0], device_of(first)
+
+
+def _mask_row(xp, like: Array, block_unk: bool) -> Array:
+    """Added to each step's log-probabilities (B, V): -inf for the words decoding never chooses,
+    0 elsewhere, so the log-probabilities of the others stay exactly the model's."""
+    row = xp.zeros(like.shape[-1], dtype=like.dtype, device=device_of(like))
+    for word in (PAD, START, UNK) if block_unk else (PAD, START):
+        row[word] = NEG_INF
+    return row
+
+
+def _pad_to(xp, x: Array, length: int, axis: int, value=0) -> Array:
+    """`x` extended with `value` along `axis` to `length` entries."""
+    missing = length - x.shape[axis]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[axis] = missing
+    return xp.concat([x, xp.full(tuple(shape), value, dtype=x.dtype, device=device_of(x))], axis=axis)
+
+
+def select_state(state: dict[str, Array], index: Array) -> dict[str, Array]:
+    """Reorder/duplicate the batch rows of every state array (beam bookkeeping)."""
+    return {k: v[index] for k, v in state.items()}
+
+
+# --- decoding ---------------------------------------------------------------------------------------
 
 def greedy(model, features, max_length: int = 20, block_unk: bool = True, return_attention: bool = False) -> Decoded:
     """Feed the most probable word back in until <end> or `max_length` words."""
     state = model.init_state(features)
-    b = _batch_size(state)
-    device = next(iter(state.values())).device
-    words = torch.full((b,), START, dtype=torch.long, device=device)
-    sequences = torch.full((b, max_length), PAD, dtype=torch.long, device=device)
-    total = torch.zeros(b, device=device)
-    lengths = torch.zeros(b, dtype=torch.long, device=device)
-    finished = torch.zeros(b, dtype=torch.bool, device=device)
-    attention = []
+    xp, b, device = _backend(state)
+    words = xp.full((b,), START, dtype=xp.int64, device=device)
+    sequences = xp.full((b, max_length), PAD, dtype=xp.int64, device=device)
+    pad = xp.full((b,), PAD, dtype=xp.int64, device=device)
+    total = xp.zeros(b, dtype=xp.float32, device=device)
+    lengths = xp.zeros(b, dtype=xp.int64, device=device)
+    finished = xp.zeros(b, dtype=xp.bool, device=device)
+    mask, attention = None, []
     for t in range(max_length + 1):
         logprobs, state, attn = model.step(words, state)
-        logprobs = _mask(logprobs, block_unk)
+        mask = _mask_row(xp, logprobs, block_unk) if mask is None else mask
         if return_attention and attn is not None and t < max_length:
             attention.append(attn)
-        best_lp, best = logprobs.max(dim=-1)
+        best_lp, best = _max(xp, logprobs + mask)
         active = ~finished & (lengths == t)                  # still writing
-        ends = active & (best == END) & torch.isfinite(best_lp)
+        ends = active & (best == END) & xp.isfinite(best_lp)
         if t == max_length:                                  # only <end> may follow now
-            total = torch.where(ends, total + best_lp, total)
-            finished |= ends
+            total = xp.where(ends, total + best_lp, total)
+            finished = finished | ends
             break
-        grows = active & (best != END) & torch.isfinite(best_lp)
-        total = torch.where(ends | grows, total + best_lp, total)
-        finished |= ends
-        sequences[:, t] = torch.where(grows, best, torch.full_like(best, PAD))
-        lengths = lengths + grows.long()
-        if not grows.any():
+        grows = active & (best != END) & xp.isfinite(best_lp)
+        total = xp.where(ends | grows, total + best_lp, total)
+        finished = finished | ends
+        sequences[:, t] = xp.where(grows, best, pad)
+        lengths = lengths + xp.astype(grows, xp.int64)
+        if not bool(xp.any(grows)):
             break
         words = best
-    attn_tensor = None
+    attn_out = None
     if return_attention and attention:
-        stacked = torch.stack(attention, dim=1)              # (B, T', L)
-        pad = max_length - stacked.shape[1]
-        attn_tensor = F.pad(stacked, (0, 0, 0, pad)).unsqueeze(1)
-    return Decoded(sequences.unsqueeze(1), lengths.unsqueeze(1), total.unsqueeze(1),
-                   total.unsqueeze(1), finished.unsqueeze(1), attn_tensor)
+        attn_out = _pad_to(xp, xp.stack(attention, axis=1), max_length, axis=1)[:, None]   # (B, 1, T, L)
+    return Decoded(sequences[:, None], lengths[:, None], total[:, None], total[:, None], finished[:, None], attn_out)
 
 
-def _normalise(logprobs: torch.Tensor, length, alpha: float) -> torch.Tensor:
-    if alpha == 0.0:
-        return logprobs
-    if not torch.is_tensor(length):
-        return logprobs / (float(length) ** alpha)
-    return logprobs / length.clamp(min=1).float().pow(alpha)
+def _normalise(logprobs: Array, length: int, alpha: float) -> Array:
+    return logprobs if alpha == 0.0 else logprobs / (float(length) ** alpha)
 
 
 def beam_search(model, features, beam_size: int = 3, max_length: int = 20, length_penalty: float = 0.0,
@@ -128,99 +180,99 @@ def beam_search(model, features, beam_size: int = 3, max_length: int = 20, lengt
     k = beam_size
     n_best = min(n_best or k, k)
     state = model.init_state(features)
-    b = _batch_size(state)
-    device = next(iter(state.values())).device
-    state = select_state(state, torch.arange(b, device=device).repeat_interleave(k))
-    rows = torch.arange(b, device=device)
+    xp, b, device = _backend(state)
+    i64, f32 = xp.int64, xp.float32
+    state = select_state(state, xp.repeat(xp.arange(b, device=device), k))
+    rows = xp.arange(b, device=device)[:, None]             # x[rows, index]: per image, pick along axis 1
 
-    alive_lp = torch.full((b, k), NEG_INF, device=device)
+    alive_lp = xp.full((b, k), NEG_INF, dtype=f32, device=device)
     alive_lp[:, 0] = 0.0                                      # one live hypothesis at the start
-    alive_seq = torch.zeros((b, k, 0), dtype=torch.long, device=device)
+    alive_seq = xp.zeros((b, k, 0), dtype=i64, device=device)
     alive_attn = None
-    fin_seq = torch.full((b, n_best, max_length), PAD, dtype=torch.long, device=device)
-    fin_lp = torch.full((b, n_best), NEG_INF, device=device)
-    fin_score = torch.full((b, n_best), NEG_INF, device=device)
-    fin_len = torch.zeros((b, n_best), dtype=torch.long, device=device)
+    fin_seq = xp.full((b, n_best, max_length), PAD, dtype=i64, device=device)
+    fin_lp = xp.full((b, n_best), NEG_INF, dtype=f32, device=device)
+    fin_score = xp.full((b, n_best), NEG_INF, dtype=f32, device=device)
+    fin_len = xp.zeros((b, n_best), dtype=i64, device=device)
     fin_attn = None
-    words = torch.full((b * k,), START, dtype=torch.long, device=device)
+    words = xp.full((b * k,), START, dtype=i64, device=device)
+    mask = None
 
     for t in range(max_length + 1):
         logprobs, state, attn = model.step(words, state)
         v = logprobs.shape[-1]
         w = min(k, v)
-        candidates = alive_lp.unsqueeze(-1) + _mask(logprobs, block_unk).view(b, k, v)      # (B, K, V)
-        top_lp, top_word = candidates.topk(w, dim=-1)                                        # (B, K, W)
-        top_lp, top_word = top_lp.reshape(b, k * w), top_word.reshape(b, k * w)
-        valid = torch.isfinite(top_lp)
+        mask = _mask_row(xp, logprobs, block_unk) if mask is None else mask
+        candidates = alive_lp[:, :, None] + xp.reshape(logprobs + mask, (b, k, v))           # (B, K, V)
+        top_lp, top_word = topk(candidates, w)                                               # (B, K, W)
+        top_lp, top_word = xp.reshape(top_lp, (b, k * w)), xp.reshape(top_word, (b, k * w))
+        valid = xp.isfinite(top_lp)
         is_end = (top_word == END) & valid
         if return_attention and attn is not None:
-            step_attn = attn.view(b, k, 1, -1)
-            alive_attn = step_attn if alive_attn is None else torch.cat([alive_attn, step_attn], dim=2)
+            step_attn = xp.reshape(attn, (b, k, 1, attn.shape[-1]))
+            alive_attn = step_attn if alive_attn is None else xp.concat([alive_attn, step_attn], axis=2)
             if fin_attn is None:
-                fin_attn = torch.zeros((b, n_best, max_length, attn.shape[-1]), device=device)
+                fin_attn = xp.zeros((b, n_best, max_length, attn.shape[-1]), dtype=attn.dtype, device=device)
 
         # finished pool: keep the n_best best of (old pool + hypotheses ending now)
-        end_lp = torch.where(is_end, top_lp, torch.full_like(top_lp, NEG_INF))
-        end_beam = torch.div(torch.arange(k * w, device=device), w, rounding_mode="floor").expand(b, -1)
-        pool_score = torch.cat([fin_score, _normalise(end_lp, t + 1, length_penalty)], dim=1)
-        fin_score, pick = pool_score.topk(n_best, dim=1)
+        end_lp = xp.where(is_end, top_lp, xp.full_like(top_lp, NEG_INF))
+        end_beam = xp.broadcast_to((xp.arange(k * w, device=device) // w)[None, :], (b, k * w))
+        fin_score, pick = topk(xp.concat([fin_score, _normalise(end_lp, t + 1, length_penalty)], axis=1), n_best)
         from_new = pick >= n_best
-        new_beam = end_beam.gather(1, (pick - n_best).clamp(min=0))
-        old = pick.clamp(max=n_best - 1)
-        new_seq = F.pad(alive_seq, (0, max_length - t), value=PAD)[rows.unsqueeze(1), new_beam]  # (B, n, T)
-        fin_seq = torch.where(from_new.unsqueeze(-1), new_seq, fin_seq.gather(1, old.unsqueeze(-1).expand(-1, -1, max_length)))
-        fin_lp = torch.cat([fin_lp, end_lp], dim=1).gather(1, pick)
-        fin_len = torch.where(from_new, torch.full_like(fin_len, t), fin_len.gather(1, old))
+        new_beam = end_beam[rows, xp.clip(pick - n_best, 0, k * w - 1)]
+        old = xp.clip(pick, 0, n_best - 1)
+        new_seq = _pad_to(xp, alive_seq, max_length, axis=2, value=PAD)[rows, new_beam]     # (B, n, T)
+        fin_seq = xp.where(from_new[:, :, None], new_seq, fin_seq[rows, old])
+        fin_lp = xp.concat([fin_lp, end_lp], axis=1)[rows, pick]
+        fin_len = xp.where(from_new, xp.full_like(fin_len, t), fin_len[rows, old])
         if fin_attn is not None and t > 0:
-            new_attn = F.pad(alive_attn[:, :, :t], (0, 0, 0, max_length - t))[rows.unsqueeze(1), new_beam]
-            old_attn = fin_attn.gather(1, old.view(b, n_best, 1, 1).expand_as(fin_attn))
-            fin_attn = torch.where(from_new.view(b, n_best, 1, 1), new_attn, old_attn)
+            new_attn = _pad_to(xp, alive_attn[:, :, :t], max_length, axis=2)[rows, new_beam]
+            fin_attn = xp.where(from_new[:, :, None, None], new_attn, fin_attn[rows, old])
         if t == max_length:
             break
 
         # live hypotheses: the K best continuations that are not <end>
-        go_on = torch.where(is_end | ~valid, torch.full_like(top_lp, NEG_INF), top_lp)
-        alive_lp, pick = go_on.topk(k, dim=1)                                            # (B, K)
-        beam = torch.div(pick, w, rounding_mode="floor")
-        words = top_word.gather(1, pick)
-        alive_seq = torch.cat([alive_seq[rows.unsqueeze(1), beam], words.unsqueeze(-1)], dim=-1)
+        go_on = xp.where(is_end | ~valid, xp.full_like(top_lp, NEG_INF), top_lp)
+        alive_lp, pick = topk(go_on, k)                                                      # (B, K)
+        beam = pick // w
+        words = top_word[rows, pick]
+        alive_seq = xp.concat([alive_seq[rows, beam], words[:, :, None]], axis=2)
         if alive_attn is not None:
-            alive_attn = alive_attn[rows.unsqueeze(1), beam]
-        state = select_state(state, (rows.unsqueeze(1) * k + beam).view(-1))
-        words = words.view(-1)
+            alive_attn = alive_attn[rows, beam]
+        state = select_state(state, xp.reshape(rows * k + beam, (-1,)))
+        words = xp.reshape(words, (-1,))
 
         # a live hypothesis's log-probability only falls; its best possible score is bounded
-        best_alive = alive_lp.max(dim=1).values
+        best_alive = xp.max(alive_lp, axis=1)
         bound = best_alive if length_penalty == 0 else best_alive / float(max_length + 1) ** length_penalty
-        if bool((fin_score[:, -1] >= bound).all()):
+        if bool(xp.all(fin_score[:, -1] >= bound)):
             break
 
     # images with fewer than n_best finished hypotheses get their best unfinished ones, ranked after
     # every complete caption (a sentence cut off at max_length is a worse answer than a whole one)
     steps = alive_seq.shape[-1]
     alive_score = _normalise(alive_lp, steps, length_penalty)
-    alive_order = alive_score.argsort(dim=1, descending=True)[:, :n_best]
-    n_done = torch.isfinite(fin_score).sum(dim=1, keepdim=True)                         # (B, 1)
-    slot = torch.arange(n_best, device=device).unsqueeze(0)
+    alive_order = xp.argsort(alive_score, axis=1, descending=True, stable=True)[:, :n_best]
+    n_done = xp.sum(xp.astype(xp.isfinite(fin_score), i64), axis=1, keepdims=True)          # (B, 1)
+    slot = xp.arange(n_best, device=device)[None, :]
     use_alive = slot >= n_done
-    alive_pick = alive_order.gather(1, (slot - n_done).clamp(min=0, max=alive_order.shape[1] - 1))
-    unfinished_seq = F.pad(alive_seq, (0, max_length - steps), value=PAD)[rows.unsqueeze(1), alive_pick]
-    sequences = torch.where(use_alive.unsqueeze(-1), unfinished_seq, fin_seq)
-    logprobs_out = torch.where(use_alive, alive_lp.gather(1, alive_pick), fin_lp)
-    scores = torch.where(use_alive, alive_score.gather(1, alive_pick), fin_score)
-    lengths = torch.where(use_alive, torch.full_like(fin_len, steps), fin_len)
-    found = torch.isfinite(scores)
-    sequences = torch.where(found.unsqueeze(-1), sequences, torch.full_like(sequences, PAD))
-    lengths = torch.where(found, lengths, torch.zeros_like(lengths))
+    alive_pick = alive_order[rows, xp.clip(slot - n_done, 0, alive_order.shape[1] - 1)]
+    unfinished_seq = _pad_to(xp, alive_seq, max_length, axis=2, value=PAD)[rows, alive_pick]
+    sequences = xp.where(use_alive[:, :, None], unfinished_seq, fin_seq)
+    logprobs_out = xp.where(use_alive, alive_lp[rows, alive_pick], fin_lp)
+    scores = xp.where(use_alive, alive_score[rows, alive_pick], fin_score)
+    lengths = xp.where(use_alive, xp.full_like(fin_len, steps), fin_len)
+    found = xp.isfinite(scores)
+    sequences = xp.where(found[:, :, None], sequences, xp.full_like(sequences, PAD))
+    lengths = xp.where(found, lengths, xp.zeros_like(lengths))
     attention = None
     if fin_attn is not None:
-        unfinished_attn = F.pad(alive_attn[:, :, :steps], (0, 0, 0, max_length - steps))[rows.unsqueeze(1), alive_pick]
-        attention = torch.where(use_alive.view(b, n_best, 1, 1), unfinished_attn, fin_attn)
+        unfinished_attn = _pad_to(xp, alive_attn[:, :, :steps], max_length, axis=2)[rows, alive_pick]
+        attention = xp.where(use_alive[:, :, None, None], unfinished_attn, fin_attn)
     return Decoded(sequences, lengths, logprobs_out, scores, ~use_alive & found, attention)
 
 
-def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Keep the k most likely words and/or the smallest set holding top_p of the probability."""
+def _filter(logits, top_k: int, top_p: float):
+    """Keep the k most likely words and/or the smallest set holding top_p of the probability (torch)."""
     if top_k and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, NEG_INF)
@@ -235,8 +287,9 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
 
 
 def sample(model, features, max_length: int = 20, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           block_unk: bool = True, generator: torch.Generator | None = None, samples_per_image: int = 1):
-    """Draw captions word by word from the (tempered, filtered) distribution.
+           block_unk: bool = True, generator=None, samples_per_image: int = 1):
+    """Draw captions word by word from the (tempered, filtered) distribution. PyTorch models only
+    (it draws with torch's generator and keeps the graph for self-critical training).
 
     Returns (Decoded with one hypothesis per row, token_logprobs (B*S, T+1), token_mask (B*S, T+1)).
     `Decoded.logprobs` is the model's own log-probability of the caption (its unmasked, untempered
@@ -246,21 +299,25 @@ def sample(model, features, max_length: int = 20, temperature: float = 1.0, top_
     that self-critical training differentiates. As in greedy decoding, the word drawn after
     `max_length` words counts only if it is <end>; otherwise the sample is cut and unfinished.
     Rows are image-major: image i's samples are rows i*S .. i*S+S-1."""
+    import torch
+    import torch.nn.functional as F
+
     state = model.init_state(features)
     if samples_per_image > 1:
-        rows = torch.arange(_batch_size(state), device=next(iter(state.values())).device)
+        rows = torch.arange(next(iter(state.values())).shape[0], device=next(iter(state.values())).device)
         state = select_state(state, rows.repeat_interleave(samples_per_image))
-    b = _batch_size(state)
+    b = next(iter(state.values())).shape[0]
     device = next(iter(state.values())).device
     words = torch.full((b,), START, dtype=torch.long, device=device)
     sequences = torch.full((b, max_length), PAD, dtype=torch.long, device=device)
     lengths = torch.zeros(b, dtype=torch.long, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     total = torch.zeros(b, device=device)
-    token_lp, token_mask = [], []
+    token_lp, token_mask, mask = [], [], None
     for t in range(max_length + 1):
         logprobs, state, _ = model.step(words, state)
-        dist = F.log_softmax(_filter(_mask(logprobs, block_unk) / temperature, top_k, top_p), dim=-1)
+        mask = _mask_row(torch, logprobs, block_unk) if mask is None else mask
+        dist = F.log_softmax(_filter((logprobs + mask) / temperature, top_k, top_p), dim=-1)
         drawn = torch.multinomial(dist.detach().exp(), 1, generator=generator).squeeze(1)
         active = ~finished
         ends = active & (drawn == END)
@@ -293,14 +350,14 @@ class Ensemble:
     def __init__(self, models):
         self.models = list(models)
 
-    def init_state(self, features: list) -> dict[str, torch.Tensor]:
+    def init_state(self, features: list) -> dict[str, Array]:
         state = {}
         for i, (model, feats) in enumerate(zip(self.models, features)):
             for key, value in model.init_state(feats).items():
                 state[f"{i}.{key}"] = value
         return state
 
-    def step(self, words: torch.Tensor, state: dict[str, torch.Tensor]):
+    def step(self, words: Array, state: dict[str, Array]):
         logprobs, new_state, attentions = [], {}, []
         for i, model in enumerate(self.models):
             own = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{i}.")}
@@ -308,7 +365,8 @@ class Ensemble:
             logprobs.append(lp)
             attentions.append(attn)
             new_state.update({f"{i}.{k}": v for k, v in own.items()})
-        mean = torch.logsumexp(torch.stack(logprobs), dim=0) - math.log(len(self.models))
+        xp = array_namespace(logprobs[0])
+        mean = logsumexp(xp, xp.stack(logprobs), axis=0) - math.log(len(self.models))
         attn = attentions[0] if len(self.models) == 1 else None
         return mean, new_state, attn
 

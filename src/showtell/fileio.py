@@ -20,12 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
-
 from .errors import RunError
+
+# torch and safetensors are imported where weights are read or written, so that the vocabulary
+# and config readers (and with them the ONNX runtime) work without torch installed
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -97,13 +95,18 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_weights(path: str | Path, state_dict: dict, metadata: dict[str, str] | None = None) -> None:
     """Model weights as safetensors (tensors made contiguous and unshared first)."""
+    from safetensors.torch import save as safetensors_save
+
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     atomic_write_bytes(path, safetensors_save(tensors, metadata=metadata))
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+def load_weights(path: str | Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as safetensors_load
+
     path = Path(path)
     try:
         return safetensors_load(path.read_bytes())
@@ -115,12 +118,16 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Training state (optimizer, RNG, counters): tensors and plain containers only."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
+    import torch
+
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -54,7 +54,7 @@ def hypotheses_from(decoded, vocab, return_attention: bool = False) -> list[list
             length = int(decoded.lengths[row, k])
             attention = None
             if return_attention and decoded.attention is not None:
-                attention = decoded.attention[row, k, :length].float().cpu().tolist()
+                attention = decoded.attention[row, k, :length].tolist()  # torch or NumPy
             hyps.append(Hypothesis(vocab.decode(decoded.sequences[row, k, :length].tolist()),
                                    float(decoded.logprobs[row, k]), score, bool(decoded.finished[row, k]), attention))
         out.append(hyps)

@@ -6,7 +6,9 @@ turns all of those into an upright RGB picture or raises an `ImageError` naming 
 the reason. It checks the pixel count from the header, before decoding anything.
 
 The geometric transform (resize, centre crop) produces uint8 tensors; the normalisation (mean,
-std) lives inside the encoder, so preprocessing can never disagree with the network.
+std) lives inside the encoder, so preprocessing can never disagree with the network. The same
+geometry is also written with PIL and NumPy alone (`ImageTransform.to_array`), pixel for pixel
+what torchvision does with a PIL picture, for the ONNX runtime that runs without torch.
 """
 
 from __future__ import annotations
@@ -20,10 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from ..errors import ImageError
 
@@ -221,7 +220,10 @@ class ImageTransform:
     mode: str = "crop"
     interpolation: str = "bilinear"
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image):
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
         interpolation = InterpolationMode(self.interpolation)
         if self.mode == "squash":
             image = TF.resize(image, [self.crop, self.crop], interpolation=interpolation, antialias=True)
@@ -230,7 +232,39 @@ class ImageTransform:
             image = TF.center_crop(image, [self.crop, self.crop])
         return TF.pil_to_tensor(image)  # uint8 (3, crop, crop)
 
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """The same as calling the transform, with PIL and NumPy only: uint8 (3, crop, crop)."""
+        resample = _PIL_FILTERS[self.interpolation]
+        width, height = image.size
+        if self.mode == "squash":
+            size = (self.crop, self.crop)
+        else:  # the shorter side to `resize`, the longer in proportion (rounded down), as torchvision does
+            short, long = min(width, height), max(width, height)
+            new_short, new_long = self.resize, int(self.resize * long / short)
+            size = (new_short, new_long) if width <= height else (new_long, new_short)
+        if size != image.size:
+            image = image.resize(size, resample)
+        if self.mode != "squash":
+            image = _center_crop(image, self.crop)
+        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
+
+_PIL_FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "box": Image.BOX,
+                "hamming": Image.HAMMING, "lanczos": Image.LANCZOS}
+
+
+def _center_crop(image: Image.Image, side: int) -> Image.Image:
+    """torchvision's center_crop of a PIL picture: black padding first where it is smaller."""
+    width, height = image.size
+    if side > width or side > height:
+        left, top = max(0, (side - width) // 2), max(0, (side - height) // 2)
+        padded = Image.new(image.mode, (max(width, side), max(height, side)))
+        padded.paste(image, (left, top))
+        image, (width, height) = padded, padded.size
+    top, left = int(round((height - side) / 2.0)), int(round((width - side) / 2.0))
+    return image.crop((left, top, left + side, top + side))
+
 
 def load_tensor(path: str | Path | bytes | Image.Image, transform: ImageTransform,
-                max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> torch.Tensor:
+                max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None):
     return transform(load_image(path, max_pixels, name))
