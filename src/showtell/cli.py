@@ -492,7 +492,8 @@ def cmd_export(args) -> int:
     from .run import Run
 
     out = Run(args.run).export(args.out)
-    print(f"exported config.json, vocab.json and model.safetensors to {out}")
+    card = " and the model card README.md" if (out / "README.md").is_file() else ""
+    print(f"exported config.json, vocab.json, model.safetensors{card} to {out}")
     return 0
 
 
