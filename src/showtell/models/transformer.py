@@ -104,7 +104,7 @@ class TransformerDecoder(nn.Module):
     uses_grid = True
 
     def __init__(self, vocab_size: int, grid_dim: int, global_dim: int, grid_size: int, embed_dim: int = 512,
-                 width: int = 512, layers: int = 2, heads: int = 4, ff_dim: int = 1024, dropout: float = 0.1,
+                 width: int = 512, layers: int = 2, heads: int = 4, ff_dim: int = 512, dropout: float = 0.1,
                  positions: str = "learned", tie_embeddings: bool = False, attention_layer: int = -1):
         super().__init__()
         if width % heads:
