@@ -57,12 +57,12 @@ class ModelConfig:
     attention_regularization: float = setting(
         1.0, "weight of the doubly stochastic attention penalty (Xu et al.'s lambda; attention decoder only)", min=0.0)
     transformer_layers: int = setting(
-        2, "decoder layers of the transformer decoder (two suffice for the built-in scenes' short captions)", min=1, max=24)
+        2, "layers of the transformer decoder (few by default: the built-in scenes' captions are short and a CPU step is costly)", min=1, max=24)
     transformer_heads: int = setting(
         4, "attention heads of the transformer decoder; model.hidden_dim must be a multiple of it", min=1, max=64)
     transformer_ff_dim: int = setting(
-        512, "inner size of the transformer decoder's feed-forward layers (512: twice 1024 doubled its training step time "
-        "on the built-in scenes without a measured gain)", min=1)
+        512, "inner size of the transformer decoder's feed-forward layers (512 rather than the usual 4x the width: "
+        "1024 made a training step about twice as slow at the synth preset's sizes on a CPU)", min=1)
     transformer_positions: str = setting(
         "learned", "word positions of the transformer decoder: 'learned' or 'sinusoidal' (fixed, Vaswani et al.)",
         choices=("learned", "sinusoidal"))
