@@ -42,19 +42,35 @@ class ModelConfig:
     freeze_encoder: bool | None = setting(
         None, "keep the CNN fixed; empty (auto) freezes pretrained weights (their features can then be "
         "cached) and trains random ones. A frozen random CNN is refused: it would caption every picture alike")
-    decoder: str = setting("nic", "sentence model: 'nic' (Show and Tell LSTM) or 'attention' (Show, Attend and Tell)",
-                           choices=("nic", "attention"))
+    decoder: str = setting("nic", "sentence model: 'nic' (Show and Tell LSTM), 'attention' (Show, Attend and Tell) "
+                           "or 'transformer' (a Transformer decoder attending to the encoder's grid)",
+                           choices=("nic", "attention", "transformer"))
     image_injection: str = setting(
         "init_state", "how the image conditions the LSTM: as its initial hidden/cell state "
         "(init_state) or as its input at step -1 (first_input, as in the paper)",
         choices=("init_state", "first_input"))
     embed_dim: int = setting(512, "word embedding size (follows the vectors when word_embeddings is set)", min=1)
-    hidden_dim: int = setting(512, "LSTM hidden size (512 in the paper)", min=1)
+    hidden_dim: int = setting(512, "LSTM hidden size (512 in the paper); the transformer decoder's width", min=1)
     num_layers: int = setting(1, "stacked LSTM layers", min=1, max=8)
     dropout: float = setting(0.5, "dropout on embeddings and LSTM outputs (the paper's main regulariser)", min=0.0, max=0.95)
     attention_dim: int = setting(512, "size of the attention MLP (attention decoder only)", min=1)
     attention_regularization: float = setting(
         1.0, "weight of the doubly stochastic attention penalty (Xu et al.'s lambda; attention decoder only)", min=0.0)
+    transformer_layers: int = setting(
+        2, "layers of the transformer decoder (few by default: the built-in scenes' captions are short and a CPU step is costly)", min=1, max=24)
+    transformer_heads: int = setting(
+        4, "attention heads of the transformer decoder; model.hidden_dim must be a multiple of it", min=1, max=64)
+    transformer_ff_dim: int = setting(
+        512, "inner size of the transformer decoder's feed-forward layers (512 rather than the usual 4x the width: "
+        "1024 made a training step about twice as slow at the synth preset's sizes on a CPU)", min=1)
+    transformer_positions: str = setting(
+        "learned", "word positions of the transformer decoder: 'learned' or 'sinusoidal' (fixed, Vaswani et al.)",
+        choices=("learned", "sinusoidal"))
+    transformer_tie_embeddings: bool = setting(
+        False, "transformer decoder: the output layer scores words with the word embeddings themselves (Press & Wolf "
+        "2017), through a projection when model.embed_dim differs from model.hidden_dim")
+    transformer_attention_layer: int = setting(
+        -1, "which layer's cross-attention (mean over heads) the attention maps show; -1 is the last, 0 the first")
     word_embeddings: str = setting(
         "", "initialise word vectors from 'glove:PATH', 'word2vec:PATH' or 'spacy:PACKAGE' (empty: random)")
     freeze_embeddings: bool = setting(False, "keep pretrained word vectors fixed instead of fine-tuning them")
@@ -282,6 +298,14 @@ def validate(config: Config, where: str = "") -> None:
     spec = config.model.word_embeddings
     if spec and spec.split(":", 1)[0] not in ("glove", "word2vec", "spacy") or (spec and ":" not in spec):
         raise ConfigError(f"{where}model.word_embeddings: expected 'glove:PATH', 'word2vec:PATH' or 'spacy:PACKAGE', got {spec!r}")
+    m = config.model
+    if m.decoder == "transformer":
+        if m.hidden_dim % m.transformer_heads:
+            raise ConfigError(f"{where}model.hidden_dim: the transformer's width {m.hidden_dim} must be a multiple of "
+                              f"model.transformer_heads ({m.transformer_heads})")
+        if not -m.transformer_layers <= m.transformer_attention_layer < m.transformer_layers:
+            raise ConfigError(f"{where}model.transformer_attention_layer: {m.transformer_attention_layer} names no layer "
+                              f"of {m.transformer_layers} (0 .. {m.transformer_layers - 1}, or -1 for the last)")
     if config.train.scheduled_sampling:
         from .schedules import parse_scheduled_sampling  # local: keeps config free of training code
 

@@ -36,7 +36,7 @@ def prepare(records: list[ImageRecord], config: Config, out: str | Path, batch_s
     out = Path(out)
     if not config.model.freeze_encoder:
         raise DataError("prepare caches the features of a frozen encoder; set model.freeze_encoder=true")
-    outputs = ["global", "grid"] if config.model.decoder == "attention" else ["global"]
+    outputs = ["global", "grid"] if config.model.decoder in ("attention", "transformer") else ["global"]
     manifest = {"format": FORMAT, "encoder": encoder_settings(config), "outputs": outputs,
                 "records": [record_dict(r) for r in records], "sources": sources or []}
     device = torch.device("cuda", dist.local_rank()) if torch.cuda.is_available() else torch.device("cpu")

@@ -136,6 +136,13 @@ def build_model(config: Config, vocab, pretrained: bool = True, encoder_state: d
 
         decoder = AttentionDecoder(len(vocab), encoder.grid_dim, embed_dim, m.hidden_dim, m.attention_dim,
                                    m.dropout, m.attention_regularization)
+    elif m.decoder == "transformer":
+        from .transformer import TransformerDecoder
+
+        decoder = TransformerDecoder(len(vocab), encoder.grid_dim, encoder.global_dim, encoder.grid_size, embed_dim,
+                                     m.hidden_dim, m.transformer_layers, m.transformer_heads, m.transformer_ff_dim,
+                                     m.dropout, m.transformer_positions, m.transformer_tie_embeddings,
+                                     m.transformer_attention_layer)
     else:
         decoder = NICDecoder(len(vocab), encoder.global_dim, embed_dim, m.hidden_dim, m.num_layers,
                              m.dropout, m.image_injection)
