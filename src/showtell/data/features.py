@@ -166,7 +166,7 @@ class FeatureCache:
         if model.encoder != config.model.encoder:
             log.info("using the feature cache's encoder %s", model.encoder)
         if config.model.decoder in ("attention", "transformer") and "grid" not in self.manifest["outputs"]:
-            raise DataError(f"{self.path}: this cache has no spatial features; prepare it with model.decoder=attention")
+            raise DataError(f"{self.path}: this cache has no spatial features; prepare it with model.decoder={config.model.decoder}")
         return replace(config, model=model, data=replace(config.data, image_size=settings["image_size"]))
 
     def records(self) -> list[ImageRecord]:
