@@ -444,7 +444,8 @@ def cmd_evaluate(args) -> int:
     else:
         print(format_table(report))
         print(f"report: {report['report_path']}")
-        print(f"scores and captions kept in {report['evaluation_path']}")
+        if report["evaluation_path"]:
+            print(f"scores and captions kept in {report['evaluation_path']}")
         if args.results:
             print(f"COCO results file: {args.results}")
         if check:

@@ -15,14 +15,12 @@ No torch here: `caption --coco-results` must work where only the runtime is inst
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import ShowtellError
+from .fileio import atomic_write_text
 
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
@@ -67,18 +65,7 @@ def write_json(path: str | Path, value) -> Path:
         raise ShowtellError(f"{path}: is a folder; give a file name for the results")
     if path.parent and not path.parent.is_dir():
         raise ShowtellError(f"{path}: the folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:   # the mode open(path, "w") would give (mkstemp makes 0600); fileio does the same, but imports torch
-        mask = os.umask(0o077)
-        os.umask(mask)
-        os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o666 & ~mask)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(value, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(value, ensure_ascii=False, indent=1) + "\n")
     return path
 
 

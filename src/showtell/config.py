@@ -57,7 +57,8 @@ class ModelConfig:
     attention_regularization: float = setting(
         1.0, "weight of the doubly stochastic attention penalty (Xu et al.'s lambda; attention decoder only)", min=0.0)
     transformer_layers: int = setting(
-        2, "layers of the transformer decoder (few by default: the built-in scenes' captions are short and a CPU step is costly)", min=1, max=24)
+        2, "layers of the transformer decoder (few by default: the built-in scenes' captions are short and a CPU step "
+        "is costly)", min=1, max=24)
     transformer_heads: int = setting(
         4, "attention heads of the transformer decoder; model.hidden_dim must be a multiple of it", min=1, max=64)
     transformer_ff_dim: int = setting(

@@ -37,7 +37,7 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ArgumentError(f"{name}: expected 1 or more, got {value!r}")
     run = Run(run_dir)
-    captioner = Captioner.load([run_dir, *ensemble], device=device)
+    captioner = Captioner.load([run_dir, *ensemble], device=device, backend="torch")  # perplexity needs the PyTorch model
     config = captioner.config
     beam = beam_size or config.decode.beam_size
     model = captioner.models[0]
@@ -128,19 +128,23 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
                                     **({"object hallucination (CHAIR_i / CHAIR_s / recall)":
                                         f"{summary['CHAIR_i']:.3f} / {summary['CHAIR_s']:.3f} / {summary['object_recall']:.3f}"}
                                        if hallucination else {})})
-    decoding = decoding_name(beam, len(ensemble))
+    decoding = decoding_name(beam, len(ensemble)) + (f"-first{max_images}" if max_images else "")
     ids = [record_image_id(records[i]) for i in ok]
-    evaluation = {"split": split, "decoding": decoding, "beam_size": beam,
+    evaluation = {"split": split, "decoding": decoding, "beam_size": beam, "max_images": max_images,
                   "models": [str(run_dir), *map(str, ensemble)], "data": list(data or [features_dir]),
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "scores": {k: v for k, v in summary.items() if k != "chair_captions"}, "human": human,
                   "predictions": [{"image_id": image_id, "file": records[i].path.name, "caption": results[i].caption,
                                    "references": list(records[i].captions)} for image_id, i in zip(ids, ok)]}
-    (run.path / "evaluations").mkdir(exist_ok=True)
-    evaluation_path = write_json(run.path / "evaluations" / f"{split}-{decoding}.json", evaluation)
     if results_file is not None:
         write_results(results_file, ((image_id, results[i].caption) for image_id, i in zip(ids, ok)))
-    write_model_card(run.path)   # the card shows every kept evaluation
+    evaluation_path = None
+    try:
+        (run.path / "evaluations").mkdir(exist_ok=True)
+        evaluation_path = write_json(run.path / "evaluations" / f"{split}-{decoding}.json", evaluation)
+        write_model_card(run.path)   # the card shows every kept evaluation
+    except OSError as error:   # a read-only or shared run: the scores are still printed
+        log.warning("could not keep the evaluation in %s (%s)", run.path, error.strerror or error)
     return {"scores": summary, "human": human, "report_path": report_path, "results": results, "records": records,
             "per_image": per_image, "evaluation_path": evaluation_path}
 

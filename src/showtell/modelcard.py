@@ -66,9 +66,11 @@ def record_training(run: str | Path, summary: dict, seconds: float) -> None:
 
 
 def evaluations(run: Path) -> list[dict]:
-    """The run's kept evaluations, oldest first."""
+    """The run's kept evaluations of this model alone on a whole split, oldest first (an ensemble's
+    scores, or those of the first N pictures, are not this model's and stay out of its card)."""
     found = [_json(p) for p in sorted((run / "evaluations").glob("*.json"))] if (run / "evaluations").is_dir() else []
-    return sorted((e for e in found if isinstance(e, dict) and "scores" in e), key=lambda e: e.get("date", ""))
+    return sorted((e for e in found if isinstance(e, dict) and "scores" in e and len(e.get("models", [])) <= 1
+                   and not e.get("max_images")), key=lambda e: e.get("date", ""))
 
 
 def _dataset_names(sources: dict) -> list[str]:
@@ -109,11 +111,27 @@ def metadata(run: Path, config: dict, sources: dict, evals: list[dict], history:
                             "dataset": {"name": ", ".join(datasets) or "unknown", "type": "image-captioning",
                                         "split": "validation"}, "metrics": metrics})
     tags = ["image-captioning", "image-to-text", "show-and-tell", "pytorch",
-            "show-attend-and-tell" if model.get("decoder") == "attention" else "nic", f"encoder-{model.get('encoder')}"]
+            DECODER_TAGS.get(model.get("decoder"), "nic"), f"encoder-{model.get('encoder')}"]
     card = {"library_name": "showtell", "pipeline_tag": "image-to-text", "tags": tags,
             "datasets": datasets or ["unknown"], "metrics": ["bleu", "meteor", "rouge", "cider"],
             "model-index": [{"name": run.name, "results": results}]}
     return card
+
+
+DECODER_TAGS = {"attention": "show-attend-and-tell", "transformer": "transformer", "nic": "nic"}
+
+
+def _decoder_line(model: dict) -> str:
+    sizes = f"word embeddings {model.get('embed_dim')}, dropout {model.get('dropout')}"
+    if model.get("decoder") == "attention":
+        return (f"Show, Attend and Tell: an LSTM that attends over the encoder's spatial grid at every word; {sizes}, "
+                f"hidden size {model.get('hidden_dim')}, attention size {model.get('attention_dim')}")
+    if model.get("decoder") == "transformer":
+        return (f"a pre-norm Transformer decoder with cross-attention over the encoder's grid; {sizes}, width "
+                f"{model.get('hidden_dim')}, {model.get('transformer_layers')} layers, {model.get('transformer_heads')} "
+                f"heads, feed-forward {model.get('transformer_ff_dim')}")
+    return (f"Show and Tell (NIC): an LSTM conditioned on the image vector; {sizes}, hidden size "
+            f"{model.get('hidden_dim')}, {model.get('num_layers')} layer(s)")
 
 
 def _best_validation(history: list[dict]) -> dict | None:
@@ -144,8 +162,7 @@ def build_card(run: str | Path) -> str:
     model, data, train = config.get("model", {}), config.get("data", {}), config.get("train", {})
     params = parameter_count(run / "model.safetensors")
     vocab_size = len(vocab.get("words", [])) or training.get("vocab_size")
-    decoder = ("Show, Attend and Tell: an LSTM that attends over the encoder's spatial grid at every word"
-               if model.get("decoder") == "attention" else "Show and Tell (NIC): an LSTM conditioned on the image vector")
+    decoder = _decoder_line(model)
     head = yaml.safe_dump(metadata(run, config, sources, evals, history), sort_keys=False, allow_unicode=True)
     lines = ["---", head.rstrip("\n"), "---", "", f"# {run.name}: a showtell image captioner", "",
              "Writes one English sentence describing a picture. Trained with showtell; this card is made from "
@@ -155,9 +172,7 @@ def build_card(run: str | Path) -> str:
              f"- Encoder: `{model.get('encoder')}` CNN, weights `{model.get('encoder_weights')}`"
              f"{', frozen' if model.get('freeze_encoder') else ', trained'}; pictures resized to "
              f"{data.get('image_size') or 'the encoder default'} px",
-             f"- Decoder: {decoder}; word embeddings {model.get('embed_dim')}, hidden size {model.get('hidden_dim')}, "
-             f"{model.get('num_layers')} layer(s), dropout {model.get('dropout')}"
-             + (f", attention size {model.get('attention_dim')}" if model.get("decoder") == "attention" else ""),
+             f"- Decoder: {decoder}",
              f"- Parameters: {params:,}" if params is not None else "- Parameters: unknown (no model.safetensors)",
              f"- Vocabulary: {vocab_size} words (training words seen at least {data.get('min_word_count')} times; "
              "others become `<unk>`, which is never generated)" if vocab_size else "- Vocabulary: unknown",

@@ -27,11 +27,10 @@ import torch
 from .errors import RunError
 from .fileio import atomic_write_text
 from .run import Run, load_model
+from .runtime import FORMAT, MANIFEST
 
 log = logging.getLogger("showtell")
 
-FORMAT = "showtell-onnx-1"
-MANIFEST = "onnx.json"
 FEATURES = ("global", "grid")
 GRAPHS = ("encoder.onnx", "init_state.onnx", "step.onnx")
 
@@ -102,6 +101,8 @@ def _export(module, args, path: Path, inputs, outputs, dynamic_shapes) -> None:
 
 def export_onnx(run: str | Path, out: str | Path) -> Path:
     """The run's package plus the ONNX graphs and onnx.json in `out`; one-line errors."""
+    if tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
+        raise RunError(f"export --onnx needs PyTorch 2.6 or later (its dynamo exporter); this is {torch.__version__}")
     try:
         import onnx  # noqa: F401  torch's exporter needs both
         import onnxscript  # noqa: F401
@@ -134,7 +135,11 @@ def export_onnx(run: str | Path, out: str | Path) -> Path:
                               "interpolation": transform.interpolation},
                 "vocabulary": model.decoder.vocab_size, "torch": torch.__version__}
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    _verify(out, model, images, names)
+    try:
+        _verify(out, model, images, names)
+    except BaseException:   # graphs that disagree with PyTorch must not load as a package later
+        (out / MANIFEST).unlink(missing_ok=True)
+        raise
     return out
 
 
