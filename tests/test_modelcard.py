@@ -76,6 +76,7 @@ def test_evaluate_rewrites_the_card_with_scores_and_export_copies_it(trained_run
     assert (out / "README.md").read_text() == text
 
     # the first 4 pictures' scores are kept under their own name and are not the model's score on the split
+    capsys.readouterr()
     assert main(["--quiet", "evaluate", str(trained_run), "--data", str(synth_dir / "dataset.json"),
                  "--beam-size", "3", "--max-images", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_images"] == 4
