@@ -63,7 +63,7 @@ def scene_sets(out: Path, images: int, names: list[str], fresh: int = 1000) -> d
     """(training annotations, fresh test annotations) of each scene set: the built-in scenes, and
     other scenes (seed 7) with every shape, colour and relation word renamed, which no test or
     preset was ever tuned on (scripts/budget_comparison.py)."""
-    from budget_comparison import renamed   # scripts/ is on sys.path when this script runs
+    from budget_comparison import renamed  # scripts/ is on sys.path when this script runs
 
     sets = {}
     if "builtin" in names:
@@ -93,14 +93,14 @@ def main() -> None:
         shutil.rmtree(args.out)
     started = time.monotonic()
     scst = args.scst_epochs > 0 and "nic" in args.models
-    for set_name, (annotations, fresh) in scene_sets(args.out, args.images, args.sets, args.fresh).items():
+    for set_name, (training_file, fresh) in scene_sets(args.out, args.images, args.sets, args.fresh).items():
         results: dict[str, list[dict]] = {name: [] for name in [*args.models, *(["nic+scst"] if scst else [])]}
         for seed in args.seeds:
             for name in args.models:
                 config = load_config("synth", [*MODELS[name], f"train.seed={seed}"])
-                records = load_dataset([str(annotations)], None, config.data)
+                records = load_dataset([str(training_file)], None, config.data)
                 print(f"{set_name}: training {name} (seed {seed}) for {args.minutes:g} minutes ...", file=sys.stderr, flush=True)
-                run = args.out / f"{annotations.parent.name}-{name}-{seed}"
+                run = args.out / f"{training_file.parent.name}-{name}-{seed}"
                 clock = time.monotonic()
                 summary = train(config, records, run, max_minutes=args.minutes, show_progress=False)
                 seconds = time.monotonic() - clock
@@ -112,8 +112,8 @@ def main() -> None:
                                   "CIDEr": round(results[name][-1]["all"]["CIDEr"], 3)}), file=sys.stderr, flush=True)
             if scst:
                 print(f"self-critical training from NIC (seed {seed}) ...", file=sys.stderr, flush=True)
-                records = load_dataset([str(annotations)], None, load_config("synth").data)
-                nic_run = args.out / f"{annotations.parent.name}-nic-{seed}"
+                records = load_dataset([str(training_file)], None, load_config("synth").data)
+                nic_run = args.out / f"{training_file.parent.name}-nic-{seed}"
                 resume(nic_run, records, max_minutes=args.scst_minutes, show_progress=False,
                        overrides=[f"train.scst_epochs={args.scst_epochs}", f"train.epochs={summary_epochs(nic_run)}"])
                 results["nic+scst"].append(scores(nic_run, fresh))
