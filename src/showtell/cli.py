@@ -401,11 +401,9 @@ def cmd_caption(args) -> int:
 
 def _coco_ids(out: Path, files: list[str]) -> dict[str, int]:
     """Each picture's COCO id, parsed from its name, checked with the output file before captioning."""
-    from .coco_results import ids_from_names
+    from .coco_results import check_output_file, ids_from_names
 
-    if out.is_dir() or not out.parent.is_dir():
-        raise ShowtellError(f"--coco-results {out}: " + ("is a folder; give a file name such as results.json"
-                                                         if out.is_dir() else f"the folder {out.parent} does not exist"))
+    check_output_file(out, "--coco-results")
     return ids_from_names(files)
 
 

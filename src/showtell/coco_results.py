@@ -58,13 +58,20 @@ def results_entries(pairs: Iterable[tuple[int | str, str]]) -> list[dict]:
     return [{"image_id": image_id, "caption": caption} for image_id, caption in pairs]
 
 
+def check_output_file(path: str | Path, option: str = "") -> None:
+    """Refuse, before any work, an output file that cannot be written (`option` names the flag)."""
+    path = Path(path)
+    where = f"{option} {path}".strip()
+    if path.is_dir():
+        raise ShowtellError(f"{where}: is a folder; give a file name such as results.json")
+    if not path.parent.is_dir():
+        raise ShowtellError(f"{where}: the folder {path.parent} does not exist")
+
+
 def write_json(path: str | Path, value) -> Path:
     """`value` as JSON in `path`, written atomically (a temporary file renamed over it)."""
     path = Path(path)
-    if path.is_dir():
-        raise ShowtellError(f"{path}: is a folder; give a file name for the results")
-    if path.parent and not path.parent.is_dir():
-        raise ShowtellError(f"{path}: the folder {path.parent} does not exist")
+    check_output_file(path)
     atomic_write_text(path, json.dumps(value, ensure_ascii=False, indent=1) + "\n")
     return path
 

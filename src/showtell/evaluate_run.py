@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .api import ArgumentError, Captioner
-from .coco_results import record_image_id, write_json, write_results
+from .coco_results import check_output_file, record_image_id, write_json, write_results
 from .data.batching import CaptionTable, ImageSet
 from .data.features import FeatureCache
 from .data.formats import load_dataset
@@ -154,13 +154,6 @@ def decoding_name(beam: int, extra_models: int = 0) -> str:
     return ("greedy" if beam == 1 else f"beam{beam}") + (f"-ensemble{extra_models + 1}" if extra_models else "")
 
 
-def check_output_file(path: str | Path, option: str) -> None:
-    """Refuse, before any work, an output file that cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{option} {path}: is a folder; give a file name such as results.json")
-    if not path.parent.is_dir():
-        raise DataError(f"{option} {path}: the folder {path.parent} does not exist")
 
 
 def object_hallucination(records, results, ok, data, objects: str | None) -> dict | None:
