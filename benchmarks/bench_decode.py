@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from common import machine, table, timed
 
-from showtell.decode import beam_search, greedy
+from showtell.decoding.search import beam_search, greedy
 from showtell.models.attention import AttentionDecoder
 from showtell.models.nic import NICDecoder
 from showtell.models.transformer import TransformerDecoder

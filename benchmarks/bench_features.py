@@ -16,8 +16,8 @@ from PIL import Image
 
 from showtell.config import load_config
 from showtell.data.formats import ImageRecord
-from showtell.extract import prepare
 from showtell.models.encoder import Encoder
+from showtell.training.prepare import prepare
 
 NAME, N, BATCH = "resnet50", 64, 16
 GFLOPS_PER_IMAGE = {"resnet50": 8.2, "resnet18": 3.6, "vgg16": 31.0}  # 2 x multiply-adds at 224 px

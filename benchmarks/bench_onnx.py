@@ -24,8 +24,8 @@ from common import machine, table, timed
 from showtell import Captioner
 from showtell.config import load_config
 from showtell.data.synthetic import write_dataset
+from showtell.inference.export import export_onnx
 from showtell.models.captioner import build_model
-from showtell.onnx_export import export_onnx
 from showtell.run import Run
 from showtell.vocab import Vocabulary
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from bench_train import B, D, E, H, V, batch
 from common import machine, matmul_flops, table, timed
 
-from showtell.decode import beam_search
+from showtell.decoding.search import beam_search
 from showtell.models.nic import NICDecoder
 
 

@@ -326,8 +326,8 @@ def validation_times(annotations: Path, images: int = 5000, beam: int = 3) -> di
     coco-caption metrics of those captions against the pictures' references (Java tokeniser once)."""
     import torch
 
-    from showtell.decode import beam_search, greedy
-    from showtell.metrics import java_available, score
+    from showtell.decoding.search import beam_search, greedy
+    from showtell.evaluation.metrics import java_available, score
     from showtell.models.nic import NICDecoder
     from showtell.vocab import Vocabulary
 
@@ -365,10 +365,10 @@ def scst_times(annotations: Path, batch: int = 50, samples: int = 5) -> dict:
     `samples` samples (the default config), and the part of it that is the CIDEr-D reward."""
     import torch
 
-    from showtell import metrics as metrics_module
     from showtell.config import Config
+    from showtell.evaluation import metrics as metrics_module
     from showtell.models.attention import AttentionDecoder
-    from showtell.scst import SelfCritical
+    from showtell.training.scst import SelfCritical
     from showtell.vocab import Vocabulary
 
     data = json.loads(annotations.read_text(encoding="utf-8"))

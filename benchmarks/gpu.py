@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from showtell.decode import beam_search, greedy
+from showtell.decoding.search import beam_search, greedy
 from showtell.models.attention import AttentionDecoder
 from showtell.models.nic import NICDecoder
 

@@ -14,11 +14,11 @@ from collections import Counter
 
 import torch
 
-from showtell.api import Captioner
 from showtell.data.formats import load_dataset
-from showtell.decode import decode
-from showtell.metrics import CiderD, cider_d, ptb_tokenize, score_tokenised
-from showtell.results import hypotheses_from
+from showtell.decoding.captions import hypotheses_from
+from showtell.decoding.search import decode
+from showtell.evaluation.metrics import CiderD, cider_d, ptb_tokenize, score_tokenised
+from showtell.inference.captioner import Captioner
 from showtell.run import Run
 
 
@@ -28,12 +28,12 @@ def encode_all(captioner, paths, batch_size=64):
         prepared, errors = captioner.load_images(paths[start:start + batch_size])
         assert not any(errors), errors
         with torch.no_grad():
-            feats.append(captioner.models[0].encode(torch.stack([p[0] for p in prepared])))
+            feats.append(captioner.runtime.models[0].encode(torch.stack([p[0] for p in prepared])))
     return {k: torch.cat([f[k] for f in feats]) for k in feats[0]}
 
 
 def decode_all(captioner, feats, beam, alpha=0.0, block_unk=True, n_best=1, batch_size=64):
-    model, d = captioner.models[0], captioner.config.decode
+    model, d = captioner.runtime.models[0], captioner.config.decode
     out = []
     n = next(iter(feats.values())).shape[0]
     with torch.no_grad():

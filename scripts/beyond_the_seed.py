@@ -24,13 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from showtell.cli import setup_logging
+from showtell.cli.main import setup_logging
 from showtell.config import load_config
 from showtell.data.formats import load_dataset
 from showtell.data.synthetic import write_dataset
-from showtell.evaluate_run import evaluate_run
-from showtell.metrics import score
-from showtell.train import resume, train
+from showtell.evaluation.evaluate import evaluate_run
+from showtell.evaluation.metrics import score
+from showtell.training.entry import resume, train
 
 METRICS = ("Bleu_4", "CIDEr")
 

@@ -18,12 +18,12 @@ import re
 import shutil
 from pathlib import Path
 
-from showtell.cli import setup_logging
+from showtell.cli.main import setup_logging
 from showtell.config import load_config
 from showtell.data.formats import load_dataset
 from showtell.data.synthetic import write_dataset
-from showtell.evaluate_run import evaluate_run
-from showtell.train import train
+from showtell.evaluation.evaluate import evaluate_run
+from showtell.training.entry import train
 
 RENAMED = {"circle": "disc", "circles": "discs", "square": "box", "squares": "boxes", "triangle": "wedge",
            "triangles": "wedges", "red": "crimson", "green": "lime", "blue": "navy", "yellow": "amber",

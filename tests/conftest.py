@@ -114,7 +114,7 @@ class Server:
 def java():
     """For tests that need Java (coco-caption's tokenizer, METEOR): skipped without it, except in
     CI (CI set), where a missing Java is a failure, not a silent skip (.ci/run installs it)."""
-    from showtell.metrics import java_available
+    from showtell.evaluation.metrics import java_available
 
     if not java_available():
         if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):

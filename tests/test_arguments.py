@@ -64,7 +64,7 @@ def test_other_commands_refuse_bad_arguments(trained_run, tmp_path, command, mes
 
 
 def test_evaluate_max_images_takes_exactly_that_many(trained_run, synth_dir):
-    from showtell.evaluate_run import evaluate_run
+    from showtell.evaluation.evaluate import evaluate_run
 
     report = evaluate_run(trained_run, [str(synth_dir / "dataset.json")], None, "test", max_images=3,
                           write_html=False, show_progress=False, metrics=("Bleu_1",))
@@ -94,7 +94,7 @@ def captioner(trained_run):
     ({"return_attention": True}, "return_attention: not an attention model"),
 ])
 def test_api_bad_arguments_raise_one_documented_exception(captioner, picture, kwargs, words):
-    from showtell.api import ArgumentError
+    from showtell.errors import ArgumentError
 
     with pytest.raises(ArgumentError) as caught:
         captioner.caption(picture, **kwargs)
@@ -108,7 +108,7 @@ def test_api_bad_arguments_raise_one_documented_exception(captioner, picture, kw
     ("RUN", "tpu", "device: unknown device 'tpu'"),
 ])
 def test_api_load_refuses_bad_arguments(trained_run, paths, device, words):
-    from showtell.api import ArgumentError
+    from showtell.errors import ArgumentError
 
     with pytest.raises(ArgumentError, match=words.replace("(", r"\(")):
         Captioner.load(str(trained_run) if paths == "RUN" else paths, device=device)
@@ -187,8 +187,8 @@ def test_caption_n_best_within_the_beam_gives_that_many(trained_run, picture, ca
 def test_exit_statuses_are_those_the_readme_gives(trained_run, picture, tmp_path):
     from conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## When things go wrong"):]
+    readme = (ROOT / "docs" / "reliability.md").read_text()
+    section = readme[readme.index("# When things go wrong"):]
     section = " ".join(section.split())
     assert ("2 when something you gave is wrong (an argument, a setting, an annotation file or its content, "
             "a run folder, a port in use); 1 when pictures could not be captioned") in section

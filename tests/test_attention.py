@@ -10,10 +10,12 @@ import torch
 from showtell.cli import main
 from showtell.config import load_config
 from showtell.data.formats import read_annotations
-from showtell.decode import Ensemble, beam_search, greedy, sample
+from showtell.decoding.ensemble import Ensemble
+from showtell.decoding.sampling import sample
+from showtell.decoding.search import beam_search, greedy
 from showtell.fileio import load_weights
 from showtell.models.attention import AttentionDecoder
-from showtell.train import train
+from showtell.training.entry import train
 from showtell.vocab import END, PAD, START
 
 
@@ -88,7 +90,7 @@ def test_penalty_is_doubly_stochastic_regulariser():
 
 def test_attention_png_has_one_panel_per_word(attention_run, synth_dir, tmp_path):
     from showtell import Captioner
-    from showtell.report import attention_figure
+    from showtell.evaluation.figures import attention_figure
 
     images = sorted((synth_dir / "images").glob("*.png"))[:2]
     assert main(["caption", str(attention_run), *map(str, images), "--attention", str(tmp_path / "maps")]) == 0
@@ -153,8 +155,8 @@ def test_attention_trains_from_cached_spatial_features(tmp_path, synth_dir):
     from safetensors.torch import save_file
 
     from showtell.data.features import FeatureCache
-    from showtell.extract import prepare
     from showtell.models.encoder import Encoder
+    from showtell.training.prepare import prepare
 
     records = read_annotations(str(synth_dir / "dataset.json"), None)
     weights = tmp_path / "small.safetensors"   # a "pretrained" encoder: a frozen random one is refused
@@ -178,7 +180,7 @@ def test_ensemble_of_one_run_equals_the_run(trained_run, synth_dir):
     for a, b in zip(alone, pair):
         assert [h.caption for h in a.hypotheses] == [h.caption for h in b.hypotheses]
         assert [h.logprob for h in a.hypotheses] == pytest.approx([h.logprob for h in b.hypotheses], abs=1e-5)
-    model = Captioner.load(trained_run).models[0]
+    model = Captioner.load(trained_run).runtime.models[0]
     features = {"global": torch.randn(3, model.encoder.global_dim), "grid": torch.randn(3, 16, 480)}
     with torch.no_grad():
         one = beam_search(model, features, 3, 12)

@@ -150,9 +150,9 @@ def test_training_and_prepare_skip_and_count_bad_pictures(suite, tmp_path, caplo
     from showtell.config import load_config
     from showtell.data.features import FeatureCache
     from showtell.data.formats import load_dataset
-    from showtell.extract import prepare
     from showtell.models.encoder import Encoder
-    from showtell.train import train
+    from showtell.training.entry import train
+    from showtell.training.prepare import prepare
 
     folder, expected = suite
     rows = [(name, caption) for name in sorted(expected) for caption in ("a red square", "a small red square")]

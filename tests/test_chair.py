@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from showtell.chair import COCO_SYNONYMS, SYNTH_SYNONYMS, ObjectWords, chair, coco_objects, synth_objects
 from showtell.cli import main
+from showtell.evaluation.chair import COCO_SYNONYMS, SYNTH_SYNONYMS, ObjectWords, chair, coco_objects, synth_objects
 
 COCO = ObjectWords(COCO_SYNONYMS)
 
@@ -73,8 +73,8 @@ def test_evaluate_reports_chair_on_the_built_in_scenes_and_checks_objects_files(
 
 
 def test_report_marks_the_hallucinated_words():
-    from showtell.chair import marked_words
-    from showtell.report import _marked
+    from showtell.evaluation.chair import marked_words
+    from showtell.evaluation.report import _marked
 
     caption = "a dog next to a hot dog and a teddy bear"
     positions = marked_words(caption, ["hot dog", "teddy bear"], COCO)

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from showtell import metrics
-from showtell.check_metrics import coco_caption_scores
 from showtell.cli import main
 from showtell.errors import ShowtellError
+from showtell.evaluation import metrics
+from showtell.evaluation.check_metrics import coco_caption_scores
 
 REFS = {"a": ["A man riding a wave on top of a surfboard.", "A surfer's 'big' wave!", "Man on a surf-board (wetsuit)."],
         "b": ["Two dogs don't stop playing...", "The dogs' toys, 1,000 of them?!", "A dog 5'5\" tall"],
@@ -38,6 +38,6 @@ def test_evaluate_check_metrics_prints_both_and_they_agree(java, trained_run, sy
 
 
 def test_check_metrics_without_java_says_what_to_install(monkeypatch):
-    monkeypatch.setattr("showtell.check_metrics.java_available", lambda: False)
+    monkeypatch.setattr("showtell.evaluation.check_metrics.java_available", lambda: False)
     with pytest.raises(ShowtellError, match="needs|runs on Java"):
         coco_caption_scores(REFS, CANDS)

@@ -45,7 +45,7 @@ def test_preset_and_round_trip_through_json():
     (["model.freeze_encoder=maybe"], "model.freeze_encoder: expected bool"),
     (["data.split_ratio=0.5,0.5"], "data.split_ratio: expected three fractions"),
     (["hidden_dim"], "expected KEY=VALUE"),
-    (["train.device=tpu"], "train.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (["train.device=tpu"], "train.device: unknown device 'tpu'; expected auto, cpu, cuda, cuda:N or mps"),  # the one device rule's words
 ])
 def test_bad_settings_give_one_line_errors(override, message):
     with pytest.raises(ConfigError) as error:

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from showtell.decode import Ensemble, beam_search, greedy, sample
+from showtell.decoding.ensemble import Ensemble
+from showtell.decoding.sampling import sample
+from showtell.decoding.search import beam_search, greedy
 from showtell.models.nic import NICDecoder
 from showtell.vocab import END, PAD, START, UNK
 

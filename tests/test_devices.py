@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from showtell.cli import main
-from showtell.distributed import resolve_device
+from showtell.device import resolve_device
 from showtell.errors import ConfigError
 
 NO_GPU = "cuda:0" if not torch.cuda.is_available() else None

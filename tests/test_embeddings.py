@@ -72,7 +72,7 @@ def test_spacy_vectors(tmp_path, vocab):
 
 
 def test_frozen_embeddings_do_not_move_and_the_run_records_their_size(tmp_path, synth_dir):
-    from showtell.train import train
+    from showtell.training.entry import train
 
     records = read_annotations(str(synth_dir / "dataset.json"), None)
     words = sorted({w for r in records for t in r.tokens for w in t})
@@ -80,7 +80,7 @@ def test_frozen_embeddings_do_not_move_and_the_run_records_their_size(tmp_path, 
     path.write_text("".join(f"{w} " + " ".join(map(str, v)) + "\n" for w, v in vectors(words, dim=12).items()))
     config = _config(f"glove:{path}", "model.freeze_embeddings=true", "train.epochs=1", "train.batch_size=16")
     train(config, records, tmp_path / "run", show_progress=False)
-    from showtell.run import load_model
+    from showtell.inference.torch_runtime import load_model
 
     saved, vocab, model = load_model(tmp_path / "run")
     assert saved.model.embed_dim == 12

@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import run_cli
 
-from showtell.metrics import score
+from showtell.evaluation.metrics import score
 
 
 def test_evaluate_json_is_one_object_matching_the_reference_scorer(trained_run, synth_dir):
@@ -22,7 +22,7 @@ def test_evaluate_json_is_one_object_matching_the_reference_scorer(trained_run, 
     assert scores["n_images"] == 8 and scores["beam_size"] == 2 and scores["perplexity"] > 1.0
 
     # recompute from the captions the report shows: the same numbers
-    from showtell.evaluate_run import evaluate_run
+    from showtell.evaluation.evaluate import evaluate_run
 
     report = evaluate_run(trained_run, [str(synth_dir / "dataset.json")], None, "test", beam_size=2,
                           write_html=False, show_progress=False, metrics=("Bleu_4", "CIDEr"))

@@ -18,10 +18,10 @@ from showtell.config import load_config
 from showtell.data.features import FeatureCache
 from showtell.data.formats import read_annotations
 from showtell.errors import DataError
-from showtell.extract import prepare
 from showtell.fileio import load_weights
 from showtell.models.encoder import Encoder
-from showtell.train import train
+from showtell.training.entry import train
+from showtell.training.prepare import prepare
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from PIL import Image
 from showtell.config import load_config
 from showtell.data.formats import load_dataset, read_annotations, split_counts
 from showtell.errors import DataError
-from showtell.train import train
+from showtell.training.entry import train
 
 CAPTIONS = ["A red circle.", "a blue square", "Two green triangles!", "a yellow circle on the left", "one small square"]
 

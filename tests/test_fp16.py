@@ -9,11 +9,12 @@ import pytest
 import torch
 from test_training_core import TINY, assert_same_run, records_of
 
-import showtell.train as training
+import showtell.training.entry as entry
+import showtell.training.loop as loop
 from showtell.config import load_config
 from showtell.fileio import load_state
 from showtell.run import Run
-from showtell.train import resume, train
+from showtell.training.entry import resume, train
 
 FP16 = [*TINY, "train.precision=fp16", "train.epochs=2"]
 
@@ -24,14 +25,14 @@ def _last_state(run):
 
 def test_fp16_trains_in_float16_with_a_scaler_kept_in_the_checkpoint(tmp_path, synth_dir, monkeypatch):
     seen = set()
-    build = training.build_model
+    build = entry.build_model
 
     def spying_build(*args, **kwargs):     # the output layer's dtype while training
         model = build(*args, **kwargs)
         model.decoder.output.register_forward_hook(lambda m, i, out: seen.add(out.dtype) if m.training else None)
         return model
 
-    monkeypatch.setattr(training, "build_model", spying_build)
+    monkeypatch.setattr(entry, "build_model", spying_build)
     scales = []
     step = torch.amp.GradScaler.step
     monkeypatch.setattr(torch.amp.GradScaler, "step", lambda self, opt, *a, **k: (scales.append(self.get_scale()),
@@ -52,7 +53,7 @@ def test_an_fp16_run_stopped_and_resumed_continues_its_scaler_exactly(tmp_path, 
     config = load_config("synth", FP16)
     train(config, records, tmp_path / "whole", show_progress=False)
     steps = iter(range(1000))   # stop after step 3 (mid-epoch), as a budget or a signal would
-    monkeypatch.setattr(training, "should_stop", lambda deadline, requested, device: next(steps) == 2)
+    monkeypatch.setattr(loop, "should_stop", lambda deadline, requested, device: next(steps) == 2)
     assert train(config, records, tmp_path / "stopped", show_progress=False)["steps"] == 3
     monkeypatch.undo()
     assert _last_state(tmp_path / "stopped")["scaler"]["_growth_tracker"] > 0   # something to lose

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from showtell import metrics
-from showtell.metrics import CiderD, cider_d, human_bound, python_ptb_tokenize, score, score_tokenised
+from showtell.evaluation import metrics
+from showtell.evaluation.metrics import CiderD, cider_d, human_bound, python_ptb_tokenize, score, score_tokenised
 
 needs_java = pytest.mark.usefixtures("java")  # skipped without Java, failed in CI (conftest.py)
 

@@ -8,7 +8,7 @@ import torch
 from showtell.config import load_config
 from showtell.data.batching import CaptionTable, ImageSet, preload
 from showtell.data.formats import read_annotations
-from showtell.decode import greedy
+from showtell.decoding.search import greedy
 from showtell.models.captioner import build_model
 from showtell.models.encoder import Encoder
 from showtell.vocab import Vocabulary

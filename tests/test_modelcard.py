@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from showtell.cli import main
-from showtell.modelcard import read_metadata, write_model_card
+from showtell.evaluation.modelcard import read_metadata, write_model_card
 
 
 def _card(folder):

@@ -217,8 +217,8 @@ def test_user_errors_are_one_line(exported, pictures, tmp_path):
 def test_a_decoder_whose_state_grows_is_refused_at_export(exported):
     """A Transformer-like decoder (its key/value cache grows with each word) cannot be one step graph."""
     from showtell.errors import RunError
-    from showtell.onnx_export import _probe
-    from showtell.run import load_model
+    from showtell.inference.export import _probe
+    from showtell.inference.torch_runtime import load_model
 
     run, _ = exported
     _, _, model = load_model(run)

@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from showtell.decode import beam_search, greedy
+from showtell.decoding.search import beam_search, greedy
 from showtell.vocab import END, PAD, SPECIALS, START, UNK, Vocabulary, tokenize
 
 words = st.text(alphabet="abcdefghijklmnopqrstuvwxyzé", min_size=1, max_size=8)

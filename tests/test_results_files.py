@@ -38,7 +38,7 @@ def test_a_results_file_scores_the_same_in_pycocoevalcap(trained_run, synth_dir,
     import pycocoevalcap.eval
     from pycocotools.coco import COCO
 
-    from showtell.evaluate_run import evaluate_run
+    from showtell.evaluation.evaluate import evaluate_run
 
     annotations = tmp_path / "captions_test.json"
     ids = _coco_annotations(synth_dir, annotations)

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from showtell.api import Captioner
 from showtell.cli import main
+from showtell.inference.captioner import Captioner
 
 
 def _pictures(synth_dir, n=4):
@@ -63,7 +63,7 @@ def test_logprob_by_hand_and_unknown_words(trained_run, synth_dir):
     assert s.words == ["a", "red", "red", "<unk>", "circle", "<end>"]
     assert s.logprob == pytest.approx(sum(s.word_logprobs), abs=1e-6)
     assert s.perplexity == pytest.approx(math.exp(-s.logprob / 6), rel=1e-6)
-    model, vocab = captioner.models[0], captioner.vocab
+    model, vocab = captioner.runtime.models[0], captioner.vocab
     image = model.transform(__import__("PIL.Image", fromlist=["Image"]).open(picture).convert("RGB")).unsqueeze(0)
     with torch.no_grad():
         first, _, _ = model.step(torch.tensor([1]), model.init_state(model.encode(image)))
@@ -91,8 +91,9 @@ def test_sampled_alternatives_rank_finished_captions_before_cut_ones(trained_run
     from a stand-in with hand-set log-probabilities: the cut ones are the more probable."""
     import torch
 
-    from showtell import Captioner, api
-    from showtell.decode import Decoded
+    from showtell import Captioner
+    from showtell.decoding import sampling
+    from showtell.decoding.search import Decoded
 
     def drawn(model, features, max_length, *args, samples_per_image=1, **kwargs):
         n = samples_per_image
@@ -102,7 +103,7 @@ def test_sampled_alternatives_rank_finished_captions_before_cut_ones(trained_run
         lengths = torch.full((n, 1), max_length)
         return Decoded(sequences, lengths, logprobs.view(n, 1), logprobs.view(n, 1), finished.view(n, 1)), None, None
 
-    monkeypatch.setattr(api, "sample", drawn)
+    monkeypatch.setattr(sampling, "sample", drawn)
     captioner = Captioner.load(trained_run)
     image = str(sorted((synth_dir / "images").glob("*.png"))[0])
     result = captioner.caption(image, n_best=6, sampling={"seed": 3})

@@ -8,10 +8,10 @@ import sys
 import pytest
 from test_training_core import TINY, Killed, records_of
 
-import showtell.train as training
+import showtell.training.loop as training
 from showtell.cli import main
 from showtell.config import load_config
-from showtell.train import resume, train
+from showtell.training.entry import resume, train
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -105,7 +105,7 @@ def test_without_tensorboard_installed_the_error_is_one_line(tmp_path, synth_dir
 
 def test_only_rank_0_writes(tmp_path):
     from showtell.run import Run
-    from showtell.trainlog import open_log
+    from showtell.training.tensorboard import open_log
 
     config = load_config("synth", ["train.log=tensorboard"])
     assert open_log(config, Run(tmp_path), 0, main_process=False) is None

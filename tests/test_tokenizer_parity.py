@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from showtell.metrics import python_ptb_tokenize
+from showtell.evaluation.metrics import python_ptb_tokenize
 
 SUBJECTS = ["a man", "a woman", "two dogs", "the children", "a young girl", "an old man", "three people",
             "a brown horse", "a large white bus", "a group of skiers", "a cat", "a café owner", "Zoë", "José",

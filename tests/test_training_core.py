@@ -14,14 +14,20 @@ from conftest import run_cli
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import showtell.train as training
+import showtell.training.budget as budget
+import showtell.training.epochs as epochs
+import showtell.training.loop as loop
+import showtell.training.phases as phases
+import showtell.training.session as session
 from showtell.config import all_settings, load_config
 from showtell.data.formats import read_annotations
 from showtell.errors import ConfigError
 from showtell.fileio import load_weights
 from showtell.models.encoder import Encoder
-from showtell.schedules import Plan
-from showtell.train import TrainState, choose_best, resume, score_of, train, warn_if_collapsed
+from showtell.training.entry import resume, train
+from showtell.training.epochs import choose_best, score_of, warn_if_collapsed
+from showtell.training.schedules import Plan
+from showtell.training.state import TrainState
 
 TINY = ["data.image_size=32", "model.hidden_dim=32", "model.embed_dim=16", "train.batch_size=16",
         "train.val_max_images=8", "train.warmup_steps=2", "train.checkpoint_every=3", "train.seed=4"]
@@ -100,9 +106,10 @@ def test_self_critical_without_validation_keeps_its_best_by_greedy_cider(tmp_pat
 
 # --- self-critical training -----------------------------------------------------------------------------
 def test_self_critical_encodes_each_batch_once_and_its_baseline_blocks_unk(synth_dir, monkeypatch):
-    from showtell import scst
     from showtell.models.captioner import build_model
-    from showtell.train import SelfCriticalPhase, Session, make_split
+    from showtell.training import scst
+    from showtell.training.phases import SelfCriticalPhase
+    from showtell.training.session import Session, make_split
     from showtell.vocab import Vocabulary
 
     config = load_config("synth", [*TINY, "train.scst_samples=2", "decode.max_length=6"])
@@ -153,8 +160,8 @@ def test_self_critical_update_raises_the_reward_and_the_flipped_sign_lowers_it(m
             end_only[:, END] = 0.0
             return torch.where(first, word_lp, end_only), {"t": state["t"] + 1}, None
 
-    from showtell import scst
     from showtell.config import load_config as lc
+    from showtell.training import scst
 
     vocab = type("V", (), {"decode": staticmethod(lambda ids: " ".join(f"w{i}" for i in ids))})()
     for sign, expect_rise in ((1.0, True), (-1.0, False)):
@@ -176,7 +183,7 @@ def test_self_critical_update_raises_the_reward_and_the_flipped_sign_lowers_it(m
 def test_self_critical_starts_from_the_best_model_on_every_rank(tmp_path, synth_dir, monkeypatch):
     """Only rank 0 writes the run, but every rank reads it: a rank that is not rank 0 starts the
     self-critical phase from model.safetensors too."""
-    from showtell import distributed
+    from showtell.training import distributed
 
     config = load_config("synth", [*TINY, "train.epochs=1", "train.scst_epochs=1"])
     train(config, records_of(synth_dir), tmp_path / "run", show_progress=False)
@@ -186,10 +193,10 @@ def test_self_critical_starts_from_the_best_model_on_every_rank(tmp_path, synth_
     run = Run(tmp_path / "run")
     model = build_model(run.config(), run.vocab(), pretrained=False)   # random weights, unlike the file
     monkeypatch.setattr(distributed, "is_main", lambda: False)
-    s = training.Session(run.config(), run, model, run.vocab(), None, None, torch.device("cpu"))
-    monkeypatch.setattr(training.Session, "steps_per_epoch", property(lambda self: 5))
+    s = session.Session(run.config(), run, model, run.vocab(), None, None, torch.device("cpu"))
+    monkeypatch.setattr(session.Session, "steps_per_epoch", property(lambda self: 5))
     state = TrainState(plan=Plan(10))
-    training.start_self_critical(s, state)
+    phases.start_self_critical(s, state)
     best = run.weights()
     assert all(torch.equal(model.state_dict()[k], best[k]) for k in best) and state.phase == "scst"
 
@@ -217,7 +224,7 @@ def test_resume_with_more_epochs_continues_the_decay_from_where_it_stopped(tmp_p
     records = records_of(synth_dir)
     config = load_config("synth", [*TINY, "train.epochs=4"])
     steps = iter(range(1000))   # a stop after step 7, decided by counting steps, not by a clock
-    monkeypatch.setattr(training, "should_stop", lambda deadline, requested, device: next(steps) == 6)
+    monkeypatch.setattr(loop, "should_stop", lambda deadline, requested, device: next(steps) == 6)
     train(config, records, tmp_path / "run", show_progress=False)
     monkeypatch.undo()
     per_epoch = json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[0])["step"]
@@ -266,7 +273,7 @@ def test_a_kill_after_validation_before_the_checkpoint_neither_repeats_history_n
     datasets = {"with val": records_of(synth_dir), "train only": [r for r in records_of(synth_dir) if r.split == "train"]}
     for name, records in datasets.items():
         train(load_config("synth", settings), records, tmp_path / name, show_progress=False)
-    real = training.warn_if_collapsed
+    real = epochs.warn_if_collapsed
     for kill_at, every, name in ((1, 4, "with val"), (3, 4, "with val"), (3, 100, "train only")):
         records = datasets[name]
 
@@ -275,11 +282,11 @@ def test_a_kill_after_validation_before_the_checkpoint_neither_repeats_history_n
             if record["epoch"] == kill_at:
                 raise Killed
 
-        monkeypatch.setattr(training, "warn_if_collapsed", kill)
+        monkeypatch.setattr(epochs, "warn_if_collapsed", kill)
         run = tmp_path / f"killed{kill_at}-{every}"
         with pytest.raises(Killed):
             train(load_config("synth", [*settings, f"train.checkpoint_every={every}"]), records, run, show_progress=False)
-        monkeypatch.setattr(training, "warn_if_collapsed", real)
+        monkeypatch.setattr(epochs, "warn_if_collapsed", real)
         resume(run, records, show_progress=False)
         assert_same_run(tmp_path / name, run)
 
@@ -289,7 +296,7 @@ def test_a_budget_stop_mid_epoch_validates_nothing_and_resumes_exactly(tmp_path,
     config = load_config("synth", [*TINY, "train.epochs=2"])
     train(config, records, tmp_path / "whole", show_progress=False)
     steps = iter(range(1000))   # the budget's stop after step 3, decided by counting steps, not by a clock
-    monkeypatch.setattr(training, "should_stop", lambda deadline, requested, device: next(steps) == 2)
+    monkeypatch.setattr(loop, "should_stop", lambda deadline, requested, device: next(steps) == 2)
     summary = train(config, records, tmp_path / "stopped", show_progress=False)
     assert summary["stopped_early"] and summary["steps"] == 3
     assert not (tmp_path / "stopped" / "history.jsonl").exists()            # no validation mid-epoch
@@ -324,7 +331,7 @@ def test_a_truncated_best_model_is_replaced_on_resume(tmp_path, trained_run):
 
 # --- prepare under another number of processes ---------------------------------------------------------------
 def test_prepare_resumed_with_another_world_size_equals_an_uninterrupted_cache(tmp_path, synth_dir, monkeypatch):
-    from showtell import extract
+    from showtell.training import prepare as extract
 
     torch.manual_seed(2)
     weights = tmp_path / "small.safetensors"
@@ -365,7 +372,7 @@ def test_a_feature_set_pickles_without_its_arrays_and_reads_batches_as_rows(tmp_
     import pickle
 
     from showtell.data.features import FeatureCache
-    from showtell.extract import prepare
+    from showtell.training.prepare import prepare
 
     torch.manual_seed(2)
     weights = tmp_path / "small.safetensors"
@@ -387,13 +394,13 @@ def test_a_feature_set_pickles_without_its_arrays_and_reads_batches_as_rows(tmp_
 
 def test_validation_decodes_with_the_decode_settings(tmp_path, synth_dir, monkeypatch):
     seen = []
-    real = training.validation_scores
+    real = epochs.validation_scores
 
     def spy(*args, **kwargs):
         seen.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "validation_scores", spy)
+    monkeypatch.setattr(epochs, "validation_scores", spy)
     config = load_config("synth", [*TINY, "train.epochs=1", "decode.length_penalty=0.7", "decode.block_unk=false",
                                    "train.val_beam_size=2"])
     train(config, records_of(synth_dir), tmp_path / "run", show_progress=False)
@@ -419,7 +426,7 @@ def test_a_budgeted_run_ends_at_its_budget_with_the_rate_decayed(tmp_path, synth
     settings = [*TINY, "train.epochs=50", "train.warmup_steps=5", f"model.decoder={decoder}", "model.attention_dim=16"]
     runs = {}
     for budgeted in (True, False):
-        monkeypatch.setattr(training, "clock", FakeClock(0.25))
+        monkeypatch.setattr(budget, "clock", FakeClock(0.25))
         config = load_config("synth", [*settings, f"train.budget_schedule={budgeted}"])
         summary = train(config, records, tmp_path / str(budgeted), show_progress=False, max_minutes=0.5)
         runs[budgeted] = summary, [json.loads(x) for x in (tmp_path / str(budgeted) / "history.jsonl").read_text().splitlines()]

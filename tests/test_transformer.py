@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from showtell.cli import main
 from showtell.config import load_config
-from showtell.decode import Ensemble, beam_search, greedy, sample
+from showtell.decoding.ensemble import Ensemble
+from showtell.decoding.sampling import sample
+from showtell.decoding.search import beam_search, greedy
 from showtell.errors import ConfigError
 from showtell.models.captioner import scheduled_sampling
 from showtell.models.nic import NICDecoder
@@ -246,10 +248,11 @@ def test_train_caption_attention_score_and_ensemble_through_the_cli(tmp_path, sy
     captioner = Captioner.load(run)
     result = captioner.caption(str(images[0]), return_attention=True)
     hypothesis = result.hypotheses[0]
-    assert len(hypothesis.attention) == len(hypothesis.caption.split()) and result.grid_size ** 2 == captioner.models[0].encoder.grid_size
+    assert len(hypothesis.attention) == len(hypothesis.caption.split())
+    assert result.grid_size ** 2 == captioner.runtime.models[0].encoder.grid_size
     text = "a red circle on a blue background"
     scored = captioner.logprob(str(images[0]), text)
-    model = captioner.models[0]
+    model = captioner.runtime.models[0]
     with torch.no_grad():
         image = captioner.load_images([str(images[0])])[0][0][0].unsqueeze(0)
         ids = [captioner.vocab.index.get(w, 3) for w in text.split()]

@@ -7,12 +7,16 @@
 __version__ = "0.1.0"
 
 
-def __getattr__(name):  # keep `import showtell` light: torch loads on first use
-    if name in ("Captioner", "CaptionResult", "Hypothesis"):
-        from . import api
+def __getattr__(name):  # keep `import showtell` light: the Captioner loads on first use
+    if name == "Captioner":
+        from .inference.captioner import Captioner
 
-        return getattr(api, name)
+        return Captioner
+    if name in ("CaptionResult", "CaptionScore", "Hypothesis"):
+        from .decoding import captions
+
+        return getattr(captions, name)
     raise AttributeError(f"module 'showtell' has no attribute {name!r}")
 
 
-__all__ = ["Captioner", "CaptionResult", "Hypothesis", "__version__"]
+__all__ = ["CaptionResult", "CaptionScore", "Captioner", "Hypothesis", "__version__"]

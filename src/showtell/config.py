@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .device import check_device_name
 from .errors import ConfigError
 
 
@@ -129,7 +130,7 @@ class TrainConfig:
                               choices=("CIDEr", "Bleu_4", "loss"))
     val_beam_size: int = setting(1, "beam size of validation decoding (1: greedy)", min=1, max=20)
     val_max_images: int = setting(1000, "decode at most this many validation images per evaluation", min=1)
-    device: str = setting("auto", "'auto' (GPU when present), 'cpu', 'cuda' or 'cuda:N'")
+    device: str = setting("auto", "'auto' (GPU when present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     precision: str = setting(
         "fp32", "'bf16' runs matrix products in bfloat16 autocast; 'fp16' in float16 autocast with a gradient "
         "scaler, for GPUs without bfloat16 (V100, T4)", choices=("fp32", "bf16", "fp16"))
@@ -308,12 +309,24 @@ def validate(config: Config, where: str = "") -> None:
             raise ConfigError(f"{where}model.transformer_attention_layer: {m.transformer_attention_layer} names no layer "
                               f"of {m.transformer_layers} (0 .. {m.transformer_layers - 1}, or -1 for the last)")
     if config.train.scheduled_sampling:
-        from .schedules import parse_scheduled_sampling  # local: keeps config free of training code
-
         parse_scheduled_sampling(config.train.scheduled_sampling)
-    device = config.train.device
-    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise ConfigError(f"{where}train.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    check_device_name(config.train.device, f"{where}train.device")
+
+
+def parse_scheduled_sampling(spec: str) -> tuple[float, float]:
+    """'linear:MAX:EPOCHS' -> (MAX, EPOCHS): the probability of feeding the model's own word rises
+    linearly from 0 to MAX over EPOCHS epochs (Bengio et al. 2015 use such ramps)."""
+    parts = spec.split(":")
+    try:
+        if len(parts) != 3 or parts[0] != "linear":
+            raise ValueError
+        top, epochs = float(parts[1]), float(parts[2])
+        if not (0.0 <= top <= 1.0) or epochs <= 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"train.scheduled_sampling: expected 'linear:MAX:EPOCHS' with 0 <= MAX <= 1 and "
+                          f"EPOCHS > 0, e.g. 'linear:0.25:10', got {spec!r}") from None
+    return top, epochs
 
 
 def preset_names() -> list[str]:

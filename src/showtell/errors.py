@@ -18,6 +18,11 @@ class ConfigError(ShowtellError):
     """An unknown setting, a value of the wrong type or out of range."""
 
 
+class ArgumentError(ConfigError, ValueError):
+    """A bad argument to a command, the Python API or the service (also a ValueError); `str(error)`
+    names the argument as the caller spelt it (`--beam-size`, `beam_size`) and the problem."""
+
+
 class DataError(ShowtellError):
     """A malformed or missing annotation file, image folder or dataset record."""
 

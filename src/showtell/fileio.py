@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import stat
 import tempfile
@@ -85,6 +86,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, value) -> Path:
+    """`value` as indented JSON (UTF-8, not ASCII-escaped) in `path`, written atomically."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(value, ensure_ascii=False, indent=1) + "\n")
+    return path
 
 
 def sha256_file(path: str | Path) -> str:

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .config import Config, config_from_dict
 from .errors import RunError
@@ -30,6 +27,7 @@ log = logging.getLogger("showtell")
 
 FORMAT = "showtell-run-1"
 PACKAGE_FILES = ("config.json", "vocab.json", "model.safetensors")
+CHECKPOINT_SUFFIXES = {"weights": ".safetensors", "state": ".state.pt"}
 
 
 class Run:
@@ -51,7 +49,7 @@ class Run:
         return run
 
     # --- reading -------------------------------------------------------------------------------
-    def _need(self, name: str) -> Path:
+    def need(self, name: str) -> Path:
         path = self.path / name
         if not path.is_file():
             if not self.path.is_dir():
@@ -60,7 +58,7 @@ class Run:
         return path
 
     def config(self) -> Config:
-        path = self._need("config.json")
+        path = self.need("config.json")
         try:
             tree = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
@@ -68,14 +66,14 @@ class Run:
         return config_from_dict(tree, str(path))
 
     def vocab(self) -> Vocabulary:
-        return Vocabulary.load(self._need("vocab.json"))
+        return Vocabulary.load(self.need("vocab.json"))
 
     def sources(self) -> dict[str, Any]:
-        path = self._need("data.json")
+        path = self.need("data.json")
         return json.loads(path.read_text(encoding="utf-8"))
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        return load_weights(self._need("model.safetensors"))
+    def weights(self) -> dict:
+        return load_weights(self.need("model.safetensors"))
 
     def has_model(self) -> bool:
         return (self.path / "model.safetensors").is_file()
@@ -87,7 +85,7 @@ class Run:
             return False
 
     # --- best model ----------------------------------------------------------------------------
-    def save_model(self, model: torch.nn.Module, metadata: dict[str, Any]) -> None:
+    def save_model(self, model, metadata: dict[str, Any]) -> None:
         save_weights(self.path / "model.safetensors", model.state_dict(),
                      {"format": FORMAT, **{k: str(v) for k, v in metadata.items()}})
 
@@ -117,68 +115,44 @@ class Run:
     def checkpoint_dir(self) -> Path:
         return self.path / "checkpoints"
 
+    def checkpoint_file(self, step: int, kind: str) -> Path:
+        """The checkpoint file of `step`: kind 'weights' (step-N.safetensors) or 'state' (step-N.state.pt)."""
+        return self.checkpoint_dir / f"step-{step:09d}{CHECKPOINT_SUFFIXES[kind]}"
+
     def checkpoints(self) -> list[int]:
         if not self.checkpoint_dir.is_dir():
             return []
         steps = []
-        for p in self.checkpoint_dir.glob("step-*.state.pt"):
+        suffix = CHECKPOINT_SUFFIXES["state"]
+        for p in self.checkpoint_dir.glob(f"step-*{suffix}"):
             try:
-                steps.append(int(p.name[len("step-"):-len(".state.pt")]))
+                steps.append(int(p.name[len("step-"):-len(suffix)]))
             except ValueError:
                 continue
         return sorted(steps)
 
-    def save_checkpoint(self, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int) -> None:
+    def save_checkpoint(self, step: int, model, state: dict[str, Any], keep: int) -> None:
         """Weights first, then the state that vouches for them: a kill in between leaves a
         weights file without state, which is ignored."""
-        weights = self.checkpoint_dir / f"step-{step:09d}.safetensors"
+        weights = self.checkpoint_file(step, "weights")
         save_weights(weights, model.state_dict(), {"format": FORMAT, "step": str(step)})
-        save_state(self.checkpoint_dir / f"step-{step:09d}.state.pt", {**state, "weights_sha256": sha256_file(weights)})
+        save_state(self.checkpoint_file(step, "state"), {**state, "weights_sha256": sha256_file(weights)})
         for old in self.checkpoints()[:-keep]:
-            for suffix in (".state.pt", ".safetensors"):
-                (self.checkpoint_dir / f"step-{old:09d}{suffix}").unlink(missing_ok=True)
+            for kind in ("state", "weights"):
+                self.checkpoint_file(old, kind).unlink(missing_ok=True)
 
-    def load_checkpoint(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+    def load_checkpoint(self) -> tuple[int, dict, dict[str, Any]]:
         """The newest checkpoint that reads back whole; damaged newer ones are skipped with a warning."""
         steps = self.checkpoints()
         if not steps:
             raise RunError(f"{self.path}: no resumable checkpoint in {self.checkpoint_dir}")
         for step in reversed(steps):
-            weights_path = self.checkpoint_dir / f"step-{step:09d}.safetensors"
+            weights_path = self.checkpoint_file(step, "weights")
             try:
-                state = load_state(self.checkpoint_dir / f"step-{step:09d}.state.pt")
+                state = load_state(self.checkpoint_file(step, "state"))
                 if not weights_path.is_file() or sha256_file(weights_path) != state.get("weights_sha256"):
                     raise RunError(f"{weights_path}: missing or does not match its state file")
                 return step, load_weights(weights_path), state
             except RunError as error:
                 log.warning("checkpoint at step %d is damaged (%s); trying the previous one", step, error)
         raise RunError(f"{self.path}: every checkpoint is damaged; cannot resume")
-
-    # --- model package ---------------------------------------------------------------------------
-    def export(self, out: str | Path) -> Path:
-        """Copy the files a user of the model needs (config, vocabulary, best weights)."""
-        out = Path(out)
-        for name in PACKAGE_FILES:
-            self._need(name)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in PACKAGE_FILES + (("README.md",) if (self.path / "README.md").is_file() else ()):  # + model card
-            tmp = out / f".{name}.tmp"
-            shutil.copyfile(self.path / name, tmp)
-            tmp.replace(out / name)
-        return out
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(config, vocab, model in eval mode) from a run directory or an exported package."""
-    from .models.captioner import build_model
-
-    run = Run(path)
-    config, vocab = run.config(), run.vocab()
-    model = build_model(config, vocab, pretrained=False)
-    state = run.weights()
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise RunError(f"{run.path / 'model.safetensors'}: weights do not match config.json "
-                       f"({str(error).splitlines()[0][:160]})") from None
-    return config, vocab, model.to(device).eval()

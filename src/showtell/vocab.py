@@ -1,9 +1,17 @@
 """Caption preprocessing and the vocabulary.
 
-Preprocessing follows Karpathy's split files: lower-case, punctuation removed, split on white
-space ("A dog's ball." -> ["a", "dogs", "ball"]). The vocabulary keeps training words seen at
-least `min_word_count` times; the rest become <unk>. The four special tokens have fixed ids so
-that decoding code needs no vocabulary object.
+Training captions are the annotation file's own tokens where it has them (a Karpathy split
+file's `tokens`, lower-cased, punctuation tokens such as "," kept if the file keeps them);
+otherwise their raw text tokenised as Karpathy's files are: lower-case, punctuation removed,
+split on white space ("A dog's ball." -> ["a", "dogs", "ball"]). The vocabulary keeps training
+words seen at least `min_word_count` times; the rest become <unk>. The four special tokens have
+fixed ids so that decoding code needs no vocabulary object.
+
+Text given for scoring (`Captioner.logprob`, `showtell score`) is read by `Vocabulary.words_of`:
+a piece between spaces that is a vocabulary word stays that word, so a caption showtell wrote
+reads back as the very words it decoded, whatever tokenisation the model was trained with; other
+pieces are tokenised as raw training text is. Metrics tokenise with coco-caption's PTB tokenizer
+(evaluation/metrics.py), which drops punctuation, whatever the training tokens were.
 """
 
 from __future__ import annotations
@@ -52,6 +60,20 @@ class Vocabulary:
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Vocabulary) and self.words == other.words
+
+    def words_of(self, text: str) -> list[str]:
+        """The words the model reads for `text` (see the module docstring): vocabulary words and
+        special tokens as written, other pieces tokenised; unknown words are kept as written here
+        and become <unk> in `ids_of`."""
+        words = []
+        for piece in text.split():
+            lowered = piece if piece in SPECIALS else piece.lower()
+            words.extend([lowered] if lowered in self.index else tokenize(piece))
+        return words
+
+    def ids_of(self, words: Sequence[str]) -> list[int]:
+        """Word ids, unknown words as <unk> (no <start> or <end>)."""
+        return [self.index.get(w, UNK) for w in words]
 
     def encode(self, tokens: Sequence[str], max_words: int | None = None) -> list[int]:
         """[<start>, w1 .. wn, <end>] ids, unknown words as <unk>, cut to max_words words."""

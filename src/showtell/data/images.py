@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -94,6 +95,34 @@ def _read_source(source, label: str) -> bytes:
         raise ImageError(label, f"cannot read file ({error.strerror or error.__class__.__name__})", "missing") from None
     except ValueError as error:  # a NUL byte in the name
         raise ImageError(label, f"not a usable file name ({error})", "missing") from None
+
+
+# what counts as one picture (anything else that is iterable is a list of pictures)
+_ONE_PICTURE = (str, Path, bytes, bytearray, memoryview, Image.Image)
+
+
+def is_one_picture(source) -> bool:
+    """One picture, or a list of them? The one rule for the API's `caption` and `logprob`: paths,
+    bytes-like objects, PIL images, arrays, tensors and binary file objects are one picture each;
+    other iterables are lists; anything else is one (bad) picture, refused when it is read."""
+    if isinstance(source, _ONE_PICTURE) or hasattr(source, "read") or hasattr(source, "__array_interface__"):
+        return True
+    torch = sys.modules.get("torch")  # a tensor is one picture; torch is not imported to find out
+    if torch is not None and isinstance(source, torch.Tensor):
+        return True
+    try:
+        iter(source)
+    except TypeError:
+        return True
+    return False
+
+
+def picture_name(source, index: int) -> str:
+    """How a picture is named in results and messages: its path, a file object's name, or 'image N'."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    name = getattr(source, "name", None) if hasattr(source, "read") else None
+    return name if isinstance(name, str) and name else f"image {index}"
 
 
 def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None,

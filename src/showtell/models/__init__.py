@@ -1,0 +1,9 @@
+"""Models: the image encoders (encoder.py: torchvision backbones and a small CNN), the decoders
+(nic.py: Show and Tell; attention.py: Show, Attend and Tell; transformer.py), pretrained word
+vectors (embeddings.py) and the whole captioner built from the config (captioner.py).
+
+Every decoder offers decoding the same two calls, `init_state(features)` and
+`step(words, state)`, and training one teacher-forced forward pass. Models know tensors, not
+files or run folders (a weights file named in the config is read by the encoder). May import the
+basics and data (a picture transform comes with the encoder's weights); nothing above.
+"""

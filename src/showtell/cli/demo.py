@@ -1,0 +1,94 @@
+"""`showtell demo`: the whole job on the built-in data, in about five minutes on two CPU cores.
+
+Draws synthetic scenes, trains a Show and Tell captioner (a small CNN from scratch + LSTM),
+captions the held-out test pictures with beam search, and shows the scores next to the human
+bound, some pictures' captions next to their references, and where everything was saved.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from ..config import load_config
+from ..data.formats import load_dataset
+from ..data.synthetic import write_dataset
+from ..errors import ShowtellError
+from ..evaluation.evaluate import evaluate_run
+from ..evaluation.figures import samples_figure
+from ..progress import progress_bar
+from ..training.entry import train
+
+MARKER = ".showtell-demo"
+DEMO_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
+
+
+def _prepare_folder(out: Path) -> None:
+    """Reuse a folder an earlier demo made; never delete anything else."""
+    if out.exists():
+        if not out.is_dir():
+            raise ShowtellError(f"--out {out}: exists and is not a folder")
+        if any(out.iterdir()) and not (out / MARKER).exists():
+            raise ShowtellError(f"--out {out}: folder exists and was not made by the demo; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by showtell demo; safe to delete\n")
+
+
+def run_demo(out: Path, minutes: float = 3.5, n_images: int = 3000, seed: int = 0, epochs: int | None = None) -> dict:
+    """`epochs`: train exactly that many epochs with no time limit (the same model on any machine,
+    however busy; the tests use it) instead of stopping after `minutes`."""
+    started = time.monotonic()
+    say = lambda text="": print(text, flush=True)  # noqa: E731
+    _prepare_folder(out)
+    data_dir, run_dir = out / "data", out / "run"
+
+    say(f"[1/4] drawing {n_images} synthetic scenes (one to three shapes, five captions each) into {data_dir}")
+    with progress_bar(total=n_images, unit="img", leave=False) as bar:
+        annotations = write_dataset(data_dir, n_images, seed=seed, progress=bar.update)
+
+    config = load_config("synth", [f"train.epochs={epochs}"] if epochs else [])
+    records = load_dataset([str(annotations)], None, config.data)
+    budget = f"{epochs} epochs" if epochs else f"up to {minutes:g} minutes"
+    say(f"[2/4] training Show and Tell (small CNN from scratch + LSTM) for {budget}")
+    summary = train(config, records, run_dir, {"data": [str(annotations.resolve())], "images": None, "features": None},
+                    max_minutes=None if epochs else minutes)
+
+    say("[3/4] captioning the held-out test pictures (greedy, then beam search with beam 3)")
+    report = evaluate_run(run_dir, [str(annotations)], None, "test", beam_size=1, metrics=DEMO_METRICS)
+    beam = evaluate_run(run_dir, [str(annotations)], None, "test", beam_size=3, metrics=("Bleu_4", "CIDEr"),
+                        write_html=False, show_progress=False)["scores"]
+    scores, human = report["scores"], report["human"]
+
+    say("[4/4] results on the test split\n")
+    say(f"{'':14} {'BLEU-4':>7} {'CIDEr':>7} {'CIDEr/human':>12} {'distinct':>9}")
+    for label, s in (("model, greedy", scores), ("model, beam 3", beam)):
+        say(f"{label:14} {s['Bleu_4']:7.3f} {s['CIDEr']:7.3f} {s['CIDEr'] / human['CIDEr']:12.2f} "
+            f"{s['distinct_captions']:>5}/{s['n_images']}")
+    say(f"{'human':14} {human['Bleu_4']:7.3f} {human['CIDEr']:7.3f} {1:12.2f}")
+    say(f"(human: each reference scored against the other four; perplexity {scores['perplexity']:.3f})")
+    if "CHAIR_i" in scores:
+        say(f"object hallucination (CHAIR, greedy): {scores['CHAIR_i']:.3f} of the shapes named are not in the "
+            f"picture; {scores['CHAIR_s']:.3f} of captions name one; recall {scores['object_recall']:.3f}")
+    say()
+
+    picks = list(range(0, len(report["records"]), max(1, len(report["records"]) // 8)))[:8]
+    for i in picks[:6]:
+        record, result = report["records"][i], report["results"][i]
+        say(f"  {record.path.name}")
+        say(f"    model:     {result.caption}")
+        say(f"    reference: {record.captions[0]}")
+        say(f"    reference: {record.captions[1]}")
+    samples = samples_figure([report["records"][i].path for i in picks], [report["results"][i].caption for i in picks],
+                             [report["records"][i].captions[0] for i in picks], run_dir / "samples.png")
+    example = report["records"][picks[0]].path
+    say(f"\nsaved the model package in {run_dir} ({summary['steps']} training steps, best epoch {summary['best_epoch']})")
+    say(f"  pictures with captions: {samples}")
+    say(f"  full report:            {report['report_path']}")
+    say("next:")
+    say(f"  showtell caption {run_dir} {example}")
+    say(f"  showtell evaluate {run_dir} --data {annotations} --beam-size 1")
+    say(f"  showtell serve {run_dir}")
+    say(f"demo finished in {(time.monotonic() - started) / 60:.1f} minutes")
+    return report

@@ -1,0 +1,265 @@
+"""The model card: RUN/README.md, what a stranger needs to know to use a run.
+
+It opens with a metadata block in the Hugging Face model-card format (YAML between `---` lines:
+library, tags, datasets, metrics and a `model-index` of the scores), then says what the model is,
+what it was trained on and how, how well it does next to the human bound, a few of its captions,
+how to load it, and what it cannot do. Everything comes from the run's own files (config.json,
+vocab.json, data.json, training.json, history.jsonl, evaluations/*.json and the header of
+model.safetensors), so the card can be rewritten at any time: training writes it at its end and
+every `evaluate` rewrites it with its scores. `export` copies it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import yaml
+
+from ..fileio import atomic_write_text
+
+CARD = "README.md"
+TRAINING = "training.json"
+SCORE_NAMES = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+HF_METRIC = {"Bleu_1": "bleu", "Bleu_4": "bleu", "METEOR": "meteor", "ROUGE_L": "rouge", "CIDEr": "cider",
+             "SPICE": "spice"}
+
+
+def _json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def _history(run: Path) -> list[dict]:
+    try:
+        lines = (run / "history.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def parameter_count(weights: Path) -> int | None:
+    """Number of parameters in a safetensors file, from its header alone."""
+    try:
+        with weights.open("rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
+    return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+
+
+def record_training(run: str | Path, summary: dict, seconds: float) -> None:
+    """Add one training session (train, or a resume) to RUN/training.json: time adds up."""
+    run = Path(run)
+    before = _json(run / TRAINING, {}) or {}
+    keep = ("epochs", "steps", "best_epoch", "best_metric", "train_images", "val_images", "vocab_size",
+            "stopped_early", "skipped_images")
+    info = {**before, **{k: summary[k] for k in keep if k in summary},
+            "seconds": round(float(before.get("seconds", 0.0)) + seconds, 1),
+            "sessions": int(before.get("sessions", 0)) + 1}
+    atomic_write_text(run / TRAINING, json.dumps(info, indent=2) + "\n")
+
+
+def evaluations(run: Path) -> list[dict]:
+    """The run's kept evaluations of this model alone on a whole split, oldest first (an ensemble's
+    scores, or those of the first N pictures, are not this model's and stay out of its card)."""
+    found = [_json(p) for p in sorted((run / "evaluations").glob("*.json"))] if (run / "evaluations").is_dir() else []
+    return sorted((e for e in found if isinstance(e, dict) and "scores" in e and len(e.get("models", [])) <= 1
+                   and not e.get("max_images")), key=lambda e: e.get("date", ""))
+
+
+def _dataset_names(sources: dict) -> list[str]:
+    names = []
+    for spec in sources.get("data") or []:
+        name = Path(spec.rpartition("=")[2] if spec.partition("=")[0] in ("train", "val", "test") else spec).name
+        if name not in names:
+            names.append(name)
+    if not names and sources.get("features"):
+        names.append(Path(sources["features"]).name)
+    return names
+
+
+def _label(evaluation: dict) -> str:
+    beam = evaluation.get("beam_size", 1)
+    return "greedy" if beam == 1 else f"beam {beam}"
+
+
+def metadata(run: Path, config: dict, sources: dict, evals: list[dict], history: list[dict]) -> dict:
+    model = config.get("model", {})
+    datasets = _dataset_names(sources)
+    results = []
+    for e in evals:
+        metrics = [{"type": HF_METRIC[m], "name": f"{m} ({_label(e)})", "value": round(float(e["scores"][m]), 4)}
+                   for m in SCORE_NAMES if m in e["scores"]]
+        if metrics:
+            results.append({"task": {"type": "image-to-text", "name": "Image captioning"},
+                            "dataset": {"name": ", ".join(Path(d).name for d in e.get("data", [])) or "unknown",
+                                        "type": "image-captioning", "split": e.get("split", "test")},
+                            "metrics": metrics})
+    best = _best_validation(history)
+    if best is not None and not results:
+        metrics = [{"type": HF_METRIC[m], "name": f"{m} (validation, "
+                    f"{'greedy' if config.get('train', {}).get('val_beam_size', 1) == 1 else 'beam'})",
+                    "value": round(float(best[f"val_{m}"]), 4)} for m in ("Bleu_4", "CIDEr") if f"val_{m}" in best]
+        if metrics:
+            results.append({"task": {"type": "image-to-text", "name": "Image captioning"},
+                            "dataset": {"name": ", ".join(datasets) or "unknown", "type": "image-captioning",
+                                        "split": "validation"}, "metrics": metrics})
+    tags = ["image-captioning", "image-to-text", "show-and-tell", "pytorch",
+            DECODER_TAGS.get(model.get("decoder"), "nic"), f"encoder-{model.get('encoder')}"]
+    card = {"library_name": "showtell", "pipeline_tag": "image-to-text", "tags": tags,
+            "datasets": datasets or ["unknown"], "metrics": ["bleu", "meteor", "rouge", "cider"],
+            "model-index": [{"name": run.name, "results": results}]}
+    return card
+
+
+DECODER_TAGS = {"attention": "show-attend-and-tell", "transformer": "transformer", "nic": "nic"}
+
+
+def _decoder_line(model: dict) -> str:
+    sizes = f"word embeddings {model.get('embed_dim')}, dropout {model.get('dropout')}"
+    if model.get("decoder") == "attention":
+        return (f"Show, Attend and Tell: an LSTM that attends over the encoder's spatial grid at every word; {sizes}, "
+                f"hidden size {model.get('hidden_dim')}, attention size {model.get('attention_dim')}")
+    if model.get("decoder") == "transformer":
+        return (f"a pre-norm Transformer decoder with cross-attention over the encoder's grid; {sizes}, width "
+                f"{model.get('hidden_dim')}, {model.get('transformer_layers')} layers, {model.get('transformer_heads')} "
+                f"heads, feed-forward {model.get('transformer_ff_dim')}")
+    return (f"Show and Tell (NIC): an LSTM conditioned on the image vector; {sizes}, hidden size "
+            f"{model.get('hidden_dim')}, {model.get('num_layers')} layer(s)")
+
+
+def _best_validation(history: list[dict]) -> dict | None:
+    best = [r for r in history if r.get("best") and "val_loss" in r]
+    return best[-1] if best else None
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{seconds:.0f} s" if seconds < 120 else f"{minutes:.1f} minutes" if minutes < 120 else f"{minutes / 60:.1f} hours"
+
+
+def build_card(run: str | Path) -> str:
+    """The model card of a run directory or exported package, as text."""
+    run = Path(run)
+    config = _json(run / "config.json", {}) or {}
+    vocab = _json(run / "vocab.json", {}) or {}
+    sources = _json(run / "data.json", {}) or {}
+    training = _json(run / TRAINING, {}) or {}
+    history = _history(run)
+    evals = evaluations(run)
+    model, data, train = config.get("model", {}), config.get("data", {}), config.get("train", {})
+    params = parameter_count(run / "model.safetensors")
+    vocab_size = len(vocab.get("words", [])) or training.get("vocab_size")
+    decoder = _decoder_line(model)
+    head = yaml.safe_dump(metadata(run, config, sources, evals, history), sort_keys=False, allow_unicode=True)
+    lines = ["---", head.rstrip("\n"), "---", "", f"# {run.name}: a showtell image captioner", "",
+             "Writes one English sentence describing a picture. Trained with showtell; this card is made from "
+             "the files in this folder, written by `showtell train` at its end and rewritten by every "
+             "`showtell evaluate`.", "",
+             "## Model", "",
+             f"- Encoder: `{model.get('encoder')}` CNN, weights `{model.get('encoder_weights')}`"
+             f"{', frozen' if model.get('freeze_encoder') else ', trained'}; pictures resized to "
+             f"{data.get('image_size') or 'the encoder default'} px",
+             f"- Decoder: {decoder}",
+             f"- Parameters: {params:,}" if params is not None else "- Parameters: unknown (no model.safetensors)",
+             f"- Vocabulary: {vocab_size} words (training words seen at least {data.get('min_word_count')} times; "
+             "others become `<unk>`, which is never generated)" if vocab_size else "- Vocabulary: unknown",
+             "", "## Training data", ""]
+    lines.append(f"- Annotations: {', '.join(sources.get('data') or []) or sources.get('features') or 'unknown'}")
+    if sources.get("images"):
+        lines.append(f"- Images: {sources['images']}")
+    if training:
+        lines.append(f"- Split sizes: {training.get('train_images', '?')} training and {training.get('val_images', '?')} "
+                     "validation pictures" + "".join(f", {e['scores']['n_images']} {e['split']} pictures evaluated"
+                                                     for e in evals[-1:]))
+    lines += ["", "## Training", ""]
+    if training:
+        lines.append(f"- {training.get('epochs')} epochs, {training.get('steps')} steps in "
+                     f"{_duration(float(training.get('seconds', 0)))} ({training.get('sessions', 1)} session(s))"
+                     + (", stopped early at the time budget" if training.get("stopped_early") else ""))
+        if training.get("best_epoch") is not None:
+            lines.append(f"- Best model: epoch {training['best_epoch']} by {training.get('best_metric')}")
+    lines.append(f"- Adam, learning rate {train.get('lr')} ({train.get('lr_schedule')}, {train.get('warmup_steps')} "
+                 f"warm-up steps), batch {train.get('batch_size')} pictures x {train.get('captions_per_image')} captions, "
+                 f"precision {train.get('precision')}, seed {train.get('seed')}"
+                 + (f", then {train.get('scst_epochs')} self-critical epochs" if train.get("scst_epochs") else ""))
+    lines.append("- Every setting: `config.json`; losses and validation scores per epoch: `history.jsonl`")
+    lines += ["", "## Scores", ""]
+    if evals:
+        lines += ["coco-caption metrics (PTB tokenizer, CIDEr-D); human: each reference scored against the others.", "",
+                  "| split | decoding | pictures | metric | model | human | model / human |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for e in evals:
+            for m in SCORE_NAMES:
+                if m in e["scores"]:
+                    value, h = e["scores"][m], e.get("human", {}).get(m)
+                    human = "" if h is None else f"{h:.4f}"
+                    ratio = f"{value / h:.2f}" if h else ""
+                    lines.append(f"| {e['split']} | {_label(e)} | {e['scores'].get('n_images')} | {m} | "
+                                 f"{value:.4f} | {human} | {ratio} |")
+    else:
+        best = _best_validation(history)
+        if best:
+            lines.append(f"Validation (decoded captions, epoch {best['epoch']}): "
+                         + ", ".join(f"{k[4:]} {_fmt(best[k])}" for k in ("val_Bleu_4", "val_CIDEr", "val_perplexity")
+                                     if k in best)
+                         + ". No test evaluation yet: run `showtell evaluate` to add one (with the human bound).")
+        else:
+            lines.append("Not evaluated yet: run `showtell evaluate`.")
+    samples = _samples(evals, history)
+    if samples:
+        lines += ["", "## Sample captions", "", "| picture | model | a reference |", "| --- | --- | --- |"]
+        lines += [f"| {s['file']} | {s['caption']} | {s['reference']} |" for s in samples]
+    folder = run.name
+    lines += ["", "## How to use it", "", "```",
+              "pip install showtell",
+              f"showtell caption {folder} photo.jpg --beam-size {config.get('decode', {}).get('beam_size', 3)}",
+              f"showtell serve {folder}        # HTTP service and web page on http://127.0.0.1:8000",
+              f"showtell evaluate {folder} --data captions.json --results results.json", "```", "", "```python",
+              "from showtell import Captioner", "",
+              f'captioner = Captioner.load("{folder}", device="cpu")',
+              'print(captioner.caption("photo.jpg").caption)', "```", "",
+              "## Limitations", "",
+              "A Show and Tell model describes pictures like the ones it was trained on, in the words of their "
+              "captions, and nothing else: on other kinds of pictures it still writes a fluent sentence of its "
+              "training vocabulary, often wrong. It names objects that are not there (see CHAIR in "
+              "`showtell evaluate`), confuses colours, counts and left/right, and favours frequent phrases. "
+              "Scores on the training data's own test split say little about other pictures. The captions are "
+              "English only and carry the biases of the training captions.", ""]
+    return "\n".join(lines)
+
+
+def _samples(evals: list[dict], history: list[dict], n: int = 5) -> list[dict]:
+    for e in reversed(evals):
+        if e.get("predictions"):
+            return [{"file": p.get("file", p.get("image_id")), "caption": p["caption"],
+                     "reference": (p.get("references") or [""])[0]} for p in e["predictions"][:n]]
+    for record in reversed(history):
+        if record.get("val_samples"):
+            return record["val_samples"][:n]
+    return []
+
+
+def write_model_card(run: str | Path) -> Path:
+    path = Path(run) / CARD
+    atomic_write_text(path, build_card(run))
+    return path
+
+
+def read_metadata(card_text: str) -> dict:
+    """The YAML block at the top of a model card."""
+    if not card_text.startswith("---\n"):
+        raise ValueError("a model card starts with a '---' line")
+    block = card_text[4:].split("\n---\n", 1)[0]
+    return yaml.safe_load(block)

@@ -1,0 +1,11 @@
+"""Inference: a trained model in use. Owns the backend-neutral `Captioner` (captioner.py), its
+PyTorch and ONNX runtimes as siblings (torch_runtime.py, onnx_runtime.py) and exporting a run
+(export.py: the package, and ONNX graphs).
+
+May import the basics, data, models and decoding; nothing of training, evaluation, serve or cli.
+The ONNX path (captioner.py and onnx_runtime.py) imports no torch.
+"""
+
+from .captioner import Captioner
+
+__all__ = ["Captioner"]

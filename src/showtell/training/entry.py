@@ -1,0 +1,122 @@
+"""Starting and resuming training: `train` (a new run) and `resume` (from its newest checkpoint)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from time import monotonic as clock
+
+from ..config import Config, apply, parse_overrides, resolve
+from ..data.formats import ImageRecord
+from ..errors import ConfigError, RunError
+from ..evaluation.modelcard import record_training, write_model_card
+from ..fileio import atomic_write_text
+from ..models.captioner import build_model
+from ..run import Run
+from ..vocab import Vocabulary
+from . import distributed as dist
+from .loop import fit
+from .phases import encoder_should_train, make_optimizer, phase_plan
+from .session import open_session, seed_everything, split_records
+from .state import TrainState, set_rng_state
+from .tensorboard import check_available as check_log
+
+log = logging.getLogger("showtell")
+
+
+def train(config: Config, records: list[ImageRecord], out: str | Path | None, sources: dict | None = None,
+          max_minutes: float | None = None, show_progress: bool = True, features=None) -> dict:
+    """Train a new model on `records` into run directory `out` (None: keep nothing on disk)."""
+    started = clock()
+    config = resolve(config)
+    check_log(config)
+    train_records, val_records = split_records(records)
+    vocab = Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count)
+    seed_everything(config.train.seed)
+    model = build_model(config, vocab, pretrained=True, encoder_state=features.encoder_state() if features else None)
+    if config.model.word_embeddings:
+        config.model.embed_dim = model.decoder.embed.embedding_dim   # the vectors decide
+    if out is not None and dist.is_main():
+        Run.create(out, config, vocab, sources or {})
+    dist.barrier()
+    run = Run(out) if out is not None else None
+    s = open_session(config, run, model, vocab, records, features, show_progress)
+    state = TrainState(plan=phase_plan(s, "xe"))
+    summary = fit(s, state, make_optimizer(s, "xe"), max_minutes if max_minutes is not None else config.train.max_minutes)
+    summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
+    describe_run(run, summary, clock() - started)
+    return summary
+
+
+def describe_run(run: Run | None, summary: dict, seconds: float) -> None:
+    """training.json and the model card (README.md), written by rank 0 at the end of training."""
+    if run is not None and dist.is_main():
+        record_training(run.path, summary, seconds)
+        write_model_card(run.path)
+
+
+RESUME_SETTINGS = ("train.epochs", "train.scst_epochs", "train.scst_lr", "train.scst_samples", "train.max_minutes",
+                   "train.checkpoint_every", "train.keep_checkpoints", "train.val_max_images", "train.val_beam_size",
+                   "data.num_workers", "train.device", "train.log")
+
+
+def resume_config(saved: Config, overrides: list[str] | None) -> Config:
+    """The run's config with the `--set` changes that do not alter what was already trained."""
+    values = parse_overrides(overrides or [])
+    for key in values:
+        if key not in RESUME_SETTINGS:
+            raise ConfigError(f"--set {key}: cannot change when resuming (allowed: {', '.join(RESUME_SETTINGS)})")
+    return resolve(apply(saved, values, where="--set ")) if values else saved
+
+
+def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | None = None,
+           show_progress: bool = True, features=None, overrides: list[str] | None = None) -> dict:
+    """Continue the run in `path` from its newest good checkpoint. Everything is checked before
+    anything in the run is written: a refused resume leaves the run as it was."""
+    started = clock()
+    run = Run(path)
+    saved = run.config()
+    config, vocab = resume_config(saved, overrides), run.vocab()
+    check_log(config)
+    more_epochs = config.train.epochs != saved.train.epochs
+    step, weights, saved = run.load_checkpoint()
+    if "train_state" not in saved:
+        raise RunError(f"{run.path}: checkpoint from an older showtell; it cannot be resumed by this version")
+    state = TrainState.from_dict(saved["train_state"])
+    train_records, val_records = split_records(records)
+    if Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count) != vocab:
+        raise RunError(f"{run.path}: the training data differs from the data this run started with")
+    model = build_model(config, vocab, pretrained=False)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise RunError(f"{run.path}/config.json: does not describe the checkpoint's model (was it edited?): "
+                       f"{str(error).splitlines()[0][:160]}") from None
+    if encoder_should_train(config, state.epoch) and config.model.freeze_encoder:
+        model.encoder.freeze(False)  # the checkpoint was taken while fine-tuning
+    if overrides:
+        atomic_write_text(run.path / "config.json", config.to_json())
+    run.clean_temporary_files()
+    if not run.model_is_readable():
+        log.warning("%s/model.safetensors is missing or damaged; the next validated model replaces it", run.path)
+        state.best_metric, state.best_score = "", -math.inf
+    s = open_session(config, run, model, vocab, records, features, show_progress)
+    optimizer = make_optimizer(s, state.phase)
+    optimizer.load_state_dict(saved["optimizer"])
+    if s.scaler is not None and saved.get("scaler"):
+        s.scaler.load_state_dict(saved["scaler"])
+    set_rng_state(saved["rng"])
+    if more_epochs and state.phase == "xe":   # a new plan for the new length (a time budget's plan is kept otherwise)
+        planned = phase_plan(s, "xe").total_steps
+        log.info("train.epochs changed: the learning-rate decay now ends at step %d (was %d), continuing from step %d",
+                 planned, state.plan.total_steps, state.global_step)
+        state.plan = state.plan.replanned(state.global_step, planned)
+        state.planned_end = None
+    if dist.is_main():  # forget history written after the checkpoint (it will be recomputed identically)
+        run.rewrite_history(run.history()[: state.history_length])
+    log.info("resuming %s at epoch %d, step %d", run.path, state.epoch + 1, state.step_in_epoch)
+    summary = fit(s, state, optimizer, max_minutes if max_minutes is not None else config.train.max_minutes)
+    summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
+    describe_run(run, summary, clock() - started)
+    return summary
