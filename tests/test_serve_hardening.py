@@ -98,3 +98,29 @@ def test_fuzzing_from_the_openapi_schema_finds_no_server_error(server):
                            "--max-examples", "30", "--seed", "1", "--request-timeout", "30", "--no-color"],
                           capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_silent_connections_neither_block_others_nor_stay_open(trained_run):
+    """300 clients that send a request line and one header and then go quiet: other requests still
+    get answers, and the quiet ones are closed after --header-timeout."""
+    s = Server(trained_run, "--header-timeout", "3")
+    quiet = []
+    try:
+        for _ in range(300):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(b"POST /v1/captions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            quiet.append(c)
+        assert httpx.get(s.url + "/healthz", timeout=10).status_code == 200
+        time.sleep(4)
+        closed = 0
+        for c in quiet:
+            try:
+                closed += c.recv(1) == b""
+            except OSError:
+                closed += 1
+        assert closed == len(quiet)
+        assert httpx.get(s.url + "/healthz", timeout=10).status_code == 200
+    finally:
+        for c in quiet:
+            c.close()
+        assert "Traceback" not in s.stop()

@@ -119,7 +119,8 @@ class TrainConfig:
     lr_schedule: str = setting("cosine", "'cosine' decay to 0 over all steps after warm-up, or 'constant'",
                                choices=("cosine", "constant"))
     warmup_steps: int = setting(100, "linear learning-rate warm-up steps", min=0)
-    seed: int = setting(0, "seed for initialisation, data order and dropout (same seed, same weights)")
+    seed: int = setting(0, "seed for initialisation, data order and dropout (same seed, same weights)", min=0,
+                        max=2 ** 63 - 1)
     max_minutes: float | None = setting(
         None, "stop cleanly after this many minutes of training, keeping the best checkpoint", min=0.0)
     budget_schedule: bool = setting(
@@ -191,10 +192,10 @@ def all_settings() -> dict[str, dataclasses.Field]:
     return out
 
 
-def _unknown(name: str, known) -> ConfigError:
+def _unknown(name: str, known, where: str = "") -> ConfigError:
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    return ConfigError(f"unknown setting '{name}'{hint}")
+    return ConfigError(f"{where}unknown setting '{name}'{hint}")
 
 
 def _convert(name: str, value: Any, annotation, where: str) -> Any:
@@ -213,15 +214,7 @@ def _convert(name: str, value: Any, annotation, where: str) -> Any:
             return value.lower() in ("true", "yes", "on", "1")
         raise bad
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise bad
-        try:
-            number = float(value)
-        except ValueError:
-            raise bad from None
-        if not math.isfinite(number) or number != int(number):
-            raise bad
-        return int(number)
+        return _whole_number(value, bad)
     if annotation is float:
         if isinstance(value, bool):
             raise bad
@@ -237,6 +230,27 @@ def _convert(name: str, value: Any, annotation, where: str) -> Any:
             raise bad
         return "" if value is None else str(value)
     raise bad
+
+
+def _whole_number(value, bad: ConfigError) -> int:
+    """An int exactly as written: '12345678901234567891' stays itself (never through a float); a
+    float or text such as '1e3' only when it is a whole number a float holds exactly (below 2**53)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise bad
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip(), 10)
+        except ValueError:
+            pass
+    try:
+        number = float(value)
+    except ValueError:
+        raise bad from None
+    if not math.isfinite(number) or number != int(number) or abs(number) >= 2 ** 53:
+        raise bad
+    return int(number)
 
 
 def _check_range(name: str, value: Any, meta, where: str) -> None:
@@ -257,7 +271,7 @@ def apply(config: Config, values: dict[str, Any], where: str = "") -> Config:
     result = dataclasses.replace(config, **{s: dataclasses.replace(getattr(config, s)) for s in SECTIONS})
     for name, raw in values.items():
         if name not in known:
-            raise _unknown(name, known)
+            raise _unknown(name, known, where if where.endswith(": ") else "")
         section, key = name.split(".", 1)
         choices = known[name].metadata["choices"] or ()
         if isinstance(raw, bool) and "yes" in choices:  # YAML reads a bare `no` as False
@@ -276,7 +290,7 @@ def flatten(tree: dict[str, Any], source: str) -> dict[str, Any]:
     flat = {}
     for section, body in tree.items():
         if section not in SECTIONS:
-            raise _unknown(str(section), SECTIONS)
+            raise _unknown(str(section), SECTIONS, f"{source}: ")
         if body is None:
             continue
         if not isinstance(body, dict):

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +32,72 @@ log = logging.getLogger("showtell")
 FORMAT = "showtell-run-1"
 PACKAGE_FILES = ("config.json", "vocab.json", "model.safetensors")
 CHECKPOINT_SUFFIXES = {"weights": ".safetensors", "state": ".state.pt"}
+LOCK, HOLDER = ".lock", ".lock.json"     # the run's lock, and who holds it
 
 
 class Run:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    # --- creation ------------------------------------------------------------------------------
+    # --- creation and the lock -------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, config: Config, vocab: Vocabulary, sources: dict[str, Any]) -> "Run":
+        """Write a new run's config, vocabulary and data sources; call it holding the run's lock. A
+        folder that holds a run is refused, except one where training never reached its first
+        checkpoint (stopped by a full disk, say): there is nothing to lose, so it starts over."""
         run = cls(path)
-        if run.path.exists() and not run.path.is_dir():
-            raise RunError(f"{run.path}: exists and is not a folder")
         if (run.path / "config.json").exists():
-            raise RunError(f"{run.path}: already holds a run; use --resume {run.path} to continue it or choose another --out")
-        run.path.mkdir(parents=True, exist_ok=True)
+            if not run.never_trained():
+                raise RunError(f"{run.path}: already holds a run; use --resume {run.path} to continue it or choose "
+                               "another --out")
+            log.info("%s holds a run that stopped before its first checkpoint; starting it over", run.path)
+            run.clean_temporary_files()
         atomic_write_text(run.path / "config.json", config.to_json())
         vocab.save(run.path / "vocab.json")
         atomic_write_text(run.path / "data.json", json.dumps(sources, indent=2) + "\n")
         return run
+
+    def never_trained(self) -> bool:
+        """Nothing of this run was ever kept: no checkpoint, no model, no history."""
+        return not (self.checkpoints() or self.has_model() or (self.path / "history.jsonl").exists())
+
+    @contextmanager
+    def locked(self, command: str, create: bool = False):
+        """Hold the run's exclusive lock while `command` works on it (filelock on RUN/.lock, which the
+        system releases when the holder exits or is killed, so a stale lock never blocks). A second
+        process gets a RunError naming the holder, recorded in RUN/.lock.json."""
+        from filelock import FileLock, Timeout
+
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{self.path}: exists and is not a folder")
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_dir():
+            raise RunError(f"{self.path}: run directory not found")
+        lock = FileLock(str(self.path / LOCK), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunError(f"{self.path}: in use by {self.holder()}; wait for it to finish or stop it") from None
+        try:
+            try:
+                atomic_write_text(self.path / HOLDER, json.dumps({
+                    "command": command, "pid": os.getpid(), "host": socket.gethostname(),
+                    "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+            except OSError:   # a full disk: the lock holds all the same, only its note is missing
+                pass
+            yield self
+        finally:
+            (self.path / HOLDER).unlink(missing_ok=True)   # still holding the lock: no one else writes it
+            lock.release()
+
+    def holder(self) -> str:
+        """Who holds the lock, as RUN/.lock.json says."""
+        try:
+            who = json.loads((self.path / HOLDER).read_text(encoding="utf-8"))
+            return f"showtell {who['command']} (pid {who['pid']} on {who['host']}, since {who['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another showtell process"
 
     # --- reading -------------------------------------------------------------------------------
     def need(self, name: str) -> Path:
@@ -69,8 +120,16 @@ class Run:
         return Vocabulary.load(self.need("vocab.json"))
 
     def sources(self) -> dict[str, Any]:
+        """Where the training data came from (data.json)."""
         path = self.need("data.json")
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            sources = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise RunError(f"{path}: damaged ({error.__class__.__name__}); it says where the training data is: "
+                           "give --data (and --images) again") from None
+        if not isinstance(sources, dict):
+            raise RunError(f"{path}: damaged (not an object); give --data (and --images) again")
+        return sources
 
     def weights(self) -> dict:
         return load_weights(self.need("model.safetensors"))
@@ -96,10 +155,9 @@ class Run:
         atomic_write_text(self.path / "history.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
 
     def history(self) -> list[dict[str, Any]]:
-        path = self.path / "history.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        """One dict per validated epoch. A last line cut off by a crash is dropped with a warning (its
+        epoch is validated again on resume); a damaged line before it is a RunError."""
+        return read_history(self.path / "history.jsonl")
 
     def rewrite_history(self, records: list[dict[str, Any]]) -> None:
         atomic_write_text(self.path / "history.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -145,7 +203,8 @@ class Run:
         """The newest checkpoint that reads back whole; damaged newer ones are skipped with a warning."""
         steps = self.checkpoints()
         if not steps:
-            raise RunError(f"{self.path}: no resumable checkpoint in {self.checkpoint_dir}")
+            raise RunError(f"{self.path}: no resumable checkpoint (training stopped before its first one); start it "
+                           f"over with showtell train --out {self.path} and the same settings")
         for step in reversed(steps):
             weights_path = self.checkpoint_file(step, "weights")
             try:
@@ -156,3 +215,26 @@ class Run:
             except RunError as error:
                 log.warning("checkpoint at step %d is damaged (%s); trying the previous one", step, error)
         raise RunError(f"{self.path}: every checkpoint is damaged; cannot resume")
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """history.jsonl read tolerantly (see Run.history); also for model cards of exported folders."""
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunError(f"{path}: unreadable ({error.__class__.__name__})") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if number == len(lines):
+                log.warning("%s: its last line is cut off (a crash while writing it?); dropped", path)
+                break
+            raise RunError(f"{path}: line {number} is damaged; remove it (or restore the file)") from None
+        records.append(record)
+    return records

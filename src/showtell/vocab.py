@@ -17,13 +17,14 @@ pieces are tokenised as raw training text is. Metrics tokenise with coco-caption
 from __future__ import annotations
 
 import json
+import logging
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import chain
 from pathlib import Path
 
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .fileio import atomic_write_text
 
 PAD, START, END, UNK = 0, 1, 2, 3
@@ -50,7 +51,10 @@ class Vocabulary:
     @classmethod
     def build(cls, captions: Iterable[Sequence[str]], min_word_count: int) -> "Vocabulary":
         """From tokenised training captions; most frequent first, ties alphabetical (deterministic)."""
-        counts = Counter(chain.from_iterable(captions))
+        return cls.from_counts(Counter(chain.from_iterable(captions)), min_word_count)
+
+    @classmethod
+    def from_counts(cls, counts: Counter, min_word_count: int) -> "Vocabulary":
         kept = sorted((w for w, c in counts.items() if c >= min_word_count and w not in SPECIALS),
                       key=lambda w: (-counts[w], w))
         return cls(list(SPECIALS) + kept, min_word_count)
@@ -108,3 +112,26 @@ class Vocabulary:
             raise RunError(f"{path}: vocabulary file not found") from None
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise RunError(f"{path}: not a showtell vocabulary ({error.__class__.__name__})") from None
+
+
+UNKNOWN_WARNING = 0.5   # warn when more than this share of the training captions' words become <unk>
+
+
+def build_vocabulary(captions: Iterable[Sequence[str]], min_word_count: int) -> Vocabulary:
+    """`Vocabulary.build`, refusing a vocabulary with no word (data.min_word_count above every
+    word's count) and warning when most of the captions' words would be <unk>."""
+    counts = Counter(chain.from_iterable(captions))
+    vocab = Vocabulary.from_counts(counts, min_word_count)
+    if len(vocab) == len(SPECIALS):
+        common = counts.most_common(1)
+        seen = f" (the most frequent, {common[0][0]!r}, is seen {common[0][1]:,} times)" if common else ""
+        raise ConfigError(f"data.min_word_count={min_word_count}: no training word is seen that often{seen}, so the "
+                          "vocabulary would hold no word; lower data.min_word_count")
+    total = sum(counts.values())
+    unknown = sum(c for w, c in counts.items() if w not in vocab.index)
+    if total and unknown / total > UNKNOWN_WARNING:
+        logging.getLogger("showtell").warning(
+            "data.min_word_count=%d: %.0f%% of the training captions' words become <unk> (the vocabulary keeps %d of "
+            "%d distinct words); the model will write few real words: lower data.min_word_count",
+            min_word_count, 100 * unknown / total, len(vocab) - len(SPECIALS), len(counts))
+    return vocab

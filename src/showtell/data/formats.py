@@ -189,10 +189,13 @@ class _Lowered(dict):
     """A file token -> its lower-case form ("" for a blank token), computed once per distinct token
     and shared by every caption that uses it."""
 
+    spaced = False    # a token with white space inside was seen
+
     def __missing__(self, token):
         if not isinstance(token, str):
             raise TypeError(token)
-        value = self[token] = token.lower() if token.strip() else ""
+        value = self[token] = " ".join(token.lower().split())
+        self.spaced = self.spaced or " " in value
         return value
 
 
@@ -216,6 +219,8 @@ def _karpathy_sentence(sentence, lowered: _Lowered, where) -> tuple[str, list[st
             return _caption(raw, where())
         if "" in toks:
             toks = [t for t in toks if t]
+        if lowered.spaced:   # a token holding white space is several words (decoding joins words with spaces)
+            toks = [piece for t in toks for piece in t.split()]
         return _own(raw.strip()), toks or tokenize(raw)
     return _caption(raw, where())
 
@@ -510,14 +515,19 @@ def read_annotations(spec: str, images_dir: str | Path | None, split_ratio: str 
 
 
 def merge(record_lists: list[list[ImageRecord]], sources: list[str]) -> list[ImageRecord]:
-    """Records of several files; the same picture twice is an error (it would leak across splits)."""
-    merged, origin = [], {}
+    """Records of several files. The same picture twice is an error, however its path is written
+    (`a.png`, `sub/../a.png`, a symbolic link): compared as resolved paths, since a picture in two
+    splits would put test pictures into training."""
+    merged, first = [], {}
     for records, source in zip(record_lists, sources):
         for record in records:
-            where = str(record.path)
-            if where in origin:
-                raise DataError(f"{source}: {record.path.name} is already listed in {origin[where]}")
-            origin[where] = source
+            where = os.path.realpath(record.path)
+            if where in first:
+                other, other_source = first[where]
+                splits = f" (splits {other.split or 'unset'} and {record.split or 'unset'})" if other.split != record.split else ""
+                raise DataError(f"{source}: {record.key} is the same picture as {other.key} in {other_source}{splits}; "
+                                "list each picture once")
+            first[where] = (record, source)
             merged.append(record)
     return merged
 

@@ -32,6 +32,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = None
 
 DEFAULT_MAX_PIXELS = 89_478_485
+LONG_SIDE_LIMIT = 8   # a resized picture longer than this many times its short side takes the shortcut
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -249,10 +250,30 @@ class ImageTransform:
     mode: str = "crop"
     interpolation: str = "bilinear"
 
+    def _long_shortcut(self, image: Image.Image) -> Image.Image | None:
+        """For a picture of extreme aspect ratio (a 1 x 5000 strip), the centre crop resized straight
+        from the source region it comes from (PIL's `box`, the same sampling positions): resizing the
+        whole strip first would make a 256 x 1,280,000 picture (about 1 GB) to keep 224 x 224 of it."""
+        if self.mode == "squash":
+            return None
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        new_long = int(self.resize * long / short)
+        if new_long <= LONG_SIDE_LIMIT * self.resize or self.resize < self.crop:
+            return None
+        new_w, new_h = (self.resize, new_long) if width <= height else (new_long, self.resize)
+        top, left = int(round((new_h - self.crop) / 2.0)), int(round((new_w - self.crop) / 2.0))
+        sx, sy = width / new_w, height / new_h
+        box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
+        return image.resize((self.crop, self.crop), _PIL_FILTERS[self.interpolation], box=box)
+
     def __call__(self, image: Image.Image):
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as TF
 
+        shortcut = self._long_shortcut(image)
+        if shortcut is not None:
+            return TF.pil_to_tensor(shortcut)
         interpolation = InterpolationMode(self.interpolation)
         if self.mode == "squash":
             image = TF.resize(image, [self.crop, self.crop], interpolation=interpolation, antialias=True)
@@ -263,6 +284,9 @@ class ImageTransform:
 
     def to_array(self, image: Image.Image) -> np.ndarray:
         """The same as calling the transform, with PIL and NumPy only: uint8 (3, crop, crop)."""
+        shortcut = self._long_shortcut(image)
+        if shortcut is not None:
+            return np.ascontiguousarray(np.asarray(shortcut, dtype=np.uint8).transpose(2, 0, 1))
         resample = _PIL_FILTERS[self.interpolation]
         width, height = image.size
         if self.mode == "squash":

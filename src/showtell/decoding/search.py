@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from array_api_compat import device as device_of
+
 from ..vocab import END, PAD, START
 from .arrays import NEG_INF, Array, backend, mask_row, max_with_index, pad_to, select_state, topk
 
@@ -90,6 +92,93 @@ def _normalise(logprobs: Array, length: int, alpha: float) -> Array:
     return logprobs if alpha == 0.0 else logprobs / (float(length) ** alpha)
 
 
+@dataclass
+class _Beams:
+    """Beam search's arrays for B images: K live hypotheses and the n_best finished ones each."""
+    alive_lp: Array                 # (B, K) log-probability of each live hypothesis
+    alive_seq: Array                # (B, K, t) its words so far
+    fin_seq: Array                  # (B, n, T) finished hypotheses' words, <pad> after
+    fin_lp: Array                   # (B, n) their log-probability, <end> included
+    fin_score: Array                # (B, n) their ranking score, best first
+    fin_len: Array                  # (B, n) their lengths
+    alive_attn: Array | None = None  # (B, K, t, L)
+    fin_attn: Array | None = None    # (B, n, T, L)
+
+
+def _start(xp, b: int, k: int, n_best: int, max_length: int, device) -> _Beams:
+    alive_lp = xp.full((b, k), NEG_INF, dtype=xp.float32, device=device)
+    alive_lp[:, 0] = 0.0                                      # one live hypothesis at the start
+    return _Beams(alive_lp, xp.zeros((b, k, 0), dtype=xp.int64, device=device),
+                  xp.full((b, n_best, max_length), PAD, dtype=xp.int64, device=device),
+                  xp.full((b, n_best), NEG_INF, dtype=xp.float32, device=device),
+                  xp.full((b, n_best), NEG_INF, dtype=xp.float32, device=device),
+                  xp.zeros((b, n_best), dtype=xp.int64, device=device))
+
+
+def _pool_ends(xp, beams: _Beams, top_lp, is_end, t: int, w: int, max_length: int, length_penalty: float) -> None:
+    """The finished pool keeps the n_best best of (the old pool + the hypotheses ending at step t)."""
+    b, kw = top_lp.shape
+    n_best = beams.fin_score.shape[1]
+    rows = xp.arange(b, device=device_of(top_lp))[:, None]   # x[rows, index]: per image, pick along axis 1
+    end_lp = xp.where(is_end, top_lp, xp.full_like(top_lp, NEG_INF))
+    end_beam = xp.broadcast_to((xp.arange(kw, device=device_of(top_lp)) // w)[None, :], (b, kw))
+    beams.fin_score, pick = topk(xp.concat([beams.fin_score, _normalise(end_lp, t + 1, length_penalty)], axis=1), n_best)
+    from_new = pick >= n_best
+    new_beam = end_beam[rows, xp.clip(pick - n_best, 0, kw - 1)]
+    old = xp.clip(pick, 0, n_best - 1)
+    new_seq = pad_to(xp, beams.alive_seq, max_length, axis=2, value=PAD)[rows, new_beam]     # (B, n, T)
+    beams.fin_seq = xp.where(from_new[:, :, None], new_seq, beams.fin_seq[rows, old])
+    beams.fin_lp = xp.concat([beams.fin_lp, end_lp], axis=1)[rows, pick]
+    beams.fin_len = xp.where(from_new, xp.full_like(beams.fin_len, t), beams.fin_len[rows, old])
+    if beams.fin_attn is not None and t > 0:
+        new_attn = pad_to(xp, beams.alive_attn[:, :, :t], max_length, axis=2)[rows, new_beam]
+        beams.fin_attn = xp.where(from_new[:, :, None, None], new_attn, beams.fin_attn[rows, old])
+
+
+def _keep_alive(xp, beams: _Beams, top_lp, top_word, is_end, valid, w: int):
+    """The K best continuations that are not <end> stay live; returns (their words (B*K,), the
+    rows of the decoder state they continue)."""
+    b, k = beams.alive_lp.shape
+    rows = xp.arange(b, device=device_of(top_lp))[:, None]
+    go_on = xp.where(is_end | ~valid, xp.full_like(top_lp, NEG_INF), top_lp)
+    beams.alive_lp, pick = topk(go_on, k)                                                    # (B, K)
+    beam = pick // w
+    words = top_word[rows, pick]
+    beams.alive_seq = xp.concat([beams.alive_seq[rows, beam], words[:, :, None]], axis=2)
+    if beams.alive_attn is not None:
+        beams.alive_attn = beams.alive_attn[rows, beam]
+    return xp.reshape(words, (-1,)), xp.reshape(rows * k + beam, (-1,))
+
+
+def _with_unfinished(xp, beams: _Beams, max_length: int, length_penalty: float) -> Decoded:
+    """The n_best hypotheses per image: images with fewer finished ones get their best unfinished
+    ones, ranked after every complete caption (a sentence cut off at max_length is a worse answer
+    than a whole one)."""
+    b, n_best = beams.fin_score.shape
+    device = device_of(beams.fin_score)
+    rows = xp.arange(b, device=device)[:, None]
+    steps = beams.alive_seq.shape[-1]
+    alive_score = _normalise(beams.alive_lp, steps, length_penalty)
+    alive_order = xp.argsort(alive_score, axis=1, descending=True, stable=True)[:, :n_best]
+    n_done = xp.sum(xp.astype(xp.isfinite(beams.fin_score), xp.int64), axis=1, keepdims=True)   # (B, 1)
+    slot = xp.arange(n_best, device=device)[None, :]
+    use_alive = slot >= n_done
+    alive_pick = alive_order[rows, xp.clip(slot - n_done, 0, alive_order.shape[1] - 1)]
+    unfinished_seq = pad_to(xp, beams.alive_seq, max_length, axis=2, value=PAD)[rows, alive_pick]
+    sequences = xp.where(use_alive[:, :, None], unfinished_seq, beams.fin_seq)
+    logprobs = xp.where(use_alive, beams.alive_lp[rows, alive_pick], beams.fin_lp)
+    scores = xp.where(use_alive, alive_score[rows, alive_pick], beams.fin_score)
+    lengths = xp.where(use_alive, xp.full_like(beams.fin_len, steps), beams.fin_len)
+    found = xp.isfinite(scores)
+    sequences = xp.where(found[:, :, None], sequences, xp.full_like(sequences, PAD))
+    lengths = xp.where(found, lengths, xp.zeros_like(lengths))
+    attention = None
+    if beams.fin_attn is not None:
+        unfinished_attn = pad_to(xp, beams.alive_attn[:, :, :steps], max_length, axis=2)[rows, alive_pick]
+        attention = xp.where(use_alive[:, :, None, None], unfinished_attn, beams.fin_attn)
+    return Decoded(sequences, lengths, logprobs, scores, ~use_alive & found, attention)
+
+
 def beam_search(model, features, beam_size: int = 3, max_length: int = 20, length_penalty: float = 0.0,
                 n_best: int | None = None, block_unk: bool = True, return_attention: bool = False) -> Decoded:
     """Beam search as in the Show and Tell code: each of the K live hypotheses proposes its K best
@@ -106,94 +195,36 @@ def beam_search(model, features, beam_size: int = 3, max_length: int = 20, lengt
     n_best = min(n_best or k, k)
     state = model.init_state(features)
     xp, b, device = backend(state)
-    i64, f32 = xp.int64, xp.float32
     state = select_state(state, xp.repeat(xp.arange(b, device=device), k))
-    rows = xp.arange(b, device=device)[:, None]             # x[rows, index]: per image, pick along axis 1
-
-    alive_lp = xp.full((b, k), NEG_INF, dtype=f32, device=device)
-    alive_lp[:, 0] = 0.0                                      # one live hypothesis at the start
-    alive_seq = xp.zeros((b, k, 0), dtype=i64, device=device)
-    alive_attn = None
-    fin_seq = xp.full((b, n_best, max_length), PAD, dtype=i64, device=device)
-    fin_lp = xp.full((b, n_best), NEG_INF, dtype=f32, device=device)
-    fin_score = xp.full((b, n_best), NEG_INF, dtype=f32, device=device)
-    fin_len = xp.zeros((b, n_best), dtype=i64, device=device)
-    fin_attn = None
-    words = xp.full((b * k,), START, dtype=i64, device=device)
+    beams = _start(xp, b, k, n_best, max_length, device)
+    words = xp.full((b * k,), START, dtype=xp.int64, device=device)
     mask = None
-
     for t in range(max_length + 1):
         logprobs, state, attn = model.step(words, state)
         v = logprobs.shape[-1]
         w = min(k, v)
         mask = mask_row(xp, logprobs, block_unk) if mask is None else mask
-        candidates = alive_lp[:, :, None] + xp.reshape(logprobs + mask, (b, k, v))           # (B, K, V)
+        candidates = beams.alive_lp[:, :, None] + xp.reshape(logprobs + mask, (b, k, v))     # (B, K, V)
         top_lp, top_word = topk(candidates, w)                                               # (B, K, W)
         top_lp, top_word = xp.reshape(top_lp, (b, k * w)), xp.reshape(top_word, (b, k * w))
         valid = xp.isfinite(top_lp)
         is_end = (top_word == END) & valid
         if return_attention and attn is not None:
             step_attn = xp.reshape(attn, (b, k, 1, attn.shape[-1]))
-            alive_attn = step_attn if alive_attn is None else xp.concat([alive_attn, step_attn], axis=2)
-            if fin_attn is None:
-                fin_attn = xp.zeros((b, n_best, max_length, attn.shape[-1]), dtype=attn.dtype, device=device)
-
-        # finished pool: keep the n_best best of (old pool + hypotheses ending now)
-        end_lp = xp.where(is_end, top_lp, xp.full_like(top_lp, NEG_INF))
-        end_beam = xp.broadcast_to((xp.arange(k * w, device=device) // w)[None, :], (b, k * w))
-        fin_score, pick = topk(xp.concat([fin_score, _normalise(end_lp, t + 1, length_penalty)], axis=1), n_best)
-        from_new = pick >= n_best
-        new_beam = end_beam[rows, xp.clip(pick - n_best, 0, k * w - 1)]
-        old = xp.clip(pick, 0, n_best - 1)
-        new_seq = pad_to(xp, alive_seq, max_length, axis=2, value=PAD)[rows, new_beam]     # (B, n, T)
-        fin_seq = xp.where(from_new[:, :, None], new_seq, fin_seq[rows, old])
-        fin_lp = xp.concat([fin_lp, end_lp], axis=1)[rows, pick]
-        fin_len = xp.where(from_new, xp.full_like(fin_len, t), fin_len[rows, old])
-        if fin_attn is not None and t > 0:
-            new_attn = pad_to(xp, alive_attn[:, :, :t], max_length, axis=2)[rows, new_beam]
-            fin_attn = xp.where(from_new[:, :, None, None], new_attn, fin_attn[rows, old])
+            beams.alive_attn = step_attn if beams.alive_attn is None else xp.concat([beams.alive_attn, step_attn], axis=2)
+            if beams.fin_attn is None:
+                beams.fin_attn = xp.zeros((b, n_best, max_length, attn.shape[-1]), dtype=attn.dtype, device=device)
+        _pool_ends(xp, beams, top_lp, is_end, t, w, max_length, length_penalty)
         if t == max_length:
             break
-
-        # live hypotheses: the K best continuations that are not <end>
-        go_on = xp.where(is_end | ~valid, xp.full_like(top_lp, NEG_INF), top_lp)
-        alive_lp, pick = topk(go_on, k)                                                      # (B, K)
-        beam = pick // w
-        words = top_word[rows, pick]
-        alive_seq = xp.concat([alive_seq[rows, beam], words[:, :, None]], axis=2)
-        if alive_attn is not None:
-            alive_attn = alive_attn[rows, beam]
-        state = select_state(state, xp.reshape(rows * k + beam, (-1,)))
-        words = xp.reshape(words, (-1,))
-
+        words, keep = _keep_alive(xp, beams, top_lp, top_word, is_end, valid, w)
+        state = select_state(state, keep)
         # a live hypothesis's log-probability only falls; its best possible score is bounded
-        best_alive = xp.max(alive_lp, axis=1)
+        best_alive = xp.max(beams.alive_lp, axis=1)
         bound = best_alive if length_penalty == 0 else best_alive / float(max_length + 1) ** length_penalty
-        if bool(xp.all(fin_score[:, -1] >= bound)):
+        if bool(xp.all(beams.fin_score[:, -1] >= bound)):
             break
-
-    # images with fewer than n_best finished hypotheses get their best unfinished ones, ranked after
-    # every complete caption (a sentence cut off at max_length is a worse answer than a whole one)
-    steps = alive_seq.shape[-1]
-    alive_score = _normalise(alive_lp, steps, length_penalty)
-    alive_order = xp.argsort(alive_score, axis=1, descending=True, stable=True)[:, :n_best]
-    n_done = xp.sum(xp.astype(xp.isfinite(fin_score), i64), axis=1, keepdims=True)          # (B, 1)
-    slot = xp.arange(n_best, device=device)[None, :]
-    use_alive = slot >= n_done
-    alive_pick = alive_order[rows, xp.clip(slot - n_done, 0, alive_order.shape[1] - 1)]
-    unfinished_seq = pad_to(xp, alive_seq, max_length, axis=2, value=PAD)[rows, alive_pick]
-    sequences = xp.where(use_alive[:, :, None], unfinished_seq, fin_seq)
-    logprobs_out = xp.where(use_alive, alive_lp[rows, alive_pick], fin_lp)
-    scores = xp.where(use_alive, alive_score[rows, alive_pick], fin_score)
-    lengths = xp.where(use_alive, xp.full_like(fin_len, steps), fin_len)
-    found = xp.isfinite(scores)
-    sequences = xp.where(found[:, :, None], sequences, xp.full_like(sequences, PAD))
-    lengths = xp.where(found, lengths, xp.zeros_like(lengths))
-    attention = None
-    if fin_attn is not None:
-        unfinished_attn = pad_to(xp, alive_attn[:, :, :steps], max_length, axis=2)[rows, alive_pick]
-        attention = xp.where(use_alive[:, :, None, None], unfinished_attn, fin_attn)
-    return Decoded(sequences, lengths, logprobs_out, scores, ~use_alive & found, attention)
+    return _with_unfinished(xp, beams, max_length, length_penalty)
 
 
 def decode(model, features, beam_size: int = 1, max_length: int = 20, length_penalty: float = 0.0,

@@ -21,7 +21,7 @@ from ..data.features import FeatureCache
 from ..data.formats import ImageRecord, load_dataset
 from ..decoding.captions import CaptionResult, result_from
 from ..decoding.options import DecodeOptions, whole_number
-from ..errors import DataError, ShowtellError
+from ..errors import DataError, RunError, ShowtellError
 from ..fileio import write_json
 from ..inference.captioner import Captioner
 from ..progress import progress_bar
@@ -212,7 +212,7 @@ def _kept(what: str, path: Path, write):
     try:
         return write()
     except OSError as error:
-        log.warning("could not write %s %s (%s); the scores above are complete", what, path, error.strerror or error)
+        log.warning("could not write %s %s (%s); the scores are still reported", what, path, error.strerror or error)
     except ShowtellError as error:
         log.warning("could not write %s: %s", what, error)
     return None
@@ -221,11 +221,29 @@ def _kept(what: str, path: Path, write):
 def write_outputs(run: Run, captioner: Captioner, chosen: Split, decoded: Decoded, scored: Scored,
                   options: DecodeOptions, models: list[str], max_images: int | None, write_html: bool,
                   results_file) -> dict:
-    """report.html, the kept evaluation, the COCO results file and the model card; returns their paths
-    (None for each one not written)."""
+    """The COCO results file, and in the run (holding its lock) report.html, the kept evaluation and
+    the model card; returns their paths (None for each one not written). A run another process
+    holds (training) gets none of its files: a warning says so."""
+    ids = [record_image_id(chosen.records[i]) for i in decoded.readable]
+    paths = {"report_path": None, "evaluation_path": None, "results_path": None}
+    if results_file is not None:
+        pairs = [(image_id, decoded.results[i].caption) for image_id, i in zip(ids, decoded.readable)]
+        paths["results_path"] = _kept("the COCO results file", Path(results_file), lambda: write_results(results_file, pairs))
+    try:
+        with run.locked("evaluate"):
+            paths.update(_write_in_run(run, captioner, chosen, decoded, scored, options, models, max_images,
+                                       write_html, ids))
+    except RunError as error:
+        log.warning("%s; the scores are still reported, but no report or evaluation was kept", error)
+    except OSError as error:
+        log.warning("could not write in %s (%s); the scores are still reported", run.path, error.strerror or error)
+    return paths
+
+
+def _write_in_run(run: Run, captioner: Captioner, chosen: Split, decoded: Decoded, scored: Scored,
+                  options: DecodeOptions, models: list[str], max_images: int | None, write_html: bool, ids) -> dict:
     ok, records, results, summary = decoded.readable, chosen.records, decoded.results, scored.summary
     decoding = decoding_name(options.beam_size, len(models) - 1) + (f"-first{max_images}" if max_images else "")
-    ids = [record_image_id(records[i]) for i in ok]
     report_path = None
     if write_html:
         title = f"{run.path.name}: {chosen.name} split, " + ("greedy" if options.beam_size == 1 else f"beam {options.beam_size}")
@@ -245,12 +263,9 @@ def write_outputs(run: Run, captioner: Captioner, chosen: Split, decoded: Decode
                                    "references": list(records[i].captions)} for image_id, i in zip(ids, ok)]}
     kept = run.path / "evaluations" / f"{chosen.name}-{decoding}.json"
     evaluation_path = _kept("the evaluation", kept, lambda: write_json(kept, evaluation))
-    if results_file is not None:
-        pairs = [(image_id, results[i].caption) for image_id, i in zip(ids, ok)]
-        results_file = _kept("the COCO results file", Path(results_file), lambda: write_results(results_file, pairs))
     if evaluation_path is not None:
         _kept("the model card", run.path / "README.md", lambda: write_model_card(run.path))  # it shows every kept evaluation
-    return {"report_path": report_path, "evaluation_path": evaluation_path, "results_path": results_file}
+    return {"report_path": report_path, "evaluation_path": evaluation_path}
 
 
 def format_table(report: dict) -> str:

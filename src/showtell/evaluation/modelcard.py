@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from ..errors import RunError
 from ..fileio import atomic_write_text
+from ..run import read_history
 
 CARD = "README.md"
 TRAINING = "training.json"
@@ -36,10 +39,9 @@ def _json(path: Path, default=None):
 
 def _history(run: Path) -> list[dict]:
     try:
-        lines = (run / "history.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
+        return read_history(run / "history.jsonl")
+    except RunError:
         return []
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def parameter_count(weights: Path) -> int | None:
@@ -150,40 +152,47 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{minutes:.1f} minutes" if minutes < 120 else f"{minutes / 60:.1f} hours"
 
 
-def build_card(run: str | Path) -> str:
-    """The model card of a run directory or exported package, as text."""
-    run = Path(run)
-    config = _json(run / "config.json", {}) or {}
-    vocab = _json(run / "vocab.json", {}) or {}
-    sources = _json(run / "data.json", {}) or {}
-    training = _json(run / TRAINING, {}) or {}
-    history = _history(run)
-    evals = evaluations(run)
-    model, data, train = config.get("model", {}), config.get("data", {}), config.get("train", {})
-    params = parameter_count(run / "model.safetensors")
-    vocab_size = len(vocab.get("words", [])) or training.get("vocab_size")
-    decoder = _decoder_line(model)
-    head = yaml.safe_dump(metadata(run, config, sources, evals, history), sort_keys=False, allow_unicode=True)
-    lines = ["---", head.rstrip("\n"), "---", "", f"# {run.name}: a showtell image captioner", "",
-             "Writes one English sentence describing a picture. Trained with showtell; this card is made from "
-             "the files in this folder, written by `showtell train` at its end and rewritten by every "
-             "`showtell evaluate`.", "",
-             "## Model", "",
-             f"- Encoder: `{model.get('encoder')}` CNN, weights `{model.get('encoder_weights')}`"
-             f"{', frozen' if model.get('freeze_encoder') else ', trained'}; pictures resized to "
-             f"{data.get('image_size') or 'the encoder default'} px",
-             f"- Decoder: {decoder}",
-             f"- Parameters: {params:,}" if params is not None else "- Parameters: unknown (no model.safetensors)",
-             f"- Vocabulary: {vocab_size} words (training words seen at least {data.get('min_word_count')} times; "
-             "others become `<unk>`, which is never generated)" if vocab_size else "- Vocabulary: unknown",
-             "", "## Training data", ""]
-    lines.append(f"- Annotations: {', '.join(sources.get('data') or []) or sources.get('features') or 'unknown'}")
+@dataclass
+class RunFiles:
+    """What a card is made from: the run's own files, each read tolerantly (a missing one is empty)."""
+    path: Path
+    config: dict
+    vocab: dict
+    sources: dict
+    training: dict
+    history: list[dict]
+    evals: list[dict]
+
+    @classmethod
+    def read(cls, run: Path) -> "RunFiles":
+        return cls(run, _json(run / "config.json", {}) or {}, _json(run / "vocab.json", {}) or {},
+                   _json(run / "data.json", {}) or {}, _json(run / TRAINING, {}) or {}, _history(run), evaluations(run))
+
+
+def _model_section(f: RunFiles) -> list[str]:
+    model, data = f.config.get("model", {}), f.config.get("data", {})
+    params = parameter_count(f.path / "model.safetensors")
+    vocab_size = len(f.vocab.get("words", [])) or f.training.get("vocab_size")
+    return ["## Model", "",
+            f"- Encoder: `{model.get('encoder')}` CNN, weights `{model.get('encoder_weights')}`"
+            f"{', frozen' if model.get('freeze_encoder') else ', trained'}; pictures resized to "
+            f"{data.get('image_size') or 'the encoder default'} px",
+            f"- Decoder: {_decoder_line(model)}",
+            f"- Parameters: {params:,}" if params is not None else "- Parameters: unknown (no model.safetensors)",
+            f"- Vocabulary: {vocab_size} words (training words seen at least {data.get('min_word_count')} times; "
+            "others become `<unk>`, which is never generated)" if vocab_size else "- Vocabulary: unknown"]
+
+
+def _training_section(f: RunFiles) -> list[str]:
+    sources, training, train = f.sources, f.training, f.config.get("train", {})
+    lines = ["## Training data", "",
+             f"- Annotations: {', '.join(sources.get('data') or []) or sources.get('features') or 'unknown'}"]
     if sources.get("images"):
         lines.append(f"- Images: {sources['images']}")
     if training:
         lines.append(f"- Split sizes: {training.get('train_images', '?')} training and {training.get('val_images', '?')} "
                      "validation pictures" + "".join(f", {e['scores']['n_images']} {e['split']} pictures evaluated"
-                                                     for e in evals[-1:]))
+                                                     for e in f.evals[-1:]))
     lines += ["", "## Training", ""]
     if training:
         lines.append(f"- {training.get('epochs')} epochs, {training.get('steps')} steps in "
@@ -191,52 +200,68 @@ def build_card(run: str | Path) -> str:
                      + (", stopped early at the time budget" if training.get("stopped_early") else ""))
         if training.get("best_epoch") is not None:
             lines.append(f"- Best model: epoch {training['best_epoch']} by {training.get('best_metric')}")
+        else:
+            lines.append("- Not validated: training stopped before its first validation; the model is its last weights")
     lines.append(f"- Adam, learning rate {train.get('lr')} ({train.get('lr_schedule')}, {train.get('warmup_steps')} "
                  f"warm-up steps), batch {train.get('batch_size')} pictures x {train.get('captions_per_image')} captions, "
                  f"precision {train.get('precision')}, seed {train.get('seed')}"
                  + (f", then {train.get('scst_epochs')} self-critical epochs" if train.get("scst_epochs") else ""))
     lines.append("- Every setting: `config.json`; losses and validation scores per epoch: `history.jsonl`")
-    lines += ["", "## Scores", ""]
-    if evals:
+    return lines
+
+
+def _scores_section(f: RunFiles) -> list[str]:
+    lines = ["## Scores", ""]
+    if f.evals:
         lines += ["coco-caption metrics (PTB tokenizer, CIDEr-D); human: each reference scored against the others.", "",
                   "| split | decoding | pictures | metric | model | human | model / human |", "| --- | --- | --- | --- | --- | --- | --- |"]
-        for e in evals:
-            for m in SCORE_NAMES:
-                if m in e["scores"]:
-                    value, h = e["scores"][m], e.get("human", {}).get(m)
-                    human = "" if h is None else f"{h:.4f}"
-                    ratio = f"{value / h:.2f}" if h else ""
-                    lines.append(f"| {e['split']} | {_label(e)} | {e['scores'].get('n_images')} | {m} | "
-                                 f"{value:.4f} | {human} | {ratio} |")
+        for e in f.evals:
+            for m in (m for m in SCORE_NAMES if m in e["scores"]):
+                value, h = e["scores"][m], e.get("human", {}).get(m)
+                human, ratio = ("" if h is None else f"{h:.4f}"), (f"{value / h:.2f}" if h else "")
+                lines.append(f"| {e['split']} | {_label(e)} | {e['scores'].get('n_images')} | {m} | {value:.4f} | {human} | {ratio} |")
+    elif _best_validation(f.history):
+        best = _best_validation(f.history)
+        lines.append(f"Validation (decoded captions, epoch {best['epoch']}): "
+                     + ", ".join(f"{k[4:]} {_fmt(best[k])}" for k in ("val_Bleu_4", "val_CIDEr", "val_perplexity") if k in best)
+                     + ". No test evaluation yet: run `showtell evaluate` to add one (with the human bound).")
     else:
-        best = _best_validation(history)
-        if best:
-            lines.append(f"Validation (decoded captions, epoch {best['epoch']}): "
-                         + ", ".join(f"{k[4:]} {_fmt(best[k])}" for k in ("val_Bleu_4", "val_CIDEr", "val_perplexity")
-                                     if k in best)
-                         + ". No test evaluation yet: run `showtell evaluate` to add one (with the human bound).")
-        else:
-            lines.append("Not evaluated yet: run `showtell evaluate`.")
-    samples = _samples(evals, history)
+        lines.append("Not evaluated yet: run `showtell evaluate`.")
+    samples = _samples(f.evals, f.history)
     if samples:
         lines += ["", "## Sample captions", "", "| picture | model | a reference |", "| --- | --- | --- |"]
         lines += [f"| {s['file']} | {s['caption']} | {s['reference']} |" for s in samples]
-    folder = run.name
-    lines += ["", "## How to use it", "", "```",
-              "pip install showtell",
-              f"showtell caption {folder} photo.jpg --beam-size {config.get('decode', {}).get('beam_size', 3)}",
-              f"showtell serve {folder}        # HTTP service and web page on http://127.0.0.1:8000",
-              f"showtell evaluate {folder} --data captions.json --results results.json", "```", "", "```python",
-              "from showtell import Captioner", "",
-              f'captioner = Captioner.load("{folder}", device="cpu")',
-              'print(captioner.caption("photo.jpg").caption)', "```", "",
-              "## Limitations", "",
-              "A Show and Tell model describes pictures like the ones it was trained on, in the words of their "
-              "captions, and nothing else: on other kinds of pictures it still writes a fluent sentence of its "
-              "training vocabulary, often wrong. It names objects that are not there (see CHAIR in "
-              "`showtell evaluate`), confuses colours, counts and left/right, and favours frequent phrases. "
-              "Scores on the training data's own test split say little about other pictures. The captions are "
-              "English only and carry the biases of the training captions.", ""]
+    return lines
+
+
+def _usage_section(f: RunFiles) -> list[str]:
+    folder = f.path.name
+    return ["## How to use it", "", "```", "pip install showtell",
+            f"showtell caption {folder} photo.jpg --beam-size {f.config.get('decode', {}).get('beam_size', 3)}",
+            f"showtell serve {folder}        # HTTP service and web page on http://127.0.0.1:8000",
+            f"showtell evaluate {folder} --data captions.json --results results.json", "```", "", "```python",
+            "from showtell import Captioner", "", f'captioner = Captioner.load("{folder}", device="cpu")',
+            'print(captioner.caption("photo.jpg").caption)', "```", "", "## Limitations", "", LIMITATIONS]
+
+
+LIMITATIONS = ("A Show and Tell model describes pictures like the ones it was trained on, in the words of their "
+               "captions, and nothing else: on other kinds of pictures it still writes a fluent sentence of its "
+               "training vocabulary, often wrong. It names objects that are not there (see CHAIR in "
+               "`showtell evaluate`), confuses colours, counts and left/right, and favours frequent phrases. "
+               "Scores on the training data's own test split say little about other pictures. The captions are "
+               "English only and carry the biases of the training captions.")
+
+
+def build_card(run: str | Path) -> str:
+    """The model card of a run directory or exported package, as text."""
+    f = RunFiles.read(Path(run))
+    head = yaml.safe_dump(metadata(f.path, f.config, f.sources, f.evals, f.history), sort_keys=False, allow_unicode=True)
+    lines = ["---", head.rstrip("\n"), "---", "", f"# {f.path.name}: a showtell image captioner", "",
+             "Writes one English sentence describing a picture. Trained with showtell; this card is made from "
+             "the files in this folder, written by `showtell train` at its end and rewritten by every "
+             "`showtell evaluate`.", ""]
+    for section in (_model_section, _training_section, _scores_section, _usage_section):
+        lines += section(f) + [""]
     return "\n".join(lines)
 
 

@@ -261,7 +261,12 @@ class Encoder(nn.Module):
         with torch.no_grad():
             was_training = self.training
             self.eval()
-            probe = self(torch.zeros(1, 3, self.transform.crop, self.transform.crop, dtype=torch.uint8))
+            try:
+                probe = self(torch.zeros(1, 3, self.transform.crop, self.transform.crop, dtype=torch.uint8))
+            except RuntimeError as error:   # "Output size is too small" and its kin: the layers shrink it to nothing
+                raise ConfigError(f"data.image_size: {self.transform.crop} px is too small for the {name} encoder "
+                                  f"({str(error).splitlines()[0][:80]}); use a larger data.image_size or leave it "
+                                  "empty for the encoder's own size") from None
             self.train(was_training)
         self.global_dim = probe["global"].shape[-1]
         self.grid_dim = probe["grid"].shape[-1]

@@ -166,7 +166,9 @@ def describe(captioner, limits: Limits, max_pixels: int, budget: DecodeBudget, b
 def create_app(captioner, limits: Limits | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
                allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app. `allowed_hosts`: the names the Host header may carry (default: loopback names
-    only, so that a web page elsewhere cannot reach a local service through DNS rebinding)."""
+    only, so that a web page elsewhere cannot reach a local service through DNS rebinding). The
+    routes are defined inside, closing over the captioner, the limits and the batcher; each is a
+    few lines over the stage functions above."""
     limits = limits or Limits()
     batcher = MicroBatcher(captioner, max_batch, max_wait_ms, limits.max_queue)
     max_pixels = min(limits.max_pixels, captioner.max_pixels)

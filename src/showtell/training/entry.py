@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from time import monotonic as clock
 
@@ -14,7 +15,7 @@ from ..evaluation.modelcard import record_training, write_model_card
 from ..fileio import atomic_write_text
 from ..models.captioner import build_model
 from ..run import Run
-from ..vocab import Vocabulary
+from ..vocab import Vocabulary, build_vocabulary
 from . import distributed as dist
 from .loop import fit
 from .phases import encoder_should_train, make_optimizer, phase_plan
@@ -25,27 +26,34 @@ from .tensorboard import check_available as check_log
 log = logging.getLogger("showtell")
 
 
+def _lock(out, command: str):
+    """The run's lock, held by the process that writes (rank 0); no lock without a run folder."""
+    return Run(out).locked(command, create=command == "train") if out is not None and dist.is_main() else nullcontext()
+
+
 def train(config: Config, records: list[ImageRecord], out: str | Path | None, sources: dict | None = None,
           max_minutes: float | None = None, show_progress: bool = True, features=None) -> dict:
-    """Train a new model on `records` into run directory `out` (None: keep nothing on disk)."""
+    """Train a new model on `records` into run directory `out` (None: keep nothing on disk),
+    holding the run's lock throughout."""
     started = clock()
     config = resolve(config)
     check_log(config)
     train_records, val_records = split_records(records)
-    vocab = Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count)
+    vocab = build_vocabulary((t for r in train_records for t in r.tokens), config.data.min_word_count)
     seed_everything(config.train.seed)
     model = build_model(config, vocab, pretrained=True, encoder_state=features.encoder_state() if features else None)
     if config.model.word_embeddings:
         config.model.embed_dim = model.decoder.embed.embedding_dim   # the vectors decide
-    if out is not None and dist.is_main():
-        Run.create(out, config, vocab, sources or {})
-    dist.barrier()
-    run = Run(out) if out is not None else None
-    s = open_session(config, run, model, vocab, records, features, show_progress)
-    state = TrainState(plan=phase_plan(s, "xe"))
-    summary = fit(s, state, make_optimizer(s, "xe"), max_minutes if max_minutes is not None else config.train.max_minutes)
-    summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
-    describe_run(run, summary, clock() - started)
+    with _lock(out, "train"):
+        if out is not None and dist.is_main():
+            Run.create(out, config, vocab, sources or {})
+        dist.barrier()
+        run = Run(out) if out is not None else None
+        s = open_session(config, run, model, vocab, records, features, show_progress)
+        state = TrainState(plan=phase_plan(s, "xe"))
+        summary = fit(s, state, make_optimizer(s, "xe"), max_minutes if max_minutes is not None else config.train.max_minutes)
+        summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
+        describe_run(run, summary, clock() - started)
     return summary
 
 
@@ -70,23 +78,35 @@ def resume_config(saved: Config, overrides: list[str] | None) -> Config:
     return resolve(apply(saved, values, where="--set ")) if values else saved
 
 
+def check_changes(saved: Config, config: Config, state: TrainState) -> list[str]:
+    """The settings a resume changes, as 'name old -> new'; a change that contradicts what the run
+    has already trained (fewer epochs than it has done) is a ConfigError."""
+    done_xe = min(state.epoch, saved.train.epochs)
+    if config.train.epochs != saved.train.epochs:
+        if state.phase == "scst":
+            raise ConfigError(f"--set train.epochs={config.train.epochs}: the run finished its {saved.train.epochs} "
+                              "cross-entropy epochs and is in self-critical training; change train.scst_epochs instead")
+        if config.train.epochs < done_xe:
+            raise ConfigError(f"--set train.epochs={config.train.epochs}: the run has already trained {done_xe} epochs; "
+                              f"give {done_xe} or more")
+    done_scst = max(0, state.epoch - saved.train.epochs)
+    if config.train.scst_epochs < done_scst:
+        raise ConfigError(f"--set train.scst_epochs={config.train.scst_epochs}: the run has already trained {done_scst} "
+                          f"self-critical epochs; give {done_scst} or more")
+    old, new = saved.to_dict(), config.to_dict()
+    return [f"{section}.{key} {old[section][key]!r} -> {new[section][key]!r}"
+            for section in new for key in new[section] if new[section][key] != old[section][key]]
+
+
 def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | None = None,
            show_progress: bool = True, features=None, overrides: list[str] | None = None) -> dict:
-    """Continue the run in `path` from its newest good checkpoint. Everything is checked before
-    anything in the run is written: a refused resume leaves the run as it was."""
-    started = clock()
-    run = Run(path)
-    saved = run.config()
-    config, vocab = resume_config(saved, overrides), run.vocab()
-    check_log(config)
-    more_epochs = config.train.epochs != saved.train.epochs
-    step, weights, saved = run.load_checkpoint()
-    if "train_state" not in saved:
-        raise RunError(f"{run.path}: checkpoint from an older showtell; it cannot be resumed by this version")
-    state = TrainState.from_dict(saved["train_state"])
-    train_records, val_records = split_records(records)
-    if Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count) != vocab:
-        raise RunError(f"{run.path}: the training data differs from the data this run started with")
+    """Continue the run in `path` from its newest good checkpoint, holding its lock. Everything is
+    checked before anything in the run is written: a refused resume leaves the run as it was."""
+    with _lock(path, "train --resume"):
+        return _resume(Run(path), records, max_minutes, show_progress, features, overrides)
+
+
+def _restore_model(run: Run, config: Config, vocab, weights, state: TrainState):
     model = build_model(config, vocab, pretrained=False)
     try:
         model.load_state_dict(weights)
@@ -95,8 +115,26 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
                        f"{str(error).splitlines()[0][:160]}") from None
     if encoder_should_train(config, state.epoch) and config.model.freeze_encoder:
         model.encoder.freeze(False)  # the checkpoint was taken while fine-tuning
-    if overrides:
+    return model
+
+
+def _resume(run: Run, records, max_minutes, show_progress, features, overrides) -> dict:
+    started = clock()
+    saved_config = run.config()
+    config, vocab = resume_config(saved_config, overrides), run.vocab()
+    check_log(config)
+    step, weights, saved = run.load_checkpoint()
+    if "train_state" not in saved:
+        raise RunError(f"{run.path}: checkpoint from an older showtell; it cannot be resumed by this version")
+    state = TrainState.from_dict(saved["train_state"])
+    changes = check_changes(saved_config, config, state)
+    train_records, val_records = split_records(records)
+    if Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count) != vocab:
+        raise RunError(f"{run.path}: the training data differs from the data this run started with")
+    model = _restore_model(run, config, vocab, weights, state)
+    if changes and dist.is_main():
         atomic_write_text(run.path / "config.json", config.to_json())
+        log.info("resuming with %s (config.json updated)", "; ".join(changes))
     run.clean_temporary_files()
     if not run.model_is_readable():
         log.warning("%s/model.safetensors is missing or damaged; the next validated model replaces it", run.path)
@@ -107,7 +145,7 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
     if s.scaler is not None and saved.get("scaler"):
         s.scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"])
-    if more_epochs and state.phase == "xe":   # a new plan for the new length (a time budget's plan is kept otherwise)
+    if config.train.epochs != saved_config.train.epochs and state.phase == "xe":   # a new plan for the new length
         planned = phase_plan(s, "xe").total_steps
         log.info("train.epochs changed: the learning-rate decay now ends at step %d (was %d), continuing from step %d",
                  planned, state.plan.total_steps, state.global_step)
@@ -115,7 +153,11 @@ def resume(path: str | Path, records: list[ImageRecord], max_minutes: float | No
         state.planned_end = None
     if dist.is_main():  # forget history written after the checkpoint (it will be recomputed identically)
         run.rewrite_history(run.history()[: state.history_length])
-    log.info("resuming %s at epoch %d, step %d", run.path, state.epoch + 1, state.step_in_epoch)
+    if state.epoch >= s.total_epochs:
+        log.info("%s has already trained its %d epochs; nothing to do (give --set train.epochs=N to train more)",
+                 run.path, s.total_epochs)
+    else:
+        log.info("resuming %s at epoch %d, step %d", run.path, state.epoch + 1, state.step_in_epoch)
     summary = fit(s, state, optimizer, max_minutes if max_minutes is not None else config.train.max_minutes)
     summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
     describe_run(run, summary, clock() - started)

@@ -164,7 +164,13 @@ def summarise(s: Session, state: TrainState, loop: Loop) -> dict:
     if state.planned_end is not None and dist.is_main():
         log.info("time budget: the learning-rate decay was planned to end at step %d of %d (train.epochs=%d); "
                  "%d steps done", state.planned_end, t.epochs * s.steps_per_epoch, t.epochs, state.global_step)
-    if loop.stopped and dist.is_main():
+    if state.best_epoch is None and s.run is not None and dist.is_main():
+        share = 100.0 * state.global_step / max(1, s.steps_per_epoch)
+        log.warning("the model was never validated: training stopped after %d steps (%.0f%% of one epoch), before "
+                    "its first validation, so %s/model.safetensors holds its last weights, which may caption every "
+                    "picture alike; train longer (--max-minutes, train.epochs) or continue with showtell train "
+                    "--resume %s", state.global_step, share, s.run.path, s.run.path)
+    elif loop.stopped and dist.is_main():
         log.info("stopped at the time budget after %d steps; the best checkpoint is kept", state.global_step)
     if state.skipped and dist.is_main():
         log.warning("%d unreadable images were skipped during training (first: %s)",

@@ -21,11 +21,12 @@ from ..config import Config
 from ..data.batching import ImageSet, make_loader
 from ..data.features import FORMAT, encoder_settings, open_for_writing, record_dict
 from ..data.formats import ImageRecord
+from ..device import resolve_device
 from ..errors import DataError
 from ..fileio import atomic_write_text
 from ..models.encoder import Encoder
 from ..progress import progress_bar
-from ..vocab import Vocabulary
+from ..vocab import build_vocabulary
 from . import distributed as dist
 
 log = logging.getLogger("showtell")
@@ -37,32 +38,49 @@ def prepare(records: list[ImageRecord], config: Config, out: str | Path, batch_s
     out = Path(out)
     if not config.model.freeze_encoder:
         raise DataError("prepare caches the features of a frozen encoder; set model.freeze_encoder=true")
+    device = resolve_device(config.train.device)
+    encoder, outputs = _open_cache(records, config, out, sources, device)
+    done = np.load(out / "done.npy", mmap_mode="r+")
+    mine = np.flatnonzero(done == 0)[dist.rank()::dist.world_size()].tolist()
+    dist.barrier()  # every rank has read the mask before any rank marks a row
+    images = ImageSet(records, encoder.transform, config.data.max_image_pixels)
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    loader = make_loader(images, batches, config.data.num_workers, pin_memory=device.type == "cuda")
+    bar = progress_bar(total=len(records), initial=len(records) - int((done == 0).sum()), desc="encoding", unit="img",
+                       disable=not show_progress or not dist.is_main())
+    started = time.monotonic()
+    with bar:
+        _encode_rows(loader, encoder, device, out, outputs, done, bar)
+    dist.barrier()
+    if dist.is_main():
+        bad = _finish(out, len(records))
+        rate = len(mine) * dist.world_size() / max(time.monotonic() - started, 1e-9)
+        log.info("encoded %d pictures (%.1f images/s); %d unreadable ones left out", len(records), rate, len(bad))
+    dist.barrier()
+    return out
+
+
+def _open_cache(records, config: Config, out: Path, sources, device):
+    """The frozen encoder, and the cache in `out` created (or checked to be this one, to continue)."""
     outputs = ["global", "grid"] if config.model.decoder in ("attention", "transformer") else ["global"]
     manifest = {"format": FORMAT, "encoder": encoder_settings(config), "outputs": outputs,
                 "records": [record_dict(r) for r in records], "sources": sources or []}
-    device = torch.device("cuda", dist.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     encoder = Encoder(config.model.encoder, config.model.encoder_weights, config.data.image_size).to(device)
     encoder.freeze(True)
     shapes = {"global": (len(records), encoder.global_dim), "grid": (len(records), encoder.grid_size, encoder.grid_dim)}
     manifest["shapes"] = {k: list(shapes[k]) for k in outputs}
     if dist.is_main():
-        vocab = Vocabulary.build((t for r in records if r.split == "train" for t in r.tokens), config.data.min_word_count)
+        vocab = build_vocabulary((t for r in records if r.split == "train" for t in r.tokens), config.data.min_word_count)
         open_for_writing(out, manifest, shapes, vocab, encoder.state_dict())
     dist.barrier()
+    return encoder, outputs
 
-    done = np.load(out / "done.npy", mmap_mode="r+")
-    mine = np.flatnonzero(done == 0)[dist.rank()::dist.world_size()].tolist()
-    dist.barrier()  # every rank has read the mask before any rank marks a row
+
+def _encode_rows(loader, encoder, device, out: Path, outputs: list[str], done, bar) -> None:
+    """Encode this rank's rows batch by batch; a row is marked done only once its features are on disk."""
     progress_path = out / f"progress-{dist.rank()}.json"
     progress = json.loads(progress_path.read_text()) if progress_path.exists() else {"done": 0, "bad": {}}
     arrays = {name: np.load(out / f"{name}.npy", mmap_mode="r+") for name in outputs}
-    images = ImageSet(records, encoder.transform, config.data.max_image_pixels)
-    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-    loader = make_loader(images, batches, config.data.num_workers, pin_memory=device.type == "cuda")
-    remaining = int((done == 0).sum())
-    bar = progress_bar(total=len(records), initial=len(records) - remaining, desc="encoding", unit="img",
-                       disable=not show_progress or not dist.is_main())
-    started = time.monotonic()
     with torch.inference_mode():
         for ids, batch, bad in loader:
             for index, message in bad:
@@ -80,16 +98,14 @@ def prepare(records: list[ImageRecord], config: Config, out: str | Path, batch_s
             done[[*ids.tolist(), *(index for index, _ in bad)]] = 1
             done.flush()
             bar.update((len(ids) + len(bad)) * dist.world_size())
-    bar.close()
-    dist.barrier()
-    if dist.is_main():
-        if not np.all(np.load(out / "done.npy")):
-            raise DataError(f"{out}: some rows were not encoded; run the same showtell prepare again")
-        bad = {}
-        for path in sorted(out.glob("progress-*.json")):
-            bad.update(json.loads(path.read_text())["bad"])
-        atomic_write_text(out / "complete.json", json.dumps({"images": len(records), "bad": bad}) + "\n")
-        rate = len(mine) * dist.world_size() / max(time.monotonic() - started, 1e-9)
-        log.info("encoded %d pictures (%.1f images/s); %d unreadable ones left out", len(records), rate, len(bad))
-    dist.barrier()
-    return out
+
+
+def _finish(out: Path, count: int) -> dict:
+    """complete.json, written last once every row is done; returns the unreadable pictures."""
+    if not np.all(np.load(out / "done.npy")):
+        raise DataError(f"{out}: some rows were not encoded; run the same showtell prepare again")
+    bad = {}
+    for path in sorted(out.glob("progress-*.json")):
+        bad.update(json.loads(path.read_text())["bad"])
+    atomic_write_text(out / "complete.json", json.dumps({"images": count, "bad": bad}) + "\n")
+    return bad

@@ -50,7 +50,7 @@ class SelfCritical:
             baseline_out = greedy(model, {k: v.detach() for k, v in features.items()}, d.max_length, d.block_unk)
             model.decoder.train()
         baseline = [self.cider.score(text, r) for text, r in zip(texts_of(baseline_out, self.vocab), refs)]
-        generator = torch.Generator(device=device).manual_seed(t.seed * 1_000_003 + step)
+        generator = torch.Generator(device=device).manual_seed((t.seed * 1_000_003 + step) % (1 << 63))
         drawn, token_logprobs, mask = sample(model, features, d.max_length, generator=generator,
                                              samples_per_image=t.scst_samples, block_unk=d.block_unk)
         n = t.scst_samples
