@@ -436,3 +436,38 @@ def test_a_budgeted_run_ends_at_its_budget_with_the_rate_decayed(tmp_path, synth
     assert history[-1]["lr"] < 0.1 * 0.002 and not planned["stopped_early"]
     # without a plan the same budget cuts a 50-epoch schedule at a high rate
     assert cut["stopped_early"] and cut_history[-1]["lr"] > 0.5 * 0.002
+
+
+class SlowingClock(FakeClock):
+    """A FakeClock whose seconds pass `factor` times faster after `after` readings: a machine that
+    slows down (another job starts) once the budget's first plan is made."""
+
+    def __init__(self, tick: float, after: int, factor: float):
+        super().__init__(tick)
+        self.readings, self.after, self.factor = 0, after, factor
+
+    def __call__(self) -> float:
+        self.readings += 1
+        self.now += self.tick * (self.factor if self.readings > self.after else 1.0)
+        return self.now
+
+
+def test_a_budget_re_plans_when_the_machine_slows_down(tmp_path, synth_dir, monkeypatch, capsys):
+    """The first plan is made at full speed; then every step takes 3x as long. The run must still
+    end its decay and its last validation inside the budget, and near it (not at a third of it)."""
+    from showtell.cli.main import setup_logging
+
+    setup_logging()
+    records = records_of(synth_dir)
+    clock = SlowingClock(0.1, after=120, factor=3.0)
+    monkeypatch.setattr(budget, "clock", clock)
+    started = clock.now
+    config = load_config("synth", [*TINY, "train.epochs=500", "train.warmup_steps=5"])
+    summary = train(config, records, tmp_path / "run", show_progress=False, max_minutes=1.0)
+    used = clock.now - started
+    history = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert clock.readings > clock.after, "the clock never slowed: the test would not test re-planning"
+    assert summary["planned_steps"] == summary["steps"] == history[-1]["step"] and not summary["stopped_early"]
+    assert history[-1]["lr"] < 0.1 * config.train.lr                   # the decay ran to (near) zero
+    assert 0.95 * 60 <= used <= 60 + 1.0                             # within 5% of the budget, not past it
+    assert "time budget re-planned" in capsys.readouterr().err
