@@ -19,7 +19,9 @@ from ..device import local_rank
 
 
 def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Started by torchrun (with one process too: it then joins a process group of one, so the
+    NCCL or gloo set-up runs as it would with more)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def init(device_type: str) -> None:
