@@ -50,8 +50,11 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    from showtell.device import instruction_set
+
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}{gpu}"
+    return (f"{cpu} ({instruction_set()}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}{gpu}")
 
 
 def table(rows: list[tuple], header: tuple) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .device import check_device_name
+from .device import check_device_name, check_threads_setting
 from .errors import ConfigError
 
 
@@ -132,6 +132,9 @@ class TrainConfig:
     val_beam_size: int = setting(1, "beam size of validation decoding (1: greedy)", min=1, max=20)
     val_max_images: int = setting(1000, "decode at most this many validation images per evaluation", min=1)
     device: str = setting("auto", "'auto' (GPU when present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    threads: str = setting(
+        "auto", "CPU threads for PyTorch: 'auto' uses the cores other processes leave free and follows their load "
+        "as training runs (two threads beside a busy process ran 2-10x slower than one), or a count (also --threads)")
     precision: str = setting(
         "fp32", "'bf16' runs matrix products in bfloat16 autocast; 'fp16' in float16 autocast with a gradient "
         "scaler, for GPUs without bfloat16 (V100, T4)", choices=("fp32", "bf16", "fp16"))
@@ -325,6 +328,7 @@ def validate(config: Config, where: str = "") -> None:
     if config.train.scheduled_sampling:
         parse_scheduled_sampling(config.train.scheduled_sampling)
     check_device_name(config.train.device, f"{where}train.device")
+    check_threads_setting(config.train.threads, f"{where}train.threads")
 
 
 def parse_scheduled_sampling(spec: str) -> tuple[float, float]:

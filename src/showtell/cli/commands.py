@@ -62,6 +62,8 @@ def cmd_train(args) -> int:
     from ..training import distributed as dist
     from ..training.entry import resume, train
 
+    if args.threads is not None:
+        args.set = [*args.set, f"train.threads={args.threads}"]
     config = _training_inputs(args)
     with dist.process_group(resolve_device(config.train.device).type):
         cache = None
@@ -119,11 +121,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_prepare(args) -> int:
     from ..config import load_config
-    from ..device import resolve_device
+    from ..device import configure_threads, resolve_device
     from ..training import distributed as dist
     from ..training.prepare import prepare
 
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, [*args.set, *([f"train.threads={args.threads}"] if args.threads else [])])
+    configure_threads(config.train.threads)
     records = _records(args, config)
     with dist.process_group(resolve_device(config.train.device).type):  # under torchrun each rank encodes its share
         out = prepare(records, config, args.out, batch_size=args.batch_size, sources=args.data)

@@ -22,6 +22,8 @@ COMMANDS = {"synth": cmd_synth, "train": cmd_train, "caption": cmd_caption, "eva
             "prepare": cmd_prepare, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
             "config": cmd_config, "score": cmd_score}
 
+THREADED = ("caption", "evaluate", "serve", "score", "demo")
+
 # what Ctrl-C means for each command: only training keeps checkpoints to continue from
 INTERRUPTED = {"train": "interrupted; the last checkpoint is kept (continue with --resume)",
                "demo": "interrupted; the run keeps its last checkpoint (continue with showtell train --resume)",
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
     try:
+        if args.command in THREADED:       # train and prepare take theirs from train.threads (--threads overrides it)
+            from ..device import configure_threads
+
+            configure_threads(args.threads, announce=False)   # said only when it differs from the default
         return COMMANDS[args.command](args)
     except Stopped as stop:
         print(f"showtell: {stop}", file=sys.stderr)

@@ -60,6 +60,23 @@ def config_args(p: argparse.ArgumentParser) -> None:
                    help="override one setting, e.g. --set model.hidden_dim=512 (repeatable)")
 
 
+def threads(text: str) -> str:
+    """'auto' or a number of threads."""
+    from ..device import check_threads_setting
+    from ..errors import ArgumentError
+
+    try:
+        return check_threads_setting(text, "")
+    except ArgumentError as error:
+        raise argparse.ArgumentTypeError(str(error)[2:]) from None
+
+
+def threads_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    p.add_argument("--threads", type=threads, default=default, metavar="N|auto",
+                   help="CPU threads for PyTorch: 'auto' (default) uses the cores other processes leave free, "
+                        "following their load; or a count")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="showtell", description="Train, evaluate and serve Show and Tell image captioners.")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors on standard error")
@@ -88,6 +105,7 @@ def _train(sub) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", type=Path, help="continue a run from its last checkpoint")
     p.add_argument("--max-minutes", type=positive, help="stop cleanly after this many minutes, keeping the best checkpoint")
     config_args(p)
+    threads_arg(p, default=None)
 
 
 def _caption(sub) -> None:
@@ -110,6 +128,7 @@ def _caption(sub) -> None:
     fmt.add_argument("--csv", action="store_true", help="CSV with a header")
     p.add_argument("--coco-results", metavar="FILE.json", type=Path,
                    help="also write a COCO results file (ids from COCO file names, e.g. for test2014)")
+    threads_arg(p)
 
 
 def _evaluate(sub) -> None:
@@ -130,6 +149,7 @@ def _evaluate(sub) -> None:
                    help="recompute the scores with pycocoevalcap's own tokenizer and scorers and print both (needs Java)")
     p.add_argument("--results", metavar="FILE.json", type=Path,
                    help="write the captions as a COCO results file ([{image_id, caption}], the dataset's own ids)")
+    threads_arg(p)
 
 
 def _prepare(sub) -> None:
@@ -139,6 +159,7 @@ def _prepare(sub) -> None:
     p.add_argument("--out", metavar="DATA_DIR", type=Path, required=True)
     p.add_argument("--batch-size", type=count(1), default=32)
     config_args(p)
+    threads_arg(p, default=None)
 
 
 def _export(sub) -> None:
@@ -168,6 +189,7 @@ def _serve(sub) -> None:
     p.add_argument("--body-timeout", type=positive, default=30, help="seconds a client has to send its upload (default 30)")
     p.add_argument("--header-timeout", type=positive, default=10,
                    help="seconds a connection has to send its request headers (default 10)")
+    threads_arg(p)
 
 
 def _demo(sub) -> None:
@@ -177,6 +199,7 @@ def _demo(sub) -> None:
     p.add_argument("--images", type=count(10), default=3000, help="synthetic pictures (default 3000)")
     p.add_argument("--epochs", type=count(1), help="train exactly this many epochs instead of for --minutes "
                                                    "(the same model however busy the machine is)")
+    threads_arg(p)
 
 
 def _score(sub) -> None:
@@ -187,6 +210,7 @@ def _score(sub) -> None:
     p.add_argument("--ensemble", action="append", default=[], metavar="RUN", help="another run to average with (repeatable)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="one JSON object per caption")
+    threads_arg(p)
 
 
 def _config(sub) -> None:

@@ -78,7 +78,15 @@ def pad_to(xp, x: Array, length: int, axis: int, value=0) -> Array:
     return xp.concat([x, xp.full(tuple(shape), value, dtype=x.dtype, device=device_of(x))], axis=axis)
 
 
-def select_state(state: dict[str, Array], index: Array) -> dict[str, Array]:
-    """Reorder/duplicate the batch rows of every state array (beam bookkeeping)."""
-    return {k: v[index] for k, v in state.items()}
+def per_picture(name: str) -> bool:
+    """State entries named picture_* (after an ensemble's 'N.' prefix) hold the same values for every
+    row of one picture (the attention grid and keys, a Transformer's memory)."""
+    return name.rsplit(".", 1)[-1].startswith("picture_")
+
+
+def select_state(state: dict[str, Array], index: Array, within_pictures: bool = False) -> dict[str, Array]:
+    """Reorder/duplicate the batch rows of every state array (beam bookkeeping). `within_pictures`:
+    `index` only moves rows among the rows of their own picture (beam search's reordering of a
+    picture's hypotheses), so per-picture entries stay as they are instead of being copied."""
+    return {k: v if within_pictures and per_picture(k) else v[index] for k, v in state.items()}
 

@@ -218,7 +218,7 @@ def beam_search(model, features, beam_size: int = 3, max_length: int = 20, lengt
         if t == max_length:
             break
         words, keep = _keep_alive(xp, beams, top_lp, top_word, is_end, valid, w)
-        state = select_state(state, keep)
+        state = select_state(state, keep, within_pictures=True)
         # a live hypothesis's log-probability only falls; its best possible score is bounded
         best_alive = xp.max(beams.alive_lp, axis=1)
         bound = best_alive if length_penalty == 0 else best_alive / float(max_length + 1) ** length_penalty

@@ -35,6 +35,7 @@ from ..decoding.ensemble import Ensemble
 from ..decoding.options import PYTHON, DecodeOptions, Spelling, check_options, whole_number
 from ..decoding.scoring import word_logprobs
 from ..decoding.search import decode
+from ..device import check_threads
 from ..errors import ArgumentError, ImageError, RunError
 from ..vocab import END, PAD
 
@@ -163,6 +164,7 @@ class Captioner:
     def decode(self, features: list[dict], options: DecodeOptions) -> list[list[Hypothesis]]:
         """Captions of encoded pictures, `options.n_best` per picture, best first: greedy or beam
         search, or with `options.sampling` random captions, finished ones first, most probable first."""
+        check_threads()
         with self.runtime.no_grad(), self._lock:
             decoder, feats = self._decoder(features)
             if options.sampling is not None:

@@ -11,8 +11,10 @@ grid. Training adds the doubly stochastic penalty lambda * mean_i (1 - sum_t alp
 asks every location to be looked at about once over the sentence (averaged over locations, so
 lambda means the same for a 4x4 and a 14x14 grid).
 
-Attention needs the previous state, so teacher forcing runs one step at a time (the attention
-projection of the grid, W_a a, is computed once per image).
+Attention needs the previous state, so teacher forcing runs one step at a time; what does not
+depend on the step is taken out of the loop: the attention projection of the grid (W_a a) once
+per picture, before its captions are repeated; the words' input projection before the loop; the
+output layers after it, on the real words only.
 """
 
 from __future__ import annotations
@@ -40,46 +42,95 @@ class AttentionDecoder(nn.Module):
         self.context_out = nn.Linear(feature_dim, hidden_dim, bias=False)
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(hidden_dim, vocab_size)
+        self._fused_cache = None
+
+    def picture_features(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What depends only on the picture, computed once per picture before its captions are
+        repeated (training runs several captions per picture): the attention keys W_a a."""
+        return {**features, "picture_keys": self.attend_features(features["grid"])}      # (B, L, A)
 
     def init_state(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         grid = features["grid"]                                               # (B, L, D)
+        keys = features["picture_keys"] if "picture_keys" in features else self.attend_features(grid)
         mean = grid.mean(dim=1)
         return {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean)),
-                "grid": grid, "keys": self.attend_features(grid)}             # keys: (B, L, A)
+                "picture_grid": grid, "picture_keys": keys}                  # picture_*: the same for a picture's beams
 
-    def attend(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(context (B, D), weights (B, L)) for the current hidden state."""
-        scores = self.attend_score(torch.tanh(state["keys"] + self.attend_hidden(state["h"]).unsqueeze(1))).squeeze(2)
-        alpha = F.softmax(scores.float(), dim=1).to(state["grid"].dtype)      # (B, L)
-        context = torch.bmm(alpha.unsqueeze(1), state["grid"]).squeeze(1)     # (B, D)
-        gate = torch.sigmoid(self.gate(state["h"]))
-        return gate * context, alpha
+    def _fused(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The weights one step uses, arranged once rather than at every word: h's projections into
+        the attention MLP and into the gate as one matrix, and the LSTM's input weights for the
+        context (its word part is applied before the loop). Without gradients (decoding) they are
+        kept until the parameters change."""
+        e = self.embed.embedding_dim
+        parameters = (self.attend_hidden.weight, self.gate.weight, self.attend_hidden.bias, self.gate.bias,
+                      self.cell.weight_ih)
+        try:
+            key = tuple((p.data_ptr(), p._version) for p in parameters)
+        except RuntimeError:   # traced (ONNX export, torch.compile): tensors without storage, nothing to keep
+            key = None
+        cached = self._fused_cache
+        if key is not None and not torch.is_grad_enabled() and cached is not None and cached[0] == key:
+            return cached[1]
+        fused = (torch.cat([self.attend_hidden.weight, self.gate.weight]),
+                 torch.cat([self.attend_hidden.bias, self.gate.bias]),
+                 self.cell.weight_ih[:, e:].contiguous())
+        self._fused_cache = (key, fused) if key is not None and not torch.is_grad_enabled() else None
+        return fused
 
-    def _advance(self, words: torch.Tensor, state: dict[str, torch.Tensor]):
-        context, alpha = self.attend(state)
-        h, c = self.cell(torch.cat([self.dropout(self.embed(words)), context], dim=1), (state["h"], state["c"]))
-        logits = self.output(self.dropout(h + self.context_out(context)))  # deep output: the word sees z_t too
-        return logits, {**state, "h": h, "c": c}, alpha
+    def attend(self, state: dict[str, torch.Tensor], fused=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gated context (B, D), weights (B, L)) for the current hidden state; the two projections
+        of h (into the attention MLP and into the gate) are one matrix product."""
+        a = self.attend_hidden.out_features
+        weight, bias, _ = fused or self._fused()
+        projected = F.linear(state["h"], weight, bias)                        # (B, A + D)
+        query, gate = projected[:, :a], projected[:, a:]
+        scores = self.attend_score(torch.tanh(state["picture_keys"] + query.unsqueeze(1))).squeeze(2)
+        alpha = F.softmax(scores.float(), dim=1).to(state["picture_grid"].dtype)   # (B, L)
+        context = torch.bmm(alpha.unsqueeze(1), state["picture_grid"]).squeeze(1)  # (B, D)
+        return torch.sigmoid(gate) * context, alpha
+
+    def _word_inputs(self, words: torch.Tensor) -> torch.Tensor:
+        """The LSTM's input projection of the previous words' embeddings, with its bias: (..., 4H). The
+        context's part is added in `_advance`; splitting them lets teacher forcing do this for every
+        word in one product."""
+        e = self.embed.embedding_dim
+        return F.linear(self.dropout(self.embed(words)), self.cell.weight_ih[:, :e], self.cell.bias_ih)
+
+    def _advance(self, word_inputs: torch.Tensor, state: dict[str, torch.Tensor], fused):
+        """One LSTM step from the words' input projection (B, 4H): (h, c, context, alpha)."""
+        context, alpha = self.attend(state, fused)
+        h, c = torch._VF.lstm_cell(context, (state["h"], state["c"]), fused[2], self.cell.weight_hh,
+                                   word_inputs, self.cell.bias_hh)
+        return h, c, context, alpha
+
+    def _logits(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.output(self.dropout(h + self.context_out(context)))  # deep output: the word sees z_t too
 
     def step(self, words: torch.Tensor, state: dict[str, torch.Tensor]):
         """One word (B,) -> log-probabilities of the next (B, V), the new state, attention (B, L)."""
-        logits, state, alpha = self._advance(words, state)
-        return F.log_softmax(logits.float(), dim=-1), state, alpha
+        h, c, context, alpha = self._advance(self._word_inputs(words), state, self._fused())
+        return F.log_softmax(self._logits(h, context).float(), dim=-1), {**state, "h": h, "c": c}, alpha
 
     def forward(self, features: dict[str, torch.Tensor], inputs: torch.Tensor,
                 positions: torch.Tensor | None = None):
-        """Teacher forcing -> (logits (B, T, V) or (N, V) at `positions`, attention penalty summed over captions)."""
+        """Teacher forcing -> (logits (B, T, V) or (N, V) at `positions`, attention penalty summed over
+        captions). Only attention and the LSTM cell run word by word: the words' input projection comes
+        before the loop, the output layers after it, on the real positions only."""
         state = self.init_state(features)
-        logits, alphas = [], []
-        for t in range(inputs.shape[1]):
-            step_logits, state, alpha = self._advance(inputs[:, t], state)
-            logits.append(step_logits)
+        word_inputs = self._word_inputs(inputs)                               # (B, T, 4H)
+        fused = self._fused()
+        hs, contexts, alphas = [], [], []
+        for word_input in word_inputs.unbind(1):   # unbind, not [:, t]: its gradient is one stack, not T zero-filled copies
+            h, c, context, alpha = self._advance(word_input, state, fused)
+            state = {**state, "h": h, "c": c}
+            hs.append(h)
+            contexts.append(context)
             alphas.append(alpha)
-        logits = torch.stack(logits, dim=1)                                   # (B, T, V)
+        h, context = torch.stack(hs, dim=1), torch.stack(contexts, dim=1)    # (B, T, H), (B, T, D)
         penalty = self.attention_penalty(torch.stack(alphas, dim=1), positions)
         if positions is not None:
-            logits = logits[positions]
-        return logits, penalty
+            h, context = h[positions], context[positions]
+        return self._logits(h, context), penalty
 
     def attention_penalty(self, alphas: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         """lambda * sum over captions of mean_i (1 - sum_t alpha_ti)^2, over the words each caption has."""

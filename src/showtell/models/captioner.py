@@ -61,6 +61,9 @@ class CaptionModel(nn.Module):
         if features is None:
             with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
                 features = self.encoder(images)
+        picture_features = getattr(self.decoder, "picture_features", None)
+        if picture_features is not None:   # what depends only on the picture, once per picture
+            features = picture_features(features)
         features = repeat_features(features, repeats)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         positions = targets != PAD                                               # (B, T)

@@ -18,7 +18,9 @@ the interface every decoder shares (decode.py), with a key-value cache:
     logprobs, state, attention = decoder.step(words, state)
 
 The state holds only batch-first tensors, so beam search can reorder it row by row:
-  memory_k, memory_v  (B, layers, L+1, W)   cross-attention keys and values, projected once
+  picture_memory_k, picture_memory_v  (B, layers, L+1, W)   cross-attention keys and values, projected once
+                      per picture (in training, before its captions are repeated; picture_*: the same
+                      for every beam of a picture, so beam search need not copy them)
   self_k, self_v      (B, layers, t, W)     the words so far; t (the next position) is read from the shape
 The attention returned by `step` is the mean over heads of one layer's cross-attention (the last
 by default), over the L grid cells only: the pooled slot's weight is dropped and the rest
@@ -172,21 +174,32 @@ class TransformerDecoder(nn.Module):
         """Teacher forcing in one pass: inputs (B, T) = <start> w1 .. -> (logits (B, T, V), or
         (N, V) at the N positions where `positions` is true; penalty 0). Words after a caption's
         end are <pad>; the causal mask keeps every real word from seeing them."""
-        memory = self._memory(features)
+        memory_k, memory_v = self._memory_kv(features)
         x = self._embed(inputs, 0)                                            # (B, T, W)
-        for layer in self.layers:
-            x, _, _, _ = layer(x, *layer.memory_kv(memory))
+        for i, layer in enumerate(self.layers):
+            x, _, _, _ = layer(x, memory_k[:, i], memory_v[:, i])
         if positions is not None:
             x = x[positions]                                                  # (N, W): the vocabulary layer on real words only
         logits = self._logits(x)
         return logits, logits.new_zeros(())
 
-    def init_state(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _memory_kv(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer's cross-attention keys and values of the memory: (B, layers, L+1, W) twice."""
+        if "picture_memory_k" in features:
+            return features["picture_memory_k"], features["picture_memory_v"]
         memory = self._memory(features)
         keys, values = zip(*(layer.memory_kv(memory) for layer in self.layers))
-        memory_k, memory_v = torch.stack(keys, dim=1), torch.stack(values, dim=1)   # (B, layers, L+1, W)
+        return torch.stack(keys, dim=1), torch.stack(values, dim=1)
+
+    def picture_features(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What depends only on the picture, computed once per picture before its captions are repeated."""
+        memory_k, memory_v = self._memory_kv(features)
+        return {**features, "picture_memory_k": memory_k, "picture_memory_v": memory_v}
+
+    def init_state(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        memory_k, memory_v = self._memory_kv(features)                              # (B, layers, L+1, W)
         empty = memory_k[:, :, :0]                                                  # (B, layers, 0, W)
-        return {"memory_k": memory_k, "memory_v": memory_v, "self_k": empty, "self_v": empty}
+        return {"picture_memory_k": memory_k, "picture_memory_v": memory_v, "self_k": empty, "self_v": empty}
 
     def step(self, words: torch.Tensor, state: dict[str, torch.Tensor]):
         """One word (B,) -> log-probabilities of the next (B, V), the new state, attention (B, L)."""
@@ -195,7 +208,7 @@ class TransformerDecoder(nn.Module):
         new_k, new_v, alpha = [], [], None
         for i, layer in enumerate(self.layers):
             want = i == self.attention_layer
-            x, k, v, weights = layer(x, state["memory_k"][:, i], state["memory_v"][:, i],
+            x, k, v, weights = layer(x, state["picture_memory_k"][:, i], state["picture_memory_v"][:, i],
                                      state["self_k"][:, i], state["self_v"][:, i], weights=want)
             new_k.append(k)                                                   # (B, t+1, W)
             new_v.append(v)

@@ -10,6 +10,7 @@ from time import monotonic as clock
 
 from ..config import Config, apply, parse_overrides, resolve
 from ..data.formats import ImageRecord
+from ..device import configure_threads, threads_configured
 from ..errors import ConfigError, RunError
 from ..evaluation.modelcard import record_training, write_model_card
 from ..fileio import atomic_write_text
@@ -38,6 +39,8 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
     started = clock()
     config = resolve(config)
     check_log(config)
+    if not threads_configured():
+        configure_threads(config.train.threads)
     train_records, val_records = split_records(records)
     vocab = build_vocabulary((t for r in train_records for t in r.tokens), config.data.min_word_count)
     seed_everything(config.train.seed)
@@ -66,7 +69,7 @@ def describe_run(run: Run | None, summary: dict, seconds: float) -> None:
 
 RESUME_SETTINGS = ("train.epochs", "train.scst_epochs", "train.scst_lr", "train.scst_samples", "train.max_minutes",
                    "train.checkpoint_every", "train.keep_checkpoints", "train.val_max_images", "train.val_beam_size",
-                   "data.num_workers", "train.device", "train.log")
+                   "data.num_workers", "train.device", "train.log", "train.threads")
 
 
 def resume_config(saved: Config, overrides: list[str] | None) -> Config:
@@ -111,8 +114,10 @@ def _restore_model(run: Run, config: Config, vocab, weights, state: TrainState):
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
+        from ..inference.torch_runtime import describe_mismatch
+
         raise RunError(f"{run.path}/config.json: does not describe the checkpoint's model (was it edited?): "
-                       f"{str(error).splitlines()[0][:160]}") from None
+                       f"{describe_mismatch(run, model, weights, error).split(': ', 1)[1]}") from None
     if encoder_should_train(config, state.epoch) and config.model.freeze_encoder:
         model.encoder.freeze(False)  # the checkpoint was taken while fine-tuning
     return model
@@ -123,6 +128,8 @@ def _resume(run: Run, records, max_minutes, show_progress, features, overrides) 
     saved_config = run.config()
     config, vocab = resume_config(saved_config, overrides), run.vocab()
     check_log(config)
+    if not threads_configured():
+        configure_threads(config.train.threads)
     step, weights, saved = run.load_checkpoint()
     if "train_state" not in saved:
         raise RunError(f"{run.path}: checkpoint from an older showtell; it cannot be resumed by this version")

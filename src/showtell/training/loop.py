@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.batching import epoch_batches, make_loader
+from ..device import check_threads
 from ..errors import Stopped
 from ..progress import progress_bar
 from . import budget
@@ -151,6 +152,7 @@ def train_step(s: Session, state: TrainState, loop: Loop, ids, batch, bad) -> in
         trained = len(ids) * dist.world_size()
     state.step_in_epoch += 1
     state.global_step += 1
+    check_threads()
     return trained
 
 

@@ -21,7 +21,7 @@ from ..config import Config
 from ..data.batching import ImageSet, make_loader
 from ..data.features import FORMAT, encoder_settings, open_for_writing, record_dict
 from ..data.formats import ImageRecord
-from ..device import resolve_device
+from ..device import check_threads, resolve_device
 from ..errors import DataError
 from ..fileio import atomic_write_text
 from ..models.encoder import Encoder
@@ -98,6 +98,7 @@ def _encode_rows(loader, encoder, device, out: Path, outputs: list[str], done, b
             done[[*ids.tolist(), *(index for index, _ in bad)]] = 1
             done.flush()
             bar.update((len(ids) + len(bad)) * dist.world_size())
+            check_threads()
 
 
 def _finish(out: Path, count: int) -> dict:
