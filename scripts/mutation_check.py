@@ -1,4 +1,4 @@
-"""Break the decoding and training code on purpose, one plausible bug at a time, and check the tests notice.
+"""Break the decoding, training and encoder code on purpose, one plausible bug at a time, and check the tests notice.
 
 Each mutation is a text substitution inside one function of a temporary copy of src/; the tests
 named for it run against that copy (PYTHONPATH) and must fail. The unmutated copy runs first and
@@ -22,102 +22,124 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DECODE = "src/showtell/decode.py"
-D = "tests/test_decode.py::"
-SCST, TRAIN, T = "src/showtell/scst.py", "src/showtell/train.py", "tests/test_training_core.py::"
+SRC = "src/showtell/"
+ARRAYS, SEARCH, SAMPLING = SRC + "decoding/arrays.py", SRC + "decoding/search.py", SRC + "decoding/sampling.py"
+D, T = "tests/test_decode.py::", "tests/test_training_core.py::"
 
 
 @dataclass
 class Mutation:
     name: str          # the bug, in words
     file: str          # relative to the repository root
-    function: str      # the substitution happens inside this def/class only
+    function: str      # the substitution happens inside this top-level def/class only
     old: str
     new: str
     tests: list[str]   # pytest node ids (or files) that must catch it
 
 
 MUTATIONS = [
-    Mutation("drop the mask: <pad>/<start>/<unk> can be generated", DECODE, "_mask",
-             "    logprobs[..., PAD] = NEG_INF\n    logprobs[..., START] = NEG_INF\n"
-             "    if block_unk:\n        logprobs[..., UNK] = NEG_INF\n", "",
+    Mutation("drop the mask: <pad>/<start>/<unk> can be generated", ARRAYS, "mask_row",
+             "        row[word] = NEG_INF", "        pass",
              [D + "test_special_tokens_are_never_generated"]),
-    Mutation("renormalise after masking: reported logprobs are not the model's", DECODE, "_mask",
-             "    return logprobs", "    return logprobs.log_softmax(dim=-1)",
+    Mutation("renormalise after masking: reported logprobs are not the model's", SEARCH, "greedy",
+             "best_lp, best = max_with_index(xp, logprobs + mask)",
+             "best_lp, best = max_with_index(xp, (logprobs + mask).log_softmax(dim=-1))",
              [D + "test_greedy_beam_and_sampling_report_the_models_own_logprob"]),
-    Mutation("skip the length penalty", DECODE, "_normalise",
-             "    if alpha == 0.0:", "    if True:",
+    Mutation("skip the length penalty", SEARCH, "_normalise",
+             "alpha == 0.0", "True",
              [D + "test_large_beam_equals_exhaustive_search", D + "test_beam_alive_at_max_length_is_unfinished_and_ranked_after_finished"]),
-    Mutation("flip a sign: beam adds the negated word log-probability", DECODE, "beam_search",
-             "candidates = alive_lp.unsqueeze(-1) + _mask(", "candidates = alive_lp.unsqueeze(-1) - _mask(",
+    Mutation("flip a sign: beam adds the negated word log-probability", SEARCH, "beam_search",
+             "candidates = beams.alive_lp[:, :, None] + xp.reshape(", "candidates = beams.alive_lp[:, :, None] - xp.reshape(",
              [D + "test_large_beam_equals_exhaustive_search", D + "test_beam_size_one_is_greedy"]),
-    Mutation("beam ends every hypothesis alive at max_length (forced <end>)", DECODE, "beam_search",
+    Mutation("beam ends every hypothesis alive at max_length (forced <end>)", SEARCH, "beam_search",
              "is_end = (top_word == END) & valid", "is_end = ((top_word == END) | (t == max_length)) & valid",
              [D + "test_beam_alive_at_max_length_is_unfinished_and_ranked_after_finished"]),
-    Mutation("beam forgets to reorder the decoder state after pruning", DECODE, "beam_search",
-             "state = select_state(state, (rows.unsqueeze(1) * k + beam).view(-1))", "state = state",
+    Mutation("beam forgets to reorder the decoder state after pruning", SEARCH, "beam_search",
+             "state = select_state(state, keep, within_pictures=True)", "state = state",
              [D + "test_beam_alive_at_max_length_is_unfinished_and_ranked_after_finished",
               "tests/test_attention.py::test_beam_attention_belongs_to_the_chosen_words"]),
-    Mutation("beam keeps each beam's best continuation instead of the K best overall", DECODE, "beam_search",
-             "alive_lp, pick = go_on.topk(k, dim=1)",
-             "alive_lp, pick = go_on.view(b, k, w).max(dim=2); pick = pick + torch.arange(k, device=device) * w",
+    Mutation("beam treats every state entry as per-picture (h and c are not reordered)", ARRAYS, "select_state",
+             "within_pictures and per_picture(k)", "within_pictures",
+             [D + "test_narrow_beam_equals_a_reference_beam_search",
+              "tests/test_attention.py::test_beam_attention_belongs_to_the_chosen_words"]),
+    Mutation("beam keeps each beam's best continuation instead of the K best overall", SEARCH, "_keep_alive",
+             "beams.alive_lp, pick = topk(go_on, k)",
+             "beams.alive_lp, pick = go_on.view(b, k, w).max(dim=2); pick = pick + xp.arange(k) * w",
              [D + "test_narrow_beam_equals_a_reference_beam_search"]),
-    Mutation("beam ranks unfinished hypotheses among the finished by score", DECODE, "beam_search",
-             "use_alive = slot >= n_done", "use_alive = alive_score.gather(1, alive_order[:, :1]).expand(-1, n_best) > fin_score",
+    Mutation("beam ranks unfinished hypotheses among the finished by score", SEARCH, "_with_unfinished",
+             "use_alive = slot >= n_done",
+             "use_alive = alive_score.gather(1, alive_order[:, :1]).expand(-1, n_best) > beams.fin_score",
              [D + "test_beam_alive_at_max_length_is_unfinished_and_ranked_after_finished"]),
-    Mutation("sampling reports the tempered, masked policy's logprob", DECODE, "sample",
+    Mutation("sampling reports the tempered, masked policy's logprob", SAMPLING, "sample",
              "own = logprobs.detach().gather", "own = dist.detach().gather",
              [D + "test_greedy_beam_and_sampling_report_the_models_own_logprob",
               D + "test_sample_logprobs_equal_teacher_forcing_and_carry_gradients"]),
-    Mutation("sampling counts the word cut at max_length", DECODE, "sample",
+    Mutation("sampling counts the word cut at max_length", SAMPLING, "sample",
              "counts = ends | grows", "counts = active",
              [D + "test_sample_cut_at_max_length_is_unfinished_without_a_forced_end"]),
-    Mutation("sampling miscounts lengths (counts <end>)", DECODE, "sample",
+    Mutation("sampling miscounts lengths (counts <end>)", SAMPLING, "sample",
              "lengths = lengths + grows.long()", "lengths = lengths + counts.long()",
              ["tests/test_attention.py::test_sampled_attention_captions_are_their_images_and_score_as_teacher_forcing"]),
-    Mutation("samples tiled instead of image-major", DECODE, "sample",
+    Mutation("samples tiled instead of image-major", SAMPLING, "sample",
              "rows.repeat_interleave(samples_per_image)", "rows.repeat(samples_per_image)",
              ["tests/test_attention.py::test_sampled_attention_captions_are_their_images_and_score_as_teacher_forcing",
               D + "test_sample_logprobs_equal_teacher_forcing_and_carry_gradients"]),
-    Mutation("top-p drops the word that crosses the threshold", DECODE, "_filter",
+    Mutation("top-p drops the word that crosses the threshold", SAMPLING, "_filter",
              "before = probs.cumsum(dim=-1) - probs", "before = probs.cumsum(dim=-1)",
              [D + "test_sampling_top_p_draws_exactly_the_nucleus"]),
-    Mutation("greedy takes the least probable word", DECODE, "greedy",
-             "best_lp, best = logprobs.max(dim=-1)", "best_lp, best = logprobs.masked_fill(logprobs.isinf(), 1e9).min(dim=-1)",
+    Mutation("greedy takes the least probable word", SEARCH, "greedy",
+             "best_lp, best = max_with_index(xp, logprobs + mask)",
+             "best_lp, best = (logprobs + mask).masked_fill((logprobs + mask).isinf(), 1e9).min(dim=-1)",
              [D + "test_beam_size_one_is_greedy", D + "test_greedy_beam_and_sampling_report_the_models_own_logprob"]),
-    Mutation("ensemble averages log-probabilities instead of probabilities", DECODE, "Ensemble",
-             "torch.logsumexp(torch.stack(logprobs), dim=0) - math.log(len(self.models))", "torch.stack(logprobs).mean(dim=0)",
+    Mutation("ensemble averages log-probabilities instead of probabilities", SRC + "decoding/ensemble.py", "Ensemble",
+             "logsumexp(xp, xp.stack(logprobs), axis=0) - math.log(len(self.models))", "xp.mean(xp.stack(logprobs), axis=0)",
              [D + "test_ensemble_averages_probabilities"]),
-    Mutation("CHAIR matches the shortest name first (a hot dog counts as a dog)", "src/showtell/chair.py", "ObjectWords",
+    Mutation("CHAIR matches the shortest name first (a hot dog counts as a dog)", SRC + "evaluation/chair.py", "ObjectWords",
              "for n in range(min(self.longest, len(words) - i), 0, -1):",
              "for n in range(1, min(self.longest, len(words) - i) + 1):",
              ["tests/test_chair.py::test_mentions_take_the_longest_name_and_plurals",
               "tests/test_chair.py::test_chair_on_coco_instances_counted_by_hand"]),
-    Mutation("tokeniser keeps every period as an abbreviation's", "src/showtell/metrics.py", "_keeps_period",
-             '    if word in _ABBREVIATIONS', '    return True\n    if word in _ABBREVIATIONS',
+    Mutation("tokeniser keeps every period as an abbreviation's", SRC + "evaluation/metrics.py", "_keeps_period",
+             "    if word in _ABBREVIATIONS", "    return True\n    if word in _ABBREVIATIONS",
              ["tests/test_tokenizer_parity.py::test_python_tokenizer_matches_recorded_java_output"]),
     # training
-    Mutation("flip the self-critical sign: samples worse than greedy become likelier", SCST, "SelfCritical",
-             "loss = -(advantage", "loss = (advantage", [T + "test_self_critical_update_raises_the_reward_and_the_flipped_sign_lowers_it"]),
-    Mutation("self-critical baseline ignores decode.block_unk", SCST, "SelfCritical",
+    Mutation("flip the self-critical sign: samples worse than greedy become likelier", SRC + "training/scst.py",
+             "SelfCritical", "loss = -(advantage", "loss = (advantage",
+             [T + "test_self_critical_update_raises_the_reward_and_the_flipped_sign_lowers_it"]),
+    Mutation("self-critical baseline ignores decode.block_unk", SRC + "training/scst.py", "SelfCritical",
              "d.max_length, d.block_unk)", "d.max_length)",
              [T + "test_self_critical_encodes_each_batch_once_and_its_baseline_blocks_unk"]),
-    Mutation("scheduled sampling feeds back <pad>/<start>/<unk>", "src/showtell/models/captioner.py", "scheduled_sampling",
+    Mutation("scheduled sampling feeds back <pad>/<start>/<unk>", SRC + "models/captioner.py", "scheduled_sampling",
              "feedable[:, [PAD, START, UNK]] = -math.inf", "pass",
              ["tests/test_attention.py::test_scheduled_sampling_feeds_back_only_words_that_decoding_could_write"]),
-    Mutation("only rank 0 starts self-critical training from the best model", TRAIN, "start_self_critical",
-             "if s.run is not None and s.run.has_model():", "if s.run is not None and s.run.has_model() and dist.is_main():",
+    Mutation("only rank 0 starts self-critical training from the best model", SRC + "training/phases.py",
+             "start_self_critical", "if s.run is not None and s.run.has_model():",
+             "if s.run is not None and s.run.has_model() and dist.is_main():",
              [T + "test_self_critical_starts_from_the_best_model_on_every_rank"]),
-    Mutation("validation decodes with default settings, not decode.*", TRAIN, "validate",
+    Mutation("validation decodes with default settings, not decode.*", SRC + "training/epochs.py", "validate",
              "length_penalty=d.length_penalty, block_unk=d.block_unk", "length_penalty=0.0, block_unk=True",
              [T + "test_validation_decodes_with_the_decode_settings"]),
-    Mutation("more epochs on resume recompute the schedule from scratch (the rate jumps)", "src/showtell/schedules.py",
+    Mutation("more epochs on resume recompute the schedule from scratch (the rate jumps)", SRC + "training/schedules.py",
              "Plan", "return replace(self, total_steps=total_steps, decay_from_step=step, decay_from_factor=self.factor(step))",
              "return replace(self, total_steps=total_steps)",
              [T + "test_a_replanned_schedule_continues_without_a_jump_and_ends_at_zero"]),
-    Mutation("the time budget's plan is measured but never applied", TRAIN, "BudgetPlanner",
-             "state.plan, state.planned_end = plan.replanned(state.global_step, end), end", "state.planned_end = end",
+    Mutation("the time budget's plan is measured but never applied", SRC + "training/budget.py", "BudgetPlanner",
+             "state.plan, state.planned_end, self.planned_at = plan.replanned(state.global_step, end), end, step",
+             "state.planned_end, self.planned_at = end, step",
              [T + "test_a_budgeted_run_ends_at_its_budget_with_the_rate_decayed"]),
+    # encoders
+    Mutation("a ViT's grid keeps its class token", SRC + "models/hub_encoders.py", "TimmTrunk",
+             "features[:, self.prefix:]", "features[:, :-self.prefix or None]",
+             ["tests/test_hub_encoders.py::test_the_pooled_vector_and_the_grid"]),
+    Mutation("a timm encoder's features never reach the decoder (picture-blind)", SRC + "models/hub_encoders.py",
+             "TimmTrunk", "return grid, vector.flatten(1)", "return grid * 0, vector.flatten(1) * 0",
+             ["tests/test_hub_encoders.py::test_a_timm_cnn_from_scratch_learns_the_scenes"]),
+    Mutation("CLIP's embedding is not L2-normalised", SRC + "models/hub_encoders.py", "ClipTrunk",
+             "F.normalize(pooled, dim=-1)", "pooled",
+             ["tests/test_hub_encoders.py::test_the_pooled_vector_and_the_grid"]),
+    Mutation("OpenAI's CLIP weights built without QuickGELU", SRC + "models/hub_encoders.py", "_clip_model",
+             "trained_quick, built = True, base + \"-quickgelu\"", "trained_quick, built = False, base",
+             ["tests/test_hub_encoders.py::test_quickgelu_and_tags"]),
 ]
 
 
