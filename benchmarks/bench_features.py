@@ -1,6 +1,7 @@
 """Feature extraction (`showtell prepare`: JPEG files -> decode -> resize/crop -> ResNet-50 -> float16
 cache) against the encoder's pure forward pass on tensors already in memory, and both against the
-machine's FLOP limit measured in the same run."""
+machine's FLOP limit measured in the same run; then the forward pass of a timm and a CLIP encoder
+(random weights, 224 px, both outputs) as ratios to ResNet-50's in the same run."""
 
 from __future__ import annotations
 
@@ -16,21 +17,42 @@ from PIL import Image
 
 from showtell.config import load_config
 from showtell.data.formats import ImageRecord
+from showtell.errors import ConfigError
 from showtell.models.encoder import Encoder
 from showtell.training.prepare import prepare
 
 NAME, N, BATCH = "resnet50", 64, 16
-GFLOPS_PER_IMAGE = {"resnet50": 8.2, "resnet18": 3.6, "vgg16": 31.0}  # 2 x multiply-adds at 224 px
+GFLOPS_PER_IMAGE = {"resnet50": 8.2, "resnet18": 3.6, "vgg16": 31.0,  # 2 x multiply-adds at 224 px
+                    "timm:convnext_tiny": 8.9, "clip:ViT-B-32": 8.8}
+HUB_ENCODERS = ("timm:convnext_tiny", "clip:ViT-B-32")   # showtell[timm], showtell[clip]
+
+
+def forward_rate(name: str) -> float:
+    """Pictures/s of one encoder's forward pass (vector and grid) on uint8 batches in memory."""
+    encoder = Encoder(name, "none").eval()
+    encoder.freeze(True)
+    size = encoder.transform.crop
+    batch = torch.randint(0, 255, (BATCH, 3, size, size), dtype=torch.uint8)
+    with torch.inference_mode():
+        return BATCH / timed(lambda: encoder(batch), repeats=3, warmup=1, min_seconds=1.0)
+
+
+def encoder_table(reference: float, flops: float) -> str:
+    rows = [(NAME, f"{reference:.1f}", "1.00", f"{reference * GFLOPS_PER_IMAGE[NAME] * 1e9 / flops:.0%}")]
+    for name in HUB_ENCODERS:
+        try:
+            rate = forward_rate(name)
+        except ConfigError as error:   # the extra is not installed: say so, keep the rest of the report
+            rows.append((name, "-", "-", str(error).splitlines()[0][:60]))
+            continue
+        rows.append((name, f"{rate:.1f}", f"{rate / reference:.2f}", f"{rate * GFLOPS_PER_IMAGE[name] * 1e9 / flops:.0%}"))
+    return table(rows, ("encoder, forward at 224 px", "images/s", "of resnet50", "of FLOP limit"))
 
 
 def main(workers: int = 2) -> str:
     torch.manual_seed(0)
     flops = matmul_flops()
-    encoder = Encoder(NAME, "none").eval()
-    encoder.freeze(True)
-    batch = torch.randint(0, 255, (BATCH, 3, 224, 224), dtype=torch.uint8)
-    with torch.inference_mode():
-        forward = BATCH / timed(lambda: encoder(batch), repeats=3, warmup=1, min_seconds=1.0)
+    forward = forward_rate(NAME)
 
     with tempfile.TemporaryDirectory() as tmp:
         records = []
@@ -57,7 +79,8 @@ def main(workers: int = 2) -> str:
     return "\n".join([f"feature extraction, {NAME} at 224 px, {N} JPEGs, batches of {BATCH}; {machine()}",
                       f"fp32 matmul limit measured in this run: {flops / 1e9:.0f} GFLOP/s", "",
                       table(rows, ("path", "images/s", "of pure forward", "of FLOP limit")), "",
-                      f"prepare reaches {best / forward:.0%} of the pure forward rate"])
+                      f"prepare reaches {best / forward:.0%} of the pure forward rate", "",
+                      encoder_table(forward, flops)])
 
 
 if __name__ == "__main__":

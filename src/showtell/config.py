@@ -33,13 +33,15 @@ def setting(default, help: str, choices: tuple | None = None, min: float | None 
 @dataclass
 class ModelConfig:
     encoder: str = setting(
-        "vgg16", "CNN that turns a picture into a vector: 'small' (compact CNN trained from "
-        "scratch on small images) or a torchvision classification model name (vgg16 as in the "
-        "Show and Tell write-up, resnet50, efficientnet_b0, convnext_tiny, vit_b_16, ...)")
+        "vgg16", "what turns a picture into a vector and a grid: 'small' (compact CNN trained from scratch on "
+        "small images), a torchvision classification model name (vgg16 as in the Show and Tell write-up, resnet50, "
+        "efficientnet_b0, convnext_tiny, vit_b_16, ...), 'timm:NAME' (any timm model; showtell[timm]) or "
+        "'clip:NAME' (open_clip's image tower, e.g. clip:ViT-B-32; showtell[clip])")
     encoder_weights: str = setting(
-        "auto", "'imagenet' (torchvision's weights, downloaded once into its cache), 'none' "
-        "(random initialisation), the path of a .pth/.safetensors state dict, or 'auto': imagenet "
-        "for torchvision encoders, none for 'small'")
+        "auto", "'imagenet' (torchvision's or timm's pretrained weights, downloaded once into the library's cache), "
+        "an open_clip pretrained tag for clip: encoders ('openai', 'laion2b_s34b_b79k', ...), 'none' (random "
+        "initialisation), the path of a .pth/.safetensors state dict, or 'auto': imagenet for torchvision and timm "
+        "encoders, openai for clip:, none for 'small'")
     freeze_encoder: bool | None = setting(
         None, "keep the CNN fixed; empty (auto) freezes pretrained weights (their features can then be "
         "cached) and trains random ones. A frozen random CNN is refused: it would caption every picture alike")
@@ -401,13 +403,16 @@ def resolve(config: Config) -> Config:
     m = config.model
     weights = m.encoder_weights
     if weights == "auto":
-        weights = "none" if m.encoder == "small" else "imagenet"
+        weights = "none" if m.encoder == "small" else "openai" if m.encoder.startswith("clip:") else "imagenet"
     frozen = m.freeze_encoder if m.freeze_encoder is not None else weights != "none"
     if frozen and weights == "none":
         raise ConfigError("model.freeze_encoder: a frozen encoder with random weights (model.encoder_weights=none) "
                           "gives every picture nearly the same features; set model.freeze_encoder=false or give weights")
     if m.encoder == "small" and weights == "imagenet":
         raise ConfigError("model.encoder_weights: the small encoder has no ImageNet weights; use 'none' or a file")
+    if m.encoder.startswith("clip:") and weights == "imagenet":
+        raise ConfigError("model.encoder_weights: clip: encoders take an open_clip pretrained tag (openai, "
+                          "laion2b_s34b_b79k, ...), a file or none, not 'imagenet'")
     return dataclasses.replace(config, model=dataclasses.replace(m, encoder_weights=weights, freeze_encoder=frozen))
 
 

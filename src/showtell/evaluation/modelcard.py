@@ -174,7 +174,7 @@ def _model_section(f: RunFiles) -> list[str]:
     params = parameter_count(f.path / "model.safetensors")
     vocab_size = len(f.vocab.get("words", [])) or f.training.get("vocab_size")
     return ["## Model", "",
-            f"- Encoder: `{model.get('encoder')}` CNN, weights `{model.get('encoder_weights')}`"
+            f"- Encoder: `{model.get('encoder')}`, weights `{model.get('encoder_weights')}`"
             f"{', frozen' if model.get('freeze_encoder') else ', trained'}; pictures resized to "
             f"{data.get('image_size') or 'the encoder default'} px",
             f"- Decoder: {_decoder_line(model)}",

@@ -1,4 +1,5 @@
-"""Models: the image encoders (encoder.py: torchvision backbones and a small CNN), the decoders
+"""Models: the image encoders (encoder.py: torchvision backbones and a small CNN; hub_encoders.py:
+timm models and open_clip image towers; weight_files.py: weights read from local files), the decoders
 (nic.py: Show and Tell; attention.py: Show, Attend and Tell; transformer.py), pretrained word
 vectors (embeddings.py) and the whole captioner built from the config (captioner.py).
 

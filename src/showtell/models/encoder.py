@@ -4,7 +4,8 @@
 `{"global": (B, Dg), "grid": (B, L, Dc)}`: the pooled image vector and the spatial feature map
 flattened to L = h*w locations (VGG16 conv5 at 224 px: 14x14x512; ResNet: 7x7x2048).
 
-Backbones come from torchvision by name. Their weights come from torchvision's weights API (and
+Backbones come from torchvision by name, or from timm and open_clip (`timm:NAME`, `clip:NAME`;
+hub_encoders.py). Their weights come from torchvision's weights API (and
 its download cache), from a local state dict, or from nothing (random). The normalisation and
 geometry come from the weights' own metadata, so preprocessing cannot mismatch the network.
 `small` is a compact CNN for training from scratch on small pictures; it sees two extra input
@@ -24,6 +25,8 @@ from torch import nn
 
 from ..data.images import ImageTransform
 from ..errors import ConfigError, WeightsError
+from .hub_encoders import is_hub_encoder
+from .weight_files import load_into, read_state_dict
 
 SMALL_DEFAULT_SIZE = 64
 
@@ -169,27 +172,6 @@ def imagenet_weights_file(name: str) -> tuple[str, Path]:
     return weights.url, Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a .pth/.pt file (loaded with weights_only, never plain pickle)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"{path}: model.encoder_weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt files raise many different errors
-        raise WeightsError(f"{path}: cannot read state dict ({str(error).splitlines()[0][:160]})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: not a state dict of tensors")
-    return state
-
-
 def _imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
     url, cached = imagenet_weights_file(name)
     if cached.is_file():
@@ -202,17 +184,6 @@ def _imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
             f"could not download the ImageNet weights of {name} ({reason}); on a machine without internet, "
             f"download {url} elsewhere and place it at {cached}, or set model.encoder_weights to a state dict file"
         ) from None
-
-
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shape mismatches
-        first = str(error).split("\n")[1].strip() if "\n" in str(error) else str(error)
-        raise WeightsError(f"{source}: weights do not fit the model ({first[:200]})") from None
-    if missing or unexpected:
-        raise WeightsError(f"{source}: weights do not fit the model (missing {list(missing)[:3]}, "
-                           f"unexpected {list(unexpected)[:3]})")
 
 
 class Encoder(nn.Module):
@@ -230,9 +201,14 @@ class Encoder(nn.Module):
             self.transform = ImageTransform(crop=size, resize=size, mode="squash")
             mean, std = [0.5] * 3, [0.5] * 3
             if pretrained and weights not in ("none", "imagenet"):
-                _load_into(self, read_state_dict(weights), weights)
+                load_into(self, read_state_dict(weights), weights)
             elif pretrained and weights == "imagenet":
                 raise ConfigError("model.encoder_weights: the small encoder has no ImageNet weights; use 'none'")
+        elif is_hub_encoder(name):
+            from .hub_encoders import build
+
+            trunk, self.transform, mean, std = build(name, weights, image_size, pretrained)
+            self.trunk, self.head = trunk.to(memory_format=torch.channels_last), VectorHead()
         else:
             if name not in torchvision.models.list_models(module=torchvision.models):
                 raise ConfigError(f"model.encoder: unknown encoder {name!r} (use 'small' or a torchvision "
@@ -240,9 +216,9 @@ class Encoder(nn.Module):
             meta = _default_weights(name)
             model = torchvision.models.get_model(name, weights=None)
             if pretrained and weights == "imagenet":
-                _load_into(model, _imagenet_state_dict(name), f"ImageNet weights of {name}")
+                load_into(model, _imagenet_state_dict(name), f"ImageNet weights of {name}")
             elif pretrained and weights != "none":
-                _load_into(model, read_state_dict(weights), weights)
+                load_into(model, read_state_dict(weights), weights)
             preset = meta.transforms() if meta is not None else None
             crop = preset.crop_size[0] if preset else 224
             resize = preset.resize_size[0] if preset else 256
