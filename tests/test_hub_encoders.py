@@ -47,6 +47,8 @@ def _features(encoder: Encoder, image: Image.Image) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name, size, grid, dims", [
     ("timm:test_resnet", 64, (4, 96), 96),          # a CNN: its last stage (2x2 at 64 px)
     ("timm:test_vit", None, (100, 64), 64),          # a ViT: 10x10 patch tokens, the class token left out
+    ("timm:test_vit3", None, (100, 96), 96),         # a ViT with register tokens: left out too
+    ("timm:test_mambaout", 64, (4, 64), 256),        # channels-last features (NHWC), put back to NCHW
     (f"clip:{TINY_CLIP}", None, (16, 32), 16),       # CLIP: 4x4 patch tokens; the projected embedding
 ])
 def test_the_pooled_vector_and_the_grid(name, size, grid, dims):
@@ -61,7 +63,11 @@ def test_the_pooled_vector_and_the_grid(name, size, grid, dims):
             model = encoder.trunk.model
             tokens = model.forward_features(x)
             if tokens.dim() == 3:    # patch tokens in raster order: the grid's first row is the first tokens
+                assert model.num_prefix_tokens >= 1
                 assert torch.allclose(out["grid"][0], tokens[0, model.num_prefix_tokens:], atol=1e-5)
+            else:                    # a map, channels last or first
+                nchw = tokens.permute(0, 3, 1, 2) if getattr(model, "output_fmt", "NCHW") == "NHWC" else tokens
+                assert torch.allclose(out["grid"][0], nchw[0].flatten(1).T, atol=1e-5)
             assert torch.allclose(out["global"], model.forward_head(tokens, pre_logits=True), atol=1e-5)
         else:   # what CLIP's own encode_image gives, L2-normalised as CLIP compares pictures
             clip = open_clip.create_model(TINY_CLIP)
@@ -122,6 +128,26 @@ def test_a_file_that_does_not_fit_is_named(tmp_path):
         Encoder("timm:test_convnext", str(path))
 
 
+def test_models_without_a_patch_grid_or_at_a_fixed_size_are_one_line():
+    with pytest.raises(ConfigError, match="data.image_size: timm:swin_tiny_patch4_window7_224 works at 224 px only"):
+        Encoder("timm:swin_tiny_patch4_window7_224", "none", 64)
+    with pytest.raises(ConfigError, match="gives 1 tokens after its class tokens, not its patch grid"):
+        Encoder("timm:pit_ti_224", "none")          # features are the class token alone
+    with pytest.raises(ConfigError, match="its crop mode 'squash' .* is not supported"):
+        Encoder("timm:dm_nfnet_f0", "none")          # squash after a crop_pct resize: not a geometry we have
+
+
+def test_a_saved_clip_run_rebuilds_with_its_tags_preprocessing(monkeypatch):
+    """A run trained from a tag whose statistics are not OpenAI's (laion's ViT-L-14 uses 0.5) is
+    rebuilt without downloading (pretrained=False) and must see pictures as it did in training."""
+    tag = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear", "resize_mode": "squash"}
+    monkeypatch.setattr(open_clip, "list_pretrained", lambda: [(TINY_CLIP, "halves")])
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, name: dict(tag) if name == "halves" else {})
+    rebuilt = Encoder(f"clip:{TINY_CLIP}", "halves", pretrained=False)
+    assert rebuilt.mean.flatten().tolist() == [0.5] * 3 and rebuilt.std.flatten().tolist() == [0.5] * 3
+    assert (rebuilt.transform.mode, rebuilt.transform.interpolation) == ("squash", "bilinear")
+
+
 def test_quickgelu_and_tags(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="trained with GELU, not QuickGELU; use clip:ViT-B-32"):
         Encoder("clip:ViT-B-32-quickgelu", "laion2b_s34b_b79k")
@@ -157,12 +183,14 @@ def test_quickgelu_and_tags(tmp_path, monkeypatch):
         Encoder(f"clip:{TINY_CLIP}", str(tmp_path / "open_clip_model.safetensors"))
 
 
-def test_a_missing_extra_is_one_line(monkeypatch, capsys, tmp_path, synth_dir):
-    monkeypatch.setitem(sys.modules, "timm", None)     # import timm now raises ImportError
+@pytest.mark.parametrize("package, encoder, extra", [("timm", "timm:test_resnet", "timm"),
+                                                     ("open_clip", f"clip:{TINY_CLIP}", "clip")])
+def test_a_missing_extra_is_one_line(monkeypatch, capsys, tmp_path, synth_dir, package, encoder, extra):
+    monkeypatch.setitem(sys.modules, package, None)     # import now raises ImportError
     code = main(["train", "--data", str(synth_dir / "dataset.json"), "--out", str(tmp_path / "run"),
-                 "--config", "synth", "--set", "model.encoder=timm:test_resnet"])
+                 "--config", "synth", "--set", f"model.encoder={encoder}"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and "pip install 'showtell[timm]'" in err and "Traceback" not in err
+    assert code == 2 and "\n" not in err and f"pip install 'showtell[{extra}]'" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 

@@ -239,7 +239,7 @@ class Encoder(nn.Module):
             self.eval()
             try:
                 probe = self(torch.zeros(1, 3, self.transform.crop, self.transform.crop, dtype=torch.uint8))
-            except RuntimeError as error:   # "Output size is too small" and its kin: the layers shrink it to nothing
+            except (RuntimeError, AssertionError) as error:   # "Output size is too small" and its kin; timm's size asserts
                 raise ConfigError(f"data.image_size: {self.transform.crop} px is too small for the {name} encoder "
                                   f"({str(error).splitlines()[0][:80]}); use a larger data.image_size or leave it "
                                   "empty for the encoder's own size") from None

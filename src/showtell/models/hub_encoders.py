@@ -38,6 +38,7 @@ from .weight_files import load_into, read_state_dict
 
 log = logging.getLogger("showtell")
 PREFIXES = ("timm:", "clip:")
+PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode")
 
 
 def is_hub_encoder(name: str) -> bool:
@@ -71,8 +72,17 @@ class TimmTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(x)
+        if not isinstance(features, torch.Tensor) or features.dim() not in (3, 4):
+            raise ConfigError("model.encoder: this timm model's features are not one map or one sequence of patch "
+                              "tokens (a multi-branch or pooled-token model); choose a CNN or a plain ViT")
         vector = self.model.forward_head(features, pre_logits=True)
         if features.dim() == 3:                          # a ViT's tokens (B, prefix + L, D)
+            patches = features.shape[1] - self.prefix
+            expected = getattr(getattr(self.model, "patch_embed", None), "num_patches", None)
+            if patches < 4 or (expected is not None and not getattr(self.model, "dynamic_img_size", False)
+                               and patches != expected):
+                raise ConfigError(f"model.encoder: this timm model gives {patches} tokens after its class tokens, "
+                                  "not its patch grid; choose a CNN or a plain ViT")
             grid = _grid_of_tokens(features[:, self.prefix:])
         else:
             grid = features.permute(0, 3, 1, 2) if self.channels_last_out else features
@@ -111,10 +121,13 @@ def _timm(name: str, weights: str, image_size: int | None, pretrained: bool):
     crop = int(config["input_size"][-1])
     resize = int(math.floor(crop / config.get("crop_pct", 1.0)))
     mode = {"center": "crop", "squash": "squash"}.get(config.get("crop_mode", "center"))
-    if mode is None:
-        raise ConfigError(f"model.encoder=timm:{name}: its crop mode {config['crop_mode']!r} is not supported")
+    if mode is None or (mode == "squash" and resize != crop):
+        raise ConfigError(f"model.encoder=timm:{name}: its crop mode {config.get('crop_mode')!r} (crop_pct "
+                          f"{config.get('crop_pct')}) is not supported; choose another pretrained tag or model")
     if image_size and image_size != crop:
-        if getattr(model, "num_prefix_tokens", None) is not None and not getattr(model, "dynamic_img_size", False):
+        fixed = getattr(model, "num_prefix_tokens", None) is not None or \
+            getattr(getattr(model, "patch_embed", None), "strict_img_size", False)
+        if fixed and not getattr(model, "dynamic_img_size", False):
             raise ConfigError(f"data.image_size: timm:{name} works at {crop} px only, got {image_size} (leave it "
                                   "empty, --set data.image_size=, for the model's own size)")
         resize, crop = round(image_size * resize / crop), image_size
@@ -131,7 +144,7 @@ def _clip_model(name: str, weights: str, pretrained: bool):
     file = weights not in ("none",) and (Path(weights).suffix in (".safetensors", ".pt", ".pth", ".bin")
                                          or Path(weights).expanduser().is_file())
     base = name.removesuffix("-quickgelu")
-    built, quick = name, name.endswith("-quickgelu")
+    built, quick, preprocess = name, name.endswith("-quickgelu"), {}
     if weights != "none" and not file:
         registered = open_clip.list_pretrained()
         quick_tags = {tag for model, tag in registered if model == base + "-quickgelu"}
@@ -148,8 +161,10 @@ def _clip_model(name: str, weights: str, pretrained: bool):
             raise ConfigError(f"model.encoder=clip:{name}: the {weights!r} weights were trained with GELU, not "
                               f"QuickGELU; use clip:{base}")
         quick = trained_quick
+        preprocess = open_clip.get_pretrained_cfg(built, weights)
     quiet = logging.getLogger()             # open_clip tells the root logger that a random model is random
-    level, quiet.level = quiet.level, logging.ERROR
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         model = open_clip.create_model(built, pretrained=weights if pretrained and weights != "none" and not file else None,
                                        force_quick_gelu=quick)
@@ -157,23 +172,27 @@ def _clip_model(name: str, weights: str, pretrained: bool):
         raise WeightsError(f"clip:{name}: could not get the {weights!r} weights ({str(error).splitlines()[0][:120]}); "
                            "on a machine without internet set model.encoder_weights to a local weights file") from None
     finally:
-        quiet.level = level
-    if pretrained and file:
-        sidecar = _sidecar_config(weights)
+        quiet.setLevel(level)
+    if file:
+        sidecar = _sidecar_config(weights) if Path(weights).expanduser().is_file() else {}
+        preprocess = sidecar.get("preprocess_cfg") or {}
         trained_quick = sidecar.get("model_cfg", {}).get("quick_gelu")
         if trained_quick is not None and bool(trained_quick) != name.endswith("-quickgelu"):
             raise ConfigError(f"model.encoder=clip:{name}: {weights} was trained {'with' if trained_quick else 'without'} "
                               f"QuickGELU (says the open_clip_config.json beside it); use "
                               f"clip:{base}{'-quickgelu' if trained_quick else ''}")
-        if trained_quick is None and not name.endswith("-quickgelu"):
+        if pretrained and trained_quick is None and not name.endswith("-quickgelu"):
             log.warning("clip:%s from %s: no open_clip_config.json beside the file says whether its weights were "
                         "trained with QuickGELU; OpenAI's were: for those, name the encoder clip:%s-quickgelu",
                         name, weights, base)
-        if sidecar.get("preprocess_cfg"):
-            model.visual.preprocess_cfg = {**(getattr(model.visual, "preprocess_cfg", {}) or {}),
-                                           **sidecar["preprocess_cfg"]}
-
+    # the tag's (or the file's) preprocessing whether or not its weights are loaded now: a saved run,
+    # rebuilt without them, must see pictures as it was trained on them
+    model.visual.preprocess_cfg = {**(getattr(model.visual, "preprocess_cfg", {}) or {}),
+                                   **{k: v for k, v in preprocess.items() if k in PREPROCESS_KEYS}}
+    if pretrained and file:
         state = read_state_dict(weights)
+        if all(k.startswith("module.") for k in state):          # an open_clip training checkpoint (epoch_N.pt)
+            state = {k[len("module."):]: v for k, v in state.items()}
         if any(k.startswith("visual.") for k in state):          # a whole CLIP checkpoint: its image tower
             state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
         load_into(model.visual, state, weights)
@@ -194,8 +213,9 @@ def _sidecar_config(weights: str) -> dict:
 
 def _clip(name: str, weights: str, image_size: int | None, pretrained: bool):
     visual = _clip_model(name, weights, pretrained).visual
-    if not hasattr(visual, "_global_pool"):
-        raise ConfigError(f"model.encoder=clip:{name}: only ViT image towers are supported (not ResNet ones)")
+    if not hasattr(visual, "_global_pool") or getattr(visual, "attn_pool", None) is not None:
+        raise ConfigError(f"model.encoder=clip:{name}: only open_clip's own ViT image towers are supported (not "
+                          "ResNet, timm-based or attention-pooled ones such as CoCa's)")
     cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})
     size = cfg.get("size", visual.image_size)
     crop = int(size[-1] if isinstance(size, (tuple, list)) else size)
