@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SRC = "src/showtell/"
 ARRAYS, SEARCH, SAMPLING = SRC + "decoding/arrays.py", SRC + "decoding/search.py", SRC + "decoding/sampling.py"
-D, T = "tests/test_decode.py::", "tests/test_training_core.py::"
+HUB = SRC + "models/hub_encoders.py"
+D, T, H = "tests/test_decode.py::", "tests/test_training_core.py::", "tests/test_hub_encoders.py::"
 
 
 @dataclass
@@ -128,24 +129,24 @@ MUTATIONS = [
              "state.planned_end, self.planned_at = end, step",
              [T + "test_a_budgeted_run_ends_at_its_budget_with_the_rate_decayed"]),
     # encoders
-    Mutation("a ViT's grid keeps its class token", SRC + "models/hub_encoders.py", "TimmTrunk",
+    Mutation("a ViT's grid keeps its class token", HUB, "TimmTrunk",
              "features[:, self.prefix:]", "features[:, :-self.prefix or None]",
-             ["tests/test_hub_encoders.py::test_the_pooled_vector_and_the_grid"]),
-    Mutation("a timm encoder's features never reach the decoder (picture-blind)", SRC + "models/hub_encoders.py",
+             [H + "test_the_pooled_vector_and_the_grid"]),
+    Mutation("a timm encoder's features never reach the decoder (picture-blind)", HUB,
              "TimmTrunk", "return grid, vector.flatten(1)", "return grid * 0, vector.flatten(1) * 0",
-             ["tests/test_hub_encoders.py::test_a_timm_cnn_from_scratch_learns_the_scenes"]),
-    Mutation("a channels-last timm map is read as channels-first", SRC + "models/hub_encoders.py", "TimmTrunk",
+             [H + "test_a_timm_cnn_from_scratch_learns_the_scenes"]),
+    Mutation("a channels-last timm map is read as channels-first", HUB, "TimmTrunk",
              "features.permute(0, 3, 1, 2) if self.channels_last_out else features", "features",
-             ["tests/test_hub_encoders.py::test_the_pooled_vector_and_the_grid"]),
-    Mutation("a saved CLIP run is rebuilt with OpenAI's statistics, not its tag's", SRC + "models/hub_encoders.py",
-             "_clip_model", "preprocess = open_clip.get_pretrained_cfg(built, weights)", "preprocess = {}",
-             ["tests/test_hub_encoders.py::test_a_saved_clip_run_rebuilds_with_its_tags_preprocessing"]),
-    Mutation("CLIP's embedding is not L2-normalised", SRC + "models/hub_encoders.py", "ClipTrunk",
+             [H + "test_the_pooled_vector_and_the_grid"]),
+    Mutation("a saved CLIP run is rebuilt with OpenAI's statistics, not its tag's", HUB, "_tag_variant",
+             "return built, trained_quick, open_clip.get_pretrained_cfg(built, weights)", "return built, trained_quick, {}",
+             [H + "test_a_saved_clip_run_rebuilds_with_its_tags_preprocessing"]),
+    Mutation("CLIP's embedding is not L2-normalised", HUB, "ClipTrunk",
              "F.normalize(pooled, dim=-1)", "pooled",
-             ["tests/test_hub_encoders.py::test_the_pooled_vector_and_the_grid"]),
-    Mutation("OpenAI's CLIP weights built without QuickGELU", SRC + "models/hub_encoders.py", "_clip_model",
+             [H + "test_the_pooled_vector_and_the_grid"]),
+    Mutation("OpenAI's CLIP weights built without QuickGELU", HUB, "_tag_variant",
              "trained_quick, built = True, base + \"-quickgelu\"", "trained_quick, built = False, base",
-             ["tests/test_hub_encoders.py::test_quickgelu_and_tags"]),
+             [H + "test_quickgelu_and_tags"]),
 ]
 
 

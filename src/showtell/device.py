@@ -90,7 +90,6 @@ def autocast(device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
 
 
-
 # --- CPU threads ---------------------------------------------------------------------------------------
 # PyTorch's intra-op threads wait on each other at every operation; the decoders are made of small
 # operations, so when another process keeps a core busy two threads run 2-10x slower than one
@@ -204,8 +203,10 @@ def check_threads() -> None:
 
 
 def check_threads_setting(value, setting: str = "--threads") -> str:
-    """'auto' or a whole number of threads from 1 to 256, as text; else an ArgumentError."""
+    """'auto' or a whole number of threads from 1 to 256, as text; else an ArgumentError (its
+    message starts with `setting`, when given)."""
     text = str(value).strip()
     if text == "auto" or (text.isdigit() and 1 <= int(text) <= 256):
         return text
-    raise ArgumentError(f"{setting}: expected 'auto' or a number of threads from 1 to 256, got {value!r}")
+    where = f"{setting}: " if setting else ""
+    raise ArgumentError(f"{where}expected 'auto' or a number of threads from 1 to 256, got {value!r}")

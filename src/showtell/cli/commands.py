@@ -57,13 +57,18 @@ def _training_inputs(args):
     return run.config()
 
 
+def _threads_setting(args) -> None:
+    """`--threads` on train and prepare is train.threads, overriding the config file's."""
+    if args.threads is not None:
+        args.set = [*args.set, f"train.threads={args.threads}"]
+
+
 def cmd_train(args) -> int:
     from ..device import resolve_device
     from ..training import distributed as dist
     from ..training.entry import resume, train
 
-    if args.threads is not None:
-        args.set = [*args.set, f"train.threads={args.threads}"]
+    _threads_setting(args)
     config = _training_inputs(args)
     with dist.process_group(resolve_device(config.train.device).type):
         cache = None
@@ -125,7 +130,8 @@ def cmd_prepare(args) -> int:
     from ..training import distributed as dist
     from ..training.prepare import prepare
 
-    config = load_config(args.config, [*args.set, *([f"train.threads={args.threads}"] if args.threads else [])])
+    _threads_setting(args)
+    config = load_config(args.config, args.set)
     configure_threads(config.train.threads)
     records = _records(args, config)
     with dist.process_group(resolve_device(config.train.device).type):  # under torchrun each rank encodes its share

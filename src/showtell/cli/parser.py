@@ -68,7 +68,7 @@ def threads(text: str) -> str:
     try:
         return check_threads_setting(text, "")
     except ArgumentError as error:
-        raise argparse.ArgumentTypeError(str(error)[2:]) from None
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def threads_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:

@@ -211,7 +211,7 @@ def _training_section(f: RunFiles) -> list[str]:
 
 
 def _scores_section(f: RunFiles) -> list[str]:
-    lines = ["## Scores", ""]
+    lines, best = ["## Scores", ""], _best_validation(f.history)
     if f.evals:
         lines += ["coco-caption metrics (PTB tokenizer, CIDEr-D); human: each reference scored against the others.", "",
                   "| split | decoding | pictures | metric | model | human | model / human |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -220,8 +220,7 @@ def _scores_section(f: RunFiles) -> list[str]:
                 value, h = e["scores"][m], e.get("human", {}).get(m)
                 human, ratio = ("" if h is None else f"{h:.4f}"), (f"{value / h:.2f}" if h else "")
                 lines.append(f"| {e['split']} | {_label(e)} | {e['scores'].get('n_images')} | {m} | {value:.4f} | {human} | {ratio} |")
-    elif _best_validation(f.history):
-        best = _best_validation(f.history)
+    elif best:
         lines.append(f"Validation (decoded captions, epoch {best['epoch']}): "
                      + ", ".join(f"{k[4:]} {_fmt(best[k])}" for k in ("val_Bleu_4", "val_CIDEr", "val_perplexity") if k in best)
                      + ". No test evaluation yet: run `showtell evaluate` to add one (with the human bound).")

@@ -136,6 +136,27 @@ def _timm(name: str, weights: str, image_size: int | None, pretrained: bool):
     return TimmTrunk(model), transform, list(config["mean"]), list(config["std"])
 
 
+def _tag_variant(open_clip, name: str, weights: str) -> tuple[str, bool, dict]:
+    """(the open_clip model to build, whether with QuickGELU, the tag's preprocessing) for an
+    open_clip pretrained tag, as the tag was trained; a '-quickgelu' name with a GELU tag is refused."""
+    base = name.removesuffix("-quickgelu")
+    registered = open_clip.list_pretrained()
+    quick_tags = {tag for model, tag in registered if model == base + "-quickgelu"}
+    base_tags = {tag for model, tag in registered if model == base}
+    if weights in quick_tags:           # registered under the -quickgelu name: trained with QuickGELU
+        trained_quick, built = True, base + "-quickgelu"
+    elif weights in base_tags:
+        trained_quick, built = bool(open_clip.get_pretrained_cfg(base, weights).get("quick_gelu", False)), base
+    else:
+        known = ", ".join(sorted(quick_tags | base_tags)) or "none"
+        raise ConfigError(f"model.encoder_weights: {weights!r} is not an open_clip tag of {base} (tags: {known}; "
+                          "or a local weights file, or none)")
+    if name.endswith("-quickgelu") and not trained_quick:
+        raise ConfigError(f"model.encoder=clip:{name}: the {weights!r} weights were trained with GELU, not "
+                          f"QuickGELU; use clip:{base}")
+    return built, trained_quick, open_clip.get_pretrained_cfg(built, weights)
+
+
 def _clip_model(name: str, weights: str, pretrained: bool):
     """The CLIP model for `name` with `weights` (a tag, a file or none); the QuickGELU rule applied."""
     open_clip = _extra("open_clip", "clip", f"clip:{name}")
@@ -146,22 +167,7 @@ def _clip_model(name: str, weights: str, pretrained: bool):
     base = name.removesuffix("-quickgelu")
     built, quick, preprocess = name, name.endswith("-quickgelu"), {}
     if weights != "none" and not file:
-        registered = open_clip.list_pretrained()
-        quick_tags = {tag for model, tag in registered if model == base + "-quickgelu"}
-        base_tags = {tag for model, tag in registered if model == base}
-        if weights in quick_tags:           # registered under the -quickgelu name: trained with QuickGELU
-            trained_quick, built = True, base + "-quickgelu"
-        elif weights in base_tags:
-            trained_quick, built = bool(open_clip.get_pretrained_cfg(base, weights).get("quick_gelu", False)), base
-        else:
-            known = ", ".join(sorted(quick_tags | base_tags)) or "none"
-            raise ConfigError(f"model.encoder_weights: {weights!r} is not an open_clip tag of {base} (tags: {known}; "
-                              "or a local weights file, or none)")
-        if name.endswith("-quickgelu") and not trained_quick:
-            raise ConfigError(f"model.encoder=clip:{name}: the {weights!r} weights were trained with GELU, not "
-                              f"QuickGELU; use clip:{base}")
-        quick = trained_quick
-        preprocess = open_clip.get_pretrained_cfg(built, weights)
+        built, quick, preprocess = _tag_variant(open_clip, name, weights)
     quiet = logging.getLogger()             # open_clip tells the root logger that a random model is random
     level = quiet.level
     quiet.setLevel(logging.ERROR)
