@@ -26,6 +26,7 @@ SRC = "src/showtell/"
 ARRAYS, SEARCH, SAMPLING = SRC + "decoding/arrays.py", SRC + "decoding/search.py", SRC + "decoding/sampling.py"
 HUB = SRC + "models/hub_encoders.py"
 D, T, H = "tests/test_decode.py::", "tests/test_training_core.py::", "tests/test_hub_encoders.py::"
+TH = "tests/test_threads_cli.py::"
 
 
 @dataclass
@@ -128,6 +129,18 @@ MUTATIONS = [
              "state.plan, state.planned_end, self.planned_at = plan.replanned(state.global_step, end), end, step",
              "state.planned_end, self.planned_at = end, step",
              [T + "test_a_budgeted_run_ends_at_its_budget_with_the_rate_decayed"]),
+    # threads: --threads 1 is what runs (tests/test_threads_cli.py, with OMP_NUM_THREADS unset)
+    Mutation("the training loop never looks at the thread policy", SRC + "training/loop.py", "train_step",
+             "    check_threads()\n", "\n", [TH + "test_train"]),
+    Mutation("prepare never looks at the thread policy", SRC + "training/prepare.py", "_encode_rows",
+             "            check_threads()\n", "\n", [TH + "test_prepare"]),
+    Mutation("the Captioner's decoding never looks at the thread policy", SRC + "inference/captioner.py", "Captioner",
+             "        check_threads()\n", "\n", [TH + "test_captioning_commands"]),
+    Mutation("train ignores --threads", SRC + "cli/commands.py", "cmd_train", "    _threads_setting(args)\n", "\n",
+             [TH + "test_train"]),
+    Mutation("caption, evaluate and score ignore --threads", SRC + "cli/main.py", "main",
+             "configure_threads(args.threads, announce=False)", "configure_threads('auto', announce=False)",
+             [TH + "test_captioning_commands"]),
     # encoders
     Mutation("a ViT's grid keeps its class token", HUB, "TimmTrunk",
              "features[:, self.prefix:]", "features[:, :-self.prefix or None]",

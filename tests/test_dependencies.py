@@ -47,3 +47,23 @@ def test_the_service_imports_are_required_not_optional():
     assert {"pydantic", "starlette", "fastapi", "uvicorn"} <= required
     torch = next(r for r in project["dependencies"] if r.startswith("torch>"))
     assert "<" in torch, "torch needs an upper bound: the newest release tested"
+
+
+def test_make_checks_that_every_dev_extra_imports():
+    """`make test` imports each package of the dev extra after installing it (scripts/check_dev_extras.py),
+    so an extra that failed to install stops the run instead of skipping its tests."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import check_dev_extras
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    distributions = packages_distributions()
+    checked = set()
+    for module in check_dev_extras.MODULES:
+        top = module.split(".")[0]
+        checked.update(d.lower().replace("_", "-") for d in distributions.get(top, [top]))
+    unchecked = _declared(project["optional-dependencies"]["dev"]) - checked
+    assert not unchecked, f"scripts/check_dev_extras.py does not import these dev extras: {sorted(unchecked)}"
+    assert "check_dev_extras.py" in (ROOT / "Makefile").read_text()
+    assert check_dev_extras.main() == 0

@@ -1,0 +1,77 @@
+"""`--threads 1` is what runs, command by command: the CLI hands the setting to the thread policy,
+and the loops that run long (training steps, prepare's batches, the Captioner's decoding) look at
+the policy as they go. conftest pins OMP_NUM_THREADS for the suite; these tests unset it, so the
+setting alone decides."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from showtell import device
+from showtell.cli import main
+from showtell.models.encoder import Encoder
+
+
+class Recorded:
+    settings: list = []      # what each policy was made with
+    checks: list = []        # PyTorch's thread count at each check() during the work
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    Recorded.settings, Recorded.checks = [], []
+
+    class RecordingPolicy(device.ThreadPolicy):
+        def __init__(self, setting="auto"):
+            Recorded.settings.append(str(setting))
+            super().__init__(setting)
+
+        def check(self):
+            Recorded.checks.append(torch.get_num_threads())
+            super().check()
+
+    monkeypatch.setattr(device, "ThreadPolicy", RecordingPolicy)
+    monkeypatch.setattr(device, "_policy", None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)                       # what a 2-core machine's PyTorch uses unless told
+    yield Recorded
+    torch.set_num_threads(before)
+
+
+def _ran_on_one_thread(r) -> None:
+    assert r.settings and set(r.settings) == {"1"}, r.settings
+    assert r.checks, "the work never looked at the thread policy (check_threads)"
+    assert set(r.checks) == {1}, r.checks
+    assert torch.get_num_threads() == 1
+
+
+def test_train(recorded, tmp_path, synth_dir, tiny_config_args):
+    args = [*tiny_config_args, "--set", "train.epochs=1"]
+    assert main(["--quiet", "train", "--data", str(synth_dir / "dataset.json"), "--out", str(tmp_path / "run"),
+                 *args, "--threads", "1"]) == 0
+    _ran_on_one_thread(recorded)
+
+
+def test_prepare(recorded, tmp_path, synth_dir):
+    weights = tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    assert main(["--quiet", "prepare", "--data", str(synth_dir / "dataset.json"), "--out", str(tmp_path / "cache"),
+                 "--config", "synth", "--set", f"model.encoder_weights={weights}", "--set", "data.image_size=32", "--set", "model.freeze_encoder=true",
+                 "--batch-size", "16", "--threads", "1"]) == 0
+    _ran_on_one_thread(recorded)
+
+
+@pytest.mark.parametrize("command", ["caption", "evaluate", "score"])
+def test_captioning_commands(recorded, command, trained_run, synth_dir, tmp_path):
+    picture = str(sorted((synth_dir / "images").iterdir())[0])
+    args = {"caption": [picture], "score": [picture, "a red circle"],
+            "evaluate": ["--data", str(synth_dir / "dataset.json"), "--max-images", "4",
+                         "--results", str(tmp_path / "results.json")]}[command]
+    assert main(["--quiet", command, str(trained_run), *args, "--threads", "1"]) == 0
+    if command == "score":        # scoring is one teacher-forced pass: it sets the threads and has no loop to check
+        assert recorded.settings == ["1"] and torch.get_num_threads() == 1
+    else:
+        _ran_on_one_thread(recorded)
