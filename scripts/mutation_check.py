@@ -26,7 +26,7 @@ SRC = "src/showtell/"
 ARRAYS, SEARCH, SAMPLING = SRC + "decoding/arrays.py", SRC + "decoding/search.py", SRC + "decoding/sampling.py"
 HUB = SRC + "models/hub_encoders.py"
 D, T, H = "tests/test_decode.py::", "tests/test_training_core.py::", "tests/test_hub_encoders.py::"
-TH = "tests/test_threads_cli.py::"
+TH, R = "tests/test_threads_cli.py::", "tests/test_reference_runs.py::"
 
 
 @dataclass
@@ -129,6 +129,15 @@ MUTATIONS = [
              "state.plan, state.planned_end, self.planned_at = plan.replanned(state.global_step, end), end, step",
              "state.planned_end, self.planned_at = end, step",
              [T + "test_a_budgeted_run_ends_at_its_budget_with_the_rate_decayed"]),
+    # the saved attention and Transformer runs (tests/data, scripts/make_reference_runs.py)
+    Mutation("the attention gate closes where it should open", SRC + "models/attention.py", "AttentionDecoder",
+             "return torch.sigmoid(gate) * context, alpha", "return torch.sigmoid(-gate) * context, alpha",
+             [R + "test_greedy_and_beam_captions_and_their_logprobs_are_the_saved_ones",
+              R + "test_teacher_forcing_and_scoring_give_the_saved_logprobs"]),
+    Mutation("the Transformer's memory forgets where each slot is", SRC + "models/transformer.py", "TransformerDecoder",
+             "return self.memory_norm(memory + self.slots)", "return self.memory_norm(memory)",
+             [R + "test_greedy_and_beam_captions_and_their_logprobs_are_the_saved_ones",
+              R + "test_teacher_forcing_and_scoring_give_the_saved_logprobs"]),
     # threads: --threads 1 is what runs (tests/test_threads_cli.py, with OMP_NUM_THREADS unset)
     Mutation("the training loop never looks at the thread policy", SRC + "training/loop.py", "train_step",
              "    check_threads()\n", "\n", [TH + "test_train"]),
