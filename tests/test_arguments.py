@@ -88,7 +88,7 @@ def captioner(trained_run):
     ({"beam_size": 3, "n_best": 5}, "n_best: beam search keeps at most beam_size alternatives (5 > 3)"),
     ({"batch_size": 0}, "batch_size: expected 1 or more"),
     ({"sampling": {"top_k": -1}}, "top_k: expected 0 or more"),
-    ({"sampling": {"temperature": 0}}, "temperature: expected a positive number"),
+    ({"sampling": {"temperature": 0}}, "temperature: expected a number from 0.001 to 100"),
     ({"sampling": {"top_p": 1.5}}, "top_p: expected a number in (0, 1]"),
     ({"sampling": {"tempreature": 1.0}}, "sampling: unknown option 'tempreature'"),
     ({"return_attention": True}, "return_attention: not an attention model"),

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,11 @@ import yaml
 
 from .device import check_device_name, check_threads_setting
 from .errors import ConfigError
+from .fileio import FILE_LIMITS, read_bounded
+
+# a YAML config is a few dozen settings; more values than this once aliases are expanded (a
+# "billion laughs" file of nested aliases: 1 kB as written, billions of values) is refused
+MAX_CONFIG_VALUES = 10_000
 
 
 def setting(default, help: str, choices: tuple | None = None, min: float | None = None,
@@ -52,11 +58,13 @@ class ModelConfig:
         "init_state", "how the image conditions the LSTM: as its initial hidden/cell state "
         "(init_state) or as its input at step -1 (first_input, as in the paper)",
         choices=("init_state", "first_input"))
-    embed_dim: int = setting(512, "word embedding size (follows the vectors when word_embeddings is set)", min=1)
-    hidden_dim: int = setting(512, "LSTM hidden size (512 in the paper); the transformer decoder's width", min=1)
+    embed_dim: int = setting(512, "word embedding size (follows the vectors when word_embeddings is set)", min=1,
+                             max=4096)
+    hidden_dim: int = setting(512, "LSTM hidden size (512 in the paper); the transformer decoder's width", min=1,
+                              max=4096)
     num_layers: int = setting(1, "stacked LSTM layers", min=1, max=8)
     dropout: float = setting(0.5, "dropout on embeddings and LSTM outputs (the paper's main regulariser)", min=0.0, max=0.95)
-    attention_dim: int = setting(512, "size of the attention MLP (attention decoder only)", min=1)
+    attention_dim: int = setting(512, "size of the attention MLP (attention decoder only)", min=1, max=4096)
     attention_regularization: float = setting(
         1.0, "weight of the doubly stochastic attention penalty (Xu et al.'s lambda; attention decoder only)", min=0.0)
     transformer_layers: int = setting(
@@ -66,7 +74,7 @@ class ModelConfig:
         4, "attention heads of the transformer decoder; model.hidden_dim must be a multiple of it", min=1, max=64)
     transformer_ff_dim: int = setting(
         512, "inner size of the transformer decoder's feed-forward layers (512 rather than the usual 4x the width: "
-        "1024 made a training step about twice as slow at the synth preset's sizes on a CPU)", min=1)
+        "1024 made a training step about twice as slow at the synth preset's sizes on a CPU)", min=1, max=16384)
     transformer_positions: str = setting(
         "learned", "word positions of the transformer decoder: 'learned' or 'sinusoidal' (fixed, Vaswani et al.)",
         choices=("learned", "sinusoidal"))
@@ -197,10 +205,20 @@ def all_settings() -> dict[str, dataclasses.Field]:
     return out
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 60, 60
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` cut short (a few elements, a few levels): what a message may show of a value
+    from a file, which can be megabytes long or, through YAML aliases, billions of values deep."""
+    return _SHOWN.repr(value)[:200]
+
+
 def _unknown(name: str, known, where: str = "") -> ConfigError:
-    close = difflib.get_close_matches(name, list(known), n=1)
+    close = difflib.get_close_matches(name[:100], list(known), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    return ConfigError(f"{where}unknown setting '{name}'{hint}")
+    return ConfigError(f"{where}unknown setting {shown(name)}{hint}")
 
 
 def _convert(name: str, value: Any, annotation, where: str) -> Any:
@@ -211,7 +229,7 @@ def _convert(name: str, value: Any, annotation, where: str) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
             return None
         annotation = next(a for a in args if a is not type(None))
-    bad = ConfigError(f"{where}{name}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
+    bad = ConfigError(f"{where}{name}: expected {getattr(annotation, '__name__', annotation)}, got {shown(value)}")
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -353,6 +371,20 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("showtell.presets").iterdir() if p.name.endswith(".yaml"))
 
 
+def _count_values(tree: Any, limit: int) -> int:
+    """How many values `tree` holds with aliases expanded, counting no further than `limit` + 1."""
+    count, todo = 0, [tree]
+    while todo and count <= limit:
+        value = todo.pop()
+        count += 1
+        if isinstance(value, dict):
+            todo.extend(value.keys())
+            todo.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+    return count
+
+
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         tree = yaml.safe_load(text)
@@ -360,6 +392,11 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{source}: not valid YAML{at}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: values nested too deeply to be a config") from None
+    if _count_values(tree, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{source}: holds more than {MAX_CONFIG_VALUES:,} values, counting each alias (*name) as "
+                          "the values it repeats; a config is a few dozen settings")
     return flatten(tree or {}, source)
 
 
@@ -372,7 +409,7 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
             if not path.is_file():
                 raise ConfigError(f"{config_file}: config file not found")
             try:
-                text = path.read_text(encoding="utf-8")
+                text = read_bounded(path, FILE_LIMITS["config"], "a config file", ConfigError).decode("utf-8")
             except (OSError, UnicodeDecodeError) as error:
                 raise ConfigError(f"{config_file}: cannot read config file ({error.__class__.__name__})") from None
             config = apply(config, _read_yaml(text, config_file), where=f"{config_file}: ")

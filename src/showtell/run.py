@@ -6,6 +6,14 @@
     RUN/data.json            where the training data came from (so --resume needs nothing else)
     RUN/history.jsonl        one line of losses and validation scores per evaluation
     RUN/checkpoints/         the last K resumable checkpoints: step-N.safetensors + step-N.state.pt
+    RUN/training.json        time and steps of every training session   (written by the model card's module)
+    RUN/README.md            the model card
+    RUN/report.html          `evaluate`'s report, with its pictures in RUN/report_files/
+    RUN/evaluations/         `evaluate`'s kept scores and captions, one file per split and decoding
+    RUN/.lock, .lock.json    the run's lock and who holds it
+
+No output option (`--results`, `--coco-results`) may name one of these (`Run.owns`): a results
+file written over model.safetensors would destroy the model it came from.
 
 Every file is written atomically. A checkpoint's state file records the SHA-256 of its weights
 file, so a damaged checkpoint is detected and resume falls back to the previous good one.
@@ -24,7 +32,7 @@ from typing import Any
 
 from .config import Config, config_from_dict
 from .errors import RunError
-from .fileio import atomic_write_text, load_state, load_weights, save_state, save_weights, sha256_file
+from .fileio import FILE_LIMITS, atomic_write_text, load_state, load_weights, read_bounded, save_state, save_weights, sha256_file
 from .vocab import Vocabulary
 
 log = logging.getLogger("showtell")
@@ -33,6 +41,9 @@ FORMAT = "showtell-run-1"
 PACKAGE_FILES = ("config.json", "vocab.json", "model.safetensors")
 CHECKPOINT_SUFFIXES = {"weights": ".safetensors", "state": ".state.pt"}
 LOCK, HOLDER = ".lock", ".lock.json"     # the run's lock, and who holds it
+CARD, TRAINING = "README.md", "training.json"
+ENTRIES = (*PACKAGE_FILES, "data.json", "history.jsonl", "checkpoints", TRAINING, CARD, "report.html", "report_files",
+           "evaluations", LOCK, HOLDER)   # every entry of a run folder (the module docstring says what each is)
 
 
 class Run:
@@ -99,6 +110,22 @@ class Run:
         except (OSError, ValueError, KeyError, TypeError):
             return "another showtell process"
 
+    def owns(self, path: str | Path) -> bool:
+        """Whether `path` is one of this run's own files (or inside one of its folders), also through
+        a symlink or as a hard link: an output there would replace what the run is made of."""
+        try:
+            root, target = self.path.resolve(), Path(path).resolve()
+        except (OSError, RuntimeError):   # a symlink loop: not a file of ours
+            return False
+        if target.is_relative_to(root) and target != root and target.relative_to(root).parts[0] in ENTRIES:
+            return True
+        try:
+            found = os.stat(target)
+        except OSError:
+            return False
+        return any(os.path.exists(root / name) and os.path.samestat(found, os.stat(root / name))
+                   for name in ENTRIES)
+
     # --- reading -------------------------------------------------------------------------------
     def need(self, name: str) -> Path:
         path = self.path / name
@@ -111,9 +138,11 @@ class Run:
     def config(self) -> Config:
         path = self.need("config.json")
         try:
-            tree = json.loads(path.read_text(encoding="utf-8"))
+            tree = json.loads(read_bounded(path, FILE_LIMITS["config"], "a run's config", RunError))
         except (OSError, ValueError) as error:
             raise RunError(f"{path}: unreadable config ({error.__class__.__name__})") from None
+        except RecursionError:
+            raise RunError(f"{path}: unreadable config (values nested too deeply)") from None
         return config_from_dict(tree, str(path))
 
     def vocab(self) -> Vocabulary:

@@ -2,7 +2,8 @@
 
 File names are printed as `ls` prints them: a name that is not valid UTF-8 with its bytes escaped
 (`caf\\xe9.png`), and one holding a tab, a line break or another control character (or starting
-with a quote) as a JSON string, so every output line stays one line and no name stops the run.
+with a quote) as a JSON string, so every output line stays one line and no name stops the run
+(`fileio.shown`). A CSV text cell that a spreadsheet would run as a formula gets a leading quote.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import csv
 import glob
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from ..decoding.options import CLI
 from ..errors import ShowtellError
+from ..fileio import shown, shown_in
 from ..progress import progress_bar
 
 log = logging.getLogger("showtell")
@@ -38,17 +39,6 @@ def expand_images(items: list[str]) -> list[str]:
     return out
 
 
-def shown(name: str) -> str:
-    """A file name as text any terminal or strict UTF-8 stream can take (see the module docstring)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        name = os.fsencode(name).decode("utf-8", "backslashreplace")
-    if name.startswith('"') or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return json.dumps(name, ensure_ascii=False)
-    return name
-
-
 def attention_targets(out_dir: Path, files: list[str]) -> dict[str, Path]:
     """One map per picture, named after it; pictures with the same name in different folders get
     -2, -3... so that no map overwrites another."""
@@ -66,6 +56,15 @@ def attention_targets(out_dir: Path, files: list[str]) -> dict[str, Path]:
     return targets
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """A CSV text cell that a spreadsheet shows as text: one beginning with = + - @ (or a tab or a
+    carriage return) would run as a formula, so it gets a leading ' (OWASP's CSV-injection rule)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 class Lines:
     """Writes results as the chosen format asks: tab-separated text, JSON lines or CSV."""
 
@@ -76,21 +75,18 @@ class Lines:
             self.csv.writerow(["image", "caption", "logprob", "rank", "error"])
 
     def write(self, result) -> None:
-        name = shown(result.source)
+        name, error = shown(result.source), shown_in(result.error or "", result.source)
         if result.error:
-            error = result.error
-            if error.startswith(result.source + ": "):
-                error = name + error[len(result.source):]
             print(f"showtell: error: {error}", file=sys.stderr)
         if self.fmt == "json":
             print(json.dumps({"image": name, "caption": result.caption, "logprob": result.logprob, "error": result.error,
                               "hypotheses": [{"caption": h.caption, "logprob": h.logprob, "score": h.score,
                                               "finished": h.finished} for h in result.hypotheses]}), flush=True)
         elif self.csv:
-            if result.error:
-                self.csv.writerow([name, "", "", "", result.error])
+            if result.error:   # the text cells come from outside (file names, the vocabulary); the numbers are ours
+                self.csv.writerow([csv_text(name), "", "", "", csv_text(error)])
             for rank, h in enumerate(result.hypotheses[: self.n_best], start=1):
-                self.csv.writerow([name, h.caption, f"{h.logprob:.4f}", rank, ""])
+                self.csv.writerow([csv_text(name), csv_text(h.caption), f"{h.logprob:.4f}", rank, ""])
         elif not result.error:
             print(f"{name}\t{result.caption}", flush=True)
 
@@ -117,7 +113,7 @@ def cmd_caption(args) -> int:
     files = expand_images(args.images)
     if not files:
         raise ShowtellError("no pictures found in " + " ".join(map(shown, args.images)))
-    coco_ids = _coco_ids(args.coco_results, files) if args.coco_results else None
+    coco_ids = _coco_ids(args.coco_results, files, [args.run, *args.ensemble]) if args.coco_results else None
     targets = attention_targets(args.attention, files) if options.return_attention else {}
     if targets:
         args.attention.mkdir(parents=True, exist_ok=True)
@@ -153,11 +149,11 @@ def _after_captions(args, targets: dict, coco_ids, coco_pairs) -> None:
         log.info("COCO results file of %d pictures: %s", len(coco_pairs), args.coco_results)
 
 
-def _coco_ids(out: Path, files: list[str]) -> dict[str, int]:
+def _coco_ids(out: Path, files: list[str], runs: list[str]) -> dict[str, int]:
     """Each picture's COCO id, parsed from its name, checked with the output file before captioning."""
     from ..evaluation.coco_results import check_output_file, ids_from_names
 
-    check_output_file(out, "--coco-results")
+    check_output_file(out, "--coco-results", runs=runs)
     return ids_from_names(files)
 
 

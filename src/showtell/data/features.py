@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from ..config import Config
 from ..errors import DataError
-from ..fileio import atomic_write_text, load_weights, save_weights
+from ..fileio import FILE_LIMITS, atomic_write_text, load_weights, read_bounded, save_weights
 from ..vocab import Vocabulary
 from .formats import ImageRecord
 
@@ -49,6 +49,49 @@ def record_dict(r: ImageRecord) -> dict:
     return {"key": r.key, "path": str(r.path), "split": r.split, "captions": r.captions, "tokens": r.tokens}
 
 
+RECORD_FIELDS = {"key": str, "path": str, "split": str, "captions": list, "tokens": list}   # as record_dict writes
+OUTPUTS = ("global", "grid")
+
+
+def _read_json(path: Path):
+    """A cache's JSON file, read bounded; DataError when it is not JSON (or nested absurdly deep)."""
+    try:
+        return json.loads(read_bounded(path, FILE_LIMITS["annotations"], f"a feature cache's {path.name}", DataError))
+    except (ValueError, RecursionError) as error:
+        raise DataError(f"{path}: damaged feature cache (not readable JSON: {error.__class__.__name__}); "
+                        "make it again with showtell prepare") from None
+
+
+def check_manifest(path: Path, manifest, complete) -> None:
+    """The shape `open_for_writing` and `prepare` give a manifest (and complete.json), or one line
+    naming what is missing; a hand-edited or truncated cache must not fail later with a KeyError."""
+    def damaged(file: str, problem: str) -> DataError:
+        return DataError(f"{path / file}: damaged feature cache {file[:-5]} ({problem}); make it again with showtell prepare")
+
+    if not isinstance(manifest, dict):
+        raise damaged("manifest.json", "not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: feature cache of an unknown format")
+    encoder = manifest.get("encoder")
+    if not isinstance(encoder, dict) or not {"encoder", "encoder_weights", "image_size"} <= encoder.keys():
+        raise damaged("manifest.json", "'encoder' must give encoder, encoder_weights and image_size")
+    outputs, shapes = manifest.get("outputs"), manifest.get("shapes")
+    if not isinstance(outputs, list) or not outputs or not all(o in OUTPUTS for o in outputs):
+        raise damaged("manifest.json", f"'outputs' must be a list of {' and '.join(OUTPUTS)}")
+    if not isinstance(shapes, dict) or not all(
+            isinstance(shapes.get(o), list) and all(isinstance(n, int) and n >= 0 for n in shapes[o]) for o in outputs):
+        raise damaged("manifest.json", "'shapes' must give each output's shape")
+    records = manifest.get("records")
+    if not isinstance(records, list):
+        raise damaged("manifest.json", "no 'records' list")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in RECORD_FIELDS.items()):
+            raise damaged("manifest.json", f"records[{i}] needs {', '.join(RECORD_FIELDS)}")
+    bad = complete.get("bad", {}) if isinstance(complete, dict) else None
+    if not isinstance(bad, dict) or not all(isinstance(k, str) and k.isdigit() for k in bad):
+        raise damaged("complete.json", "'bad' must map the rows of unreadable pictures to messages")
+
+
 def open_for_writing(out: Path, manifest: dict, shapes: dict[str, tuple], vocab: Vocabulary,
                      encoder_state: dict[str, torch.Tensor]) -> None:
     """Create an empty cache in `out`, or check that the one there is of the same data and
@@ -56,8 +99,8 @@ def open_for_writing(out: Path, manifest: dict, shapes: dict[str, tuple], vocab:
     keys = ("encoder", "outputs", "records", "shapes")
     existing = out / "manifest.json"
     if existing.exists():
-        old = json.loads(existing.read_text(encoding="utf-8"))
-        if {k: old.get(k) for k in keys} != {k: manifest[k] for k in keys}:
+        old = _read_json(existing)
+        if not isinstance(old, dict) or {k: old.get(k) for k in keys} != {k: manifest[k] for k in keys}:
             raise DataError(f"{out}: holds features of another dataset or encoder; choose another --out")
         if not (out / "done.npy").exists():
             raise DataError(f"{out}: feature cache from an older showtell (no done.npy); choose another --out")
@@ -149,13 +192,9 @@ class FeatureCache:
             raise DataError(f"{path}: not a feature cache (no manifest.json); make one with showtell prepare")
         if not (path / "complete.json").is_file():
             raise DataError(f"{path}: feature cache is incomplete; run the same showtell prepare again to finish it")
-        try:
-            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-            complete = json.loads((path / "complete.json").read_text(encoding="utf-8"))
-        except ValueError:
-            raise DataError(f"{path}: damaged feature cache (unreadable manifest)") from None
-        if manifest.get("format") != FORMAT:
-            raise DataError(f"{path}: feature cache of an unknown format")
+        manifest = _read_json(path / "manifest.json")
+        complete = _read_json(path / "complete.json")
+        check_manifest(path, manifest, complete)
         return cls(path, manifest, complete.get("bad", {}))
 
     def adapt(self, config: Config) -> Config:

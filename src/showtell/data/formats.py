@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from ..fileio import FILE_LIMITS, read_bounded
 from ..vocab import tokenize
 
 SPLITS = ("train", "val", "test")
@@ -46,8 +47,10 @@ class ImageRecord:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text, read bounded by FILE_LIMITS['annotations'] (an endless /dev/zero or a 2 GB
+    sparse file is refused having read at most that much, the sparse one having read nothing)."""
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return read_bounded(path, FILE_LIMITS["annotations"], "an annotation file", DataError).decode("utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: annotation file not found") from None
     except IsADirectoryError:
@@ -64,10 +67,16 @@ def _load_json(path: Path):
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise _json_error(path, error) from None
+    except RecursionError:
+        raise _too_deep(path) from None
 
 
 def _json_error(path: Path, error: json.JSONDecodeError) -> DataError:
     return DataError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})")
+
+
+def _too_deep(where) -> DataError:
+    return DataError(f"{where}: values nested too deeply (arrays or objects inside one another) to be annotations")
 
 
 _SPACE = re.compile(r"[ \t\n\r]*")
@@ -139,6 +148,8 @@ def _stream_json(path: Path, arrays: dict) -> object:
         return members
     except json.JSONDecodeError as error:
         raise _json_error(path, error) from None
+    except RecursionError:
+        raise _too_deep(path) from None
 
 
 def _caption(value, where: str) -> tuple[str, list[str]]:
@@ -340,6 +351,8 @@ def _table_rows(path: Path) -> list[tuple[str, dict]]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}: line {n}: not valid JSON ({error.msg})") from None
+            except RecursionError:
+                raise _too_deep(f"{path}: line {n}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}: line {n}: expected an object with 'image' and 'caption'")
             rows.append((f"{path}: line {n}", row))

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+from ..fileio import FILE_LIMITS, read_bounded
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Our own limit (data.max_image_pixels) is checked first; PIL's global one must not pre-empt it.
@@ -73,11 +74,16 @@ def _from_array(array, label: str) -> Image.Image:
 
 
 def _read_source(source, label: str) -> bytes:
-    """The bytes of a path, bytes-like object or binary file object, or an ImageError."""
+    """The bytes of a path, bytes-like object or binary file object, or an ImageError; a file or
+    file object is read bounded by FILE_LIMITS['image'] (an endless /dev/zero is refused)."""
+    limit = FILE_LIMITS["image"]
+    too_large = ImageError(label, f"file too large (over {limit:,} bytes)", "too_large")
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     if hasattr(source, "read"):
         try:
+            data = source.read(limit + 1)
+        except TypeError:   # a file-like object whose read() takes no size
             data = source.read()
         except (OSError, ValueError) as error:
             raise ImageError(label, f"cannot read file object ({error})", "missing") from None
@@ -85,9 +91,11 @@ def _read_source(source, label: str) -> bytes:
             raise ImageError(label, "file object opened in text mode (open pictures with 'rb')", "format")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ImageError(label, f"file object returned {type(data).__name__}, not bytes", "format")
+        if len(data) > limit:
+            raise too_large
         return bytes(data)
     try:
-        return Path(source).read_bytes()
+        return read_bounded(source, limit, "a picture", lambda message: too_large)
     except FileNotFoundError:
         raise ImageError(label, "file not found", "missing") from None
     except IsADirectoryError:

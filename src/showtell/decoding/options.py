@@ -5,10 +5,14 @@ sampling) and the run's `decode` settings into one frozen `DecodeOptions`, or ra
 `ArgumentError` that names the option as that caller spells it: `beam_size` in Python and HTTP,
 `--beam-size` on the command line. The rules:
 
-- beam size, n-best and maximum length are whole numbers of at least 1 (the length at most 200);
+- beam size, n-best and maximum length are whole numbers of at least 1, at most the config's
+  bounds for `decode.beam_size` (100; n-best too, also when sampling) and `decode.max_length` (200);
 - beam search keeps at most `beam_size` alternatives, so `n_best <= beam_size` unless sampling;
 - attention maps need a decoder that attends (attention or transformer);
-- sampling options: temperature > 0, top_k >= 0, 0 < top_p <= 1, and a seed torch accepts.
+- sampling options: a temperature within `decode.temperature`'s range (0.001 to 100: beyond, the
+  tempered probabilities overflow to NaN), top_k >= 0, 0 < top_p <= 1, and a seed torch accepts.
+
+The ranges are the config's own (config.py), so a setting and an argument can never disagree.
 """
 
 from __future__ import annotations
@@ -16,11 +20,21 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
+from ..config import all_settings
 from ..errors import ArgumentError
 
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "seed")
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)     # what torch.Generator.manual_seed accepts
-MAX_LENGTH = 200
+
+
+def _bounds(setting: str) -> tuple:
+    meta = all_settings()[setting].metadata
+    return meta["min"], meta["max"]
+
+
+MAX_BEAM = _bounds("decode.beam_size")[1]
+MAX_LENGTH = _bounds("decode.max_length")[1]
+TEMPERATURE_RANGE = _bounds("decode.temperature")
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,9 @@ def check_sampling(sampling: dict | None, defaults, spelling: Spelling = PYTHON)
     unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
     if unknown:
         raise ArgumentError(f"{spelling.name('sampling')}: unknown option {unknown[0]!r} (expected {', '.join(SAMPLING_KEYS)})")
-    temperature = _real(sampling.get("temperature"), spelling.name("temperature"), lambda v: v > 0, "a positive number")
+    low_t, high_t = TEMPERATURE_RANGE
+    temperature = _real(sampling.get("temperature"), spelling.name("temperature"), lambda v: low_t <= v <= high_t,
+                        f"a number from {low_t:g} to {high_t:g}")
     top_p = _real(sampling.get("top_p"), spelling.name("top_p"), lambda v: 0 < v <= 1, "a number in (0, 1]")
     top_k = whole_number(sampling.get("top_k"), spelling.name("top_k"), minimum=0, allow_none=True)
     low, high = SEED_RANGE
@@ -114,8 +130,8 @@ def check_options(defaults, has_attention: bool, *, beam_size=None, n_best=1, ma
                   spelling: Spelling = PYTHON) -> DecodeOptions:
     """What to decode with: the caller's options over the run's `decode` settings (`defaults`, a
     DecodeConfig), checked by the rules in this module's docstring."""
-    beam = whole_number(beam_size, spelling.name("beam_size"), allow_none=True) or defaults.beam_size
-    n_best = whole_number(n_best, spelling.name("n_best"))
+    beam = whole_number(beam_size, spelling.name("beam_size"), maximum=MAX_BEAM, allow_none=True) or defaults.beam_size
+    n_best = whole_number(n_best, spelling.name("n_best"), maximum=MAX_BEAM)
     length = whole_number(max_length, spelling.name("max_length"), maximum=MAX_LENGTH, allow_none=True)
     chosen = check_sampling(sampling, defaults, spelling)
     if chosen is None and n_best > beam:

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import ShowtellError
-from ..fileio import write_json
+from ..fileio import write_json, written_in_place
+from ..run import Run
 
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
@@ -57,14 +58,23 @@ def results_entries(pairs: Iterable[tuple[int | str, str]]) -> list[dict]:
     return [{"image_id": image_id, "caption": caption} for image_id, caption in pairs]
 
 
-def check_output_file(path: str | Path, option: str = "") -> None:
-    """Refuse, before any work, an output file that cannot be written (`option` names the flag)."""
+def check_output_file(path: str | Path, option: str = "", runs: Iterable[str | Path] = ()) -> None:
+    """Refuse, before any work, an output file that cannot be written (`option` names the flag):
+    a folder, a missing folder, a socket, or one of the own files of `runs` (the runs being used)."""
     path = Path(path)
     where = f"{option} {path}".strip()
     if path.is_dir():
         raise ShowtellError(f"{where}: is a folder; give a file name such as results.json")
     if not path.parent.is_dir():
         raise ShowtellError(f"{where}: the folder {path.parent} does not exist")
+    for run in runs:
+        if Run(run).owns(path):
+            raise ShowtellError(f"{where}: is one of the run's own files (in {run}); give another file name, "
+                                "such as results.json")
+    try:
+        written_in_place(path)   # a socket or block device: refused in one line
+    except ShowtellError as error:
+        raise ShowtellError(f"{option} {error}".strip()) from None
 
 
 def write_results(path: str | Path, pairs: Iterable[tuple[int | str, str]]) -> Path:

@@ -22,7 +22,7 @@ from ..data.formats import ImageRecord, load_dataset
 from ..decoding.captions import CaptionResult, result_from
 from ..decoding.options import DecodeOptions, whole_number
 from ..errors import DataError, RunError, ShowtellError
-from ..fileio import write_json
+from ..fileio import shown_in, write_json
 from ..inference.captioner import Captioner
 from ..progress import progress_bar
 from ..run import Run
@@ -74,7 +74,7 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
     instances_*.json) adds CHAIR object hallucination; on the built-in scenes it is added from the
     shapes drawn, without asking. `results_file` also gets the captions as a COCO results file."""
     if results_file is not None:
-        check_output_file(results_file, "--results")
+        check_output_file(results_file, "--results", runs=[run_dir, *ensemble])
     whole_number(max_images, "max_images", allow_none=True)
     run = Run(run_dir)
     captioner = Captioner.load([run_dir, *ensemble], device=device, backend="torch", setting=setting)
@@ -156,7 +156,7 @@ def decode_split(captioner: Captioner, chosen: Split, options: DecodeOptions, ba
     decoded.results = [out[i] for i in range(len(chosen.records))]
     for result in decoded.results:
         if result.error:
-            log.warning("skipped %s", result.error)
+            log.warning("skipped %s", shown_in(result.error, result.source))
     if not decoded.readable:
         raise DataError(f"none of the {len(chosen.records)} '{chosen.name}' images could be read")
     return decoded

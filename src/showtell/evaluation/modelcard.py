@@ -11,6 +11,7 @@ every `evaluate` rewrites it with its scores. `export` copies it.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import struct
@@ -21,13 +22,19 @@ import yaml
 
 from ..errors import RunError
 from ..fileio import atomic_write_text
-from ..run import read_history
+from ..run import CARD, TRAINING, read_history
 
-CARD = "README.md"
-TRAINING = "training.json"
 SCORE_NAMES = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 HF_METRIC = {"Bleu_1": "bleu", "Bleu_4": "bleu", "METEOR": "meteor", "ROUGE_L": "rouge", "CIDEr": "cider",
              "SPICE": "spice"}
+
+
+def markdown_text(value) -> str:
+    """Anything from the run's files (file names, captions, references, paths, split names) as
+    Markdown that shows it as it is: hubs render a card's HTML, so &, < and > become entities; a |
+    would end a table cell and a line break a table row, so | is escaped and line breaks are spaces."""
+    escaped = html.escape(str(value), quote=False).replace("|", "\\|")
+    return " ".join(escaped.splitlines())
 
 
 def _json(path: Path, default=None):
@@ -186,12 +193,12 @@ def _model_section(f: RunFiles) -> list[str]:
 def _training_section(f: RunFiles) -> list[str]:
     sources, training, train = f.sources, f.training, f.config.get("train", {})
     lines = ["## Training data", "",
-             f"- Annotations: {', '.join(sources.get('data') or []) or sources.get('features') or 'unknown'}"]
+             f"- Annotations: {markdown_text(', '.join(sources.get('data') or []) or sources.get('features') or 'unknown')}"]
     if sources.get("images"):
-        lines.append(f"- Images: {sources['images']}")
+        lines.append(f"- Images: {markdown_text(sources['images'])}")
     if training:
         lines.append(f"- Split sizes: {training.get('train_images', '?')} training and {training.get('val_images', '?')} "
-                     "validation pictures" + "".join(f", {e['scores']['n_images']} {e['split']} pictures evaluated"
+                     "validation pictures" + "".join(f", {e['scores']['n_images']} {markdown_text(e['split'])} pictures evaluated"
                                                      for e in f.evals[-1:]))
     lines += ["", "## Training", ""]
     if training:
@@ -219,7 +226,8 @@ def _scores_section(f: RunFiles) -> list[str]:
             for m in (m for m in SCORE_NAMES if m in e["scores"]):
                 value, h = e["scores"][m], e.get("human", {}).get(m)
                 human, ratio = ("" if h is None else f"{h:.4f}"), (f"{value / h:.2f}" if h else "")
-                lines.append(f"| {e['split']} | {_label(e)} | {e['scores'].get('n_images')} | {m} | {value:.4f} | {human} | {ratio} |")
+                lines.append(f"| {markdown_text(e['split'])} | {_label(e)} | {e['scores'].get('n_images')} | {m} | "
+                             f"{value:.4f} | {human} | {ratio} |")
     elif best:
         lines.append(f"Validation (decoded captions, epoch {best['epoch']}): "
                      + ", ".join(f"{k[4:]} {_fmt(best[k])}" for k in ("val_Bleu_4", "val_CIDEr", "val_perplexity") if k in best)
@@ -229,7 +237,7 @@ def _scores_section(f: RunFiles) -> list[str]:
     samples = _samples(f.evals, f.history)
     if samples:
         lines += ["", "## Sample captions", "", "| picture | model | a reference |", "| --- | --- | --- |"]
-        lines += [f"| {s['file']} | {s['caption']} | {s['reference']} |" for s in samples]
+        lines += [f"| {markdown_text(s['file'])} | {markdown_text(s['caption'])} | {markdown_text(s['reference'])} |" for s in samples]
     return lines
 
 
@@ -255,7 +263,7 @@ def build_card(run: str | Path) -> str:
     """The model card of a run directory or exported package, as text."""
     f = RunFiles.read(Path(run))
     head = yaml.safe_dump(metadata(f.path, f.config, f.sources, f.evals, f.history), sort_keys=False, allow_unicode=True)
-    lines = ["---", head.rstrip("\n"), "---", "", f"# {f.path.name}: a showtell image captioner", "",
+    lines = ["---", head.rstrip("\n"), "---", "", f"# {markdown_text(f.path.name)}: a showtell image captioner", "",
              "Writes one English sentence describing a picture. Trained with showtell; this card is made from "
              "the files in this folder, written by `showtell train` at its end and rewritten by every "
              "`showtell evaluate`.", ""]

@@ -8,7 +8,8 @@
 
 Only the rows of words in our vocabulary are kept (the file is streamed, never loaded whole).
 Words the vectors lack start random with the vectors' own scale; the coverage is reported. The
-embedding size becomes the vectors' size.
+embedding size becomes the vectors' size, which must be within `model.embed_dim`'s range. A kept
+vector with a NaN or infinite number is refused with its line (one would make every row NaN).
 """
 
 from __future__ import annotations
@@ -20,10 +21,41 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import all_settings
 from ..errors import ConfigError, DataError
 from ..vocab import PAD, SPECIALS
 
 log = logging.getLogger("showtell")
+
+MAX_LINE = 1 << 20        # characters of one text line (a 4096-d vector in text is about 50 kB)
+MAX_WORD = 1 << 12        # bytes of one word of a binary word2vec file
+
+
+def _max_dim() -> int:
+    return all_settings()["model.embed_dim"].metadata["max"]
+
+
+def _checked_dim(dim: int, path: Path, where: str) -> int:
+    if not 1 <= dim <= _max_dim():
+        raise DataError(f"{path}: {where}: vectors of {dim} numbers (model.embed_dim takes 1 to {_max_dim()})")
+    return dim
+
+
+def _finite(vector: np.ndarray, path: Path, where: str) -> np.ndarray:
+    if not np.isfinite(vector).all():
+        raise DataError(f"{path}: {where}: a number is not finite (nan or inf)")
+    return vector
+
+
+def _lines(f, path: Path):
+    """(number, line) of a text file, each line read bounded: a file without line breaks
+    (/dev/zero) is refused instead of read whole."""
+    n = 0
+    while line := f.readline(MAX_LINE + 1):
+        n += 1
+        if len(line) > MAX_LINE and not line.endswith("\n"):
+            raise DataError(f"{path}: line {n} is longer than {MAX_LINE:,} characters; not a word vectors file")
+        yield n, line
 
 
 def _text_vectors(path: Path, wanted: set[str], header: bool) -> tuple[dict[str, np.ndarray], int]:
@@ -31,17 +63,17 @@ def _text_vectors(path: Path, wanted: set[str], header: bool) -> tuple[dict[str,
     dim = None
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, start=1):
+            for n, line in _lines(f, path):
                 if header and n == 1:
                     parts = line.split()
                     if len(parts) == 2 and all(p.isdigit() for p in parts):
-                        dim = int(parts[1])
+                        dim = _checked_dim(int(parts[1]), path, "header")
                         continue
                 parts = line.rstrip("\n").rstrip().split(" ")
                 if len(parts) < 2:
                     continue
                 if dim is None:
-                    dim = len(parts) - 1
+                    dim = _checked_dim(len(parts) - 1, path, f"line {n}")
                 if len(parts) - 1 != dim:
                     # GloVe 840B has a few "words" with spaces; their extra fields shift the numbers
                     continue
@@ -49,9 +81,10 @@ def _text_vectors(path: Path, wanted: set[str], header: bool) -> tuple[dict[str,
                 key = word if word in wanted else word.lower() if word.lower() in wanted else None
                 if key is not None and (key not in found or word == key):
                     try:
-                        found[key] = np.asarray(parts[1:], dtype=np.float32)
+                        vector = np.asarray(parts[1:], dtype=np.float32)
                     except ValueError:
                         raise DataError(f"{path}: line {n}: not a vector of numbers") from None
+                    found[key] = _finite(vector, path, f"line {n} ({shown_word(word)})")
     except FileNotFoundError:
         raise ConfigError(f"model.word_embeddings: {path} not found") from None
     except OSError as error:
@@ -65,25 +98,37 @@ def _binary_word2vec(path: Path, wanted: set[str]) -> tuple[dict[str, np.ndarray
     found: dict[str, np.ndarray] = {}
     try:
         with open(path, "rb") as f:
-            header = f.readline().split()
-            if len(header) != 2:
-                raise DataError(f"{path}: not a binary word2vec file (first line must be 'count dim')")
-            count, dim = int(header[0]), int(header[1])
-            for _ in range(count):
+            header = f.readline(100).split()
+            if len(header) != 2 or not all(p.isdigit() for p in header):
+                raise DataError(f"{path}: not a binary word2vec file (its header, the first line, must be 'count dim': "
+                                "two whole numbers)")
+            count, dim = int(header[0]), _checked_dim(int(header[1]), path, "header")
+            for i in range(1, count + 1):
                 word = bytearray()
                 while (ch := f.read(1)) not in (b" ", b""):
                     if ch != b"\n":
                         word += ch
+                    if len(word) > MAX_WORD:
+                        raise DataError(f"{path}: vector {i}: a word longer than {MAX_WORD} bytes; "
+                                        "not a binary word2vec file")
                 raw = f.read(4 * dim)
                 if len(raw) < 4 * dim:
                     raise DataError(f"{path}: file ends early (truncated?)")
                 text = word.decode("utf-8", errors="replace")
                 key = text if text in wanted else text.lower() if text.lower() in wanted else None
                 if key is not None and (key not in found or text == key):
-                    found[key] = np.array(struct.unpack(f"<{dim}f", raw), dtype=np.float32)
+                    vector = np.array(struct.unpack(f"<{dim}f", raw), dtype=np.float32)
+                    found[key] = _finite(vector, path, f"vector {i} ({shown_word(text)})")
     except FileNotFoundError:
         raise ConfigError(f"model.word_embeddings: {path} not found") from None
+    except OSError as error:
+        raise ConfigError(f"model.word_embeddings: cannot read {path} ({error.strerror})") from None
     return found, dim
+
+
+def shown_word(word: str) -> str:
+    """A word from the file as a message shows it: escaped, and cut short."""
+    return repr(word[:40])[1:-1]
 
 
 def _spacy_vectors(name: str, wanted: set[str]) -> tuple[dict[str, np.ndarray], int]:
@@ -104,7 +149,8 @@ def _spacy_vectors(name: str, wanted: set[str]) -> tuple[dict[str, np.ndarray], 
         for form in (word, word.lower()):
             key = nlp.vocab.strings[form] if form in nlp.vocab.strings else None
             if key is not None and key in vectors:
-                found[word] = np.asarray(vectors[key], dtype=np.float32)
+                found[word] = _finite(np.asarray(vectors[key], dtype=np.float32), Path(name),
+                                      f"the vector of {shown_word(word)}")
                 break
     return found, vectors.shape[1]
 

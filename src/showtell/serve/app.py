@@ -27,13 +27,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..data.images import DecodeBudget
 from ..decoding.options import HTTP
 from ..errors import ArgumentError, ImageError
 from .batching import MicroBatcher
-from .limits import BodyLimit, BodyTooLarge, InFlightLimit, Limits
+from .limits import BodyLimit, BodyTooLarge, HostCheck, InFlightLimit, Limits
 
 _CODES = {"format": 415, "too_large": 413, "empty": 422, "corrupt": 422, "missing": 422}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -184,7 +183,7 @@ def create_app(captioner, limits: Limits | None = None, max_batch: int = 32, max
                               "the web page is at /.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
     app.add_middleware(InFlightLimit, max_requests=limits.max_in_flight)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts or LOOPBACK_HOSTS))  # outermost
+    app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts or LOOPBACK_HOSTS))  # outermost
     app.state.batcher, app.state.limits, app.state.captioner, app.state.decode_budget = batcher, limits, captioner, budget
     static = resources.files("showtell.serve").joinpath("static")
     page = static.joinpath("index.html").read_text(encoding="utf-8")

@@ -8,13 +8,20 @@ its whole request headers within `header_timeout_s` of opening or of its last re
 slow-header connections therefore cost a socket for a few seconds and never count against the
 requests that did arrive (uvicorn's own `limit_concurrency` counts every open connection, so 256
 silent ones made every other request 503).
+
+`HostCheck` answers 400 to a Host header that does not name this service (DNS rebinding). It
+reads the header as HTTP writes it, an IPv6 address in brackets (`[::1]:8000`), and compares
+addresses, not spellings: `--host ::1` answers every client that reaches it on [::1] (Starlette's
+own check compared `[::1]` with `::1`, or cut the header at its first colon, and refused them all).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
@@ -31,6 +38,63 @@ class Limits:
     max_queue: int = 256                   # pictures waiting; beyond this: 503
     header_timeout_s: float = 10.0         # a connection must finish its request headers within this
     max_in_flight: int = 256               # requests being handled at once (headers complete); beyond: 503
+
+
+_REG_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%-]+")
+
+
+def host_key(host: str) -> str:
+    """A host name or address as compared: lower case, an IPv6 address without brackets in its
+    shortest form (`[0:0::1]` and `::1` are one address)."""
+    host = host.lower()
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in bare:
+        try:
+            return ipaddress.IPv6Address(bare).compressed
+        except ValueError:
+            return host
+    return bare
+
+
+def host_of(header: str | None) -> str | None:
+    """The host a Host header names (`host_key`, port dropped), or None when malformed: an IPv6
+    address must be in brackets, a port must be digits."""
+    if not header:
+        return None
+    if header.startswith("["):
+        address, bracket, rest = header[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        try:
+            return ipaddress.IPv6Address(address).compressed
+        except ValueError:
+            return None
+    name, colon, port = header.partition(":")
+    if not _REG_NAME.fullmatch(name) or (colon and not port.isdigit()):
+        return None
+    return host_key(name)
+
+
+class HostCheck:
+    """ASGI middleware: 400 unless the Host header names one of `allowed_hosts` (names, addresses
+    with or without brackets, '*.example.org' for its subdomains, or '*' for any)."""
+
+    def __init__(self, app, allowed_hosts: list[str]):
+        self.app, self.any = app, "*" in allowed_hosts
+        self.names = {host_key(h) for h in allowed_hosts if not h.startswith("*")}
+        self.suffixes = tuple(h[1:].lower() for h in allowed_hosts if h.startswith("*."))
+
+    def allows(self, header: str | None) -> bool:
+        host = host_of(header)
+        return host is not None and (host in self.names or (bool(self.suffixes) and host.endswith(self.suffixes)))
+
+    async def __call__(self, scope, receive, send):
+        if self.any or scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        header = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), None)
+        if not self.allows(header):
+            return await PlainTextResponse("Invalid host header", status_code=400)(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(Exception):

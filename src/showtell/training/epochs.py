@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -56,6 +57,8 @@ def choose_best(state: TrainState, scored: tuple[str, float] | None) -> bool:
     if scored is None:
         return False
     metric, value = scored
+    if not math.isfinite(value):   # NaN compares false with everything: it would win every comparison
+        return False
     if metric == state.best_metric and value <= state.best_score:
         return False
     state.best_metric, state.best_score, state.best_epoch = metric, value, state.epoch

@@ -7,6 +7,7 @@ end, and a signal or the time budget stops it after a checkpoint."""
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 
 from ..data.batching import epoch_batches, make_loader
 from ..device import check_threads
-from ..errors import Stopped
+from ..errors import ShowtellError, Stopped
 from ..progress import progress_bar
 from . import budget
 from . import distributed as dist
@@ -145,6 +146,7 @@ def train_step(s: Session, state: TrainState, loop: Loop, ids, batch, bad) -> in
     if batch is not None and len(ids):
         s.model.train()
         loss, value = loop.phase.loss(s, ids, batch, state)
+        check_finite(s, state, loss, value)
         optimise(s, loop.optimizer, loss, state.plan.factor(state.global_step), loop.phase.through_ddp)
         state.epoch_values.append(value)
         if loop.board:
@@ -154,6 +156,20 @@ def train_step(s: Session, state: TrainState, loop: Loop, ids, batch, bad) -> in
     state.global_step += 1
     check_threads()
     return trained
+
+
+def check_finite(s: Session, state: TrainState, loss: torch.Tensor, value: float) -> None:
+    """Stop before an update with a NaN or infinite loss (or reward): it would make every weight NaN,
+    and the epoch's mean of NaN would then be compared as a score. Every rank stops at the same step."""
+    bad = not math.isfinite(value) or not bool(torch.isfinite(loss.detach()).all())
+    if dist.all_reduce_sum(float(bad), s.device) > 0:
+        what = "self-critical loss" if state.phase == "scst" else "training loss"
+        own = value if not math.isfinite(value) else float(loss.detach().float().sum())
+        shown = f"{own:g}" if not math.isfinite(own) else "in another process"
+        raise ShowtellError(
+            f"the {what} is not finite ({shown}) at step {state.global_step + 1} (epoch {state.epoch + 1}); "
+            f"stopped before updating, so the weights, the checkpoints and the best model are the last finite ones; "
+            f"lower train.lr (now {s.config.train.lr:g}), keep train.grad_clip on, or check model.word_embeddings")
 
 
 def summarise(s: Session, state: TrainState, loop: Loop) -> dict:
