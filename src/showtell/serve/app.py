@@ -4,6 +4,8 @@
     GET  /healthz       liveness, the model's description and batching statistics
     POST /v1/captions   multipart upload of one or more pictures (field `images`) -> captions as JSON
     GET  /docs          the API described from its OpenAPI schema (at /openapi.json), no external assets
+    POST /              Hugging Face image-to-text (raw picture body or {"inputs": base64}) -> [{"generated_text"}]
+    POST /v1/chat/completions, GET /v1/models   OpenAI chat completions with image_url data: URLs (compat.py)
 
 The captions route runs in named stages, as a pipeline does: `decoding_options` (checked by the
 library's one rule, 422 when refused), `read_uploads` (the multipart body within its deadline
@@ -23,7 +25,7 @@ import contextlib
 from importlib import resources
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -31,6 +33,7 @@ from starlette.datastructures import UploadFile
 from ..data.images import DecodeBudget
 from ..decoding.options import HTTP
 from ..errors import ArgumentError, ImageError
+from . import compat
 from .batching import MicroBatcher
 from .limits import BodyLimit, BodyTooLarge, HostCheck, InFlightLimit, Limits
 
@@ -75,12 +78,20 @@ def _refused(name: str, error: ImageError) -> ImageCaption:
 
 
 # --- the stages of POST /v1/captions ---------------------------------------------------------------
-def decoding_options(captioner, beam_size, n_best, attention):
+def decoding_options(captioner, **asked):
     """The request's decoding options by the library's rule, or 422 naming the parameter."""
     try:
-        return captioner.options(HTTP, beam_size=beam_size, n_best=n_best, return_attention=attention)
+        return captioner.options(HTTP, **asked)
     except ArgumentError as error:
         raise HTTPException(422, str(error)) from None
+
+
+async def read_body(request: Request, limits: Limits) -> bytes:
+    """A whole non-multipart body, within its deadline (its size is bounded by BodyLimit)."""
+    try:
+        return await asyncio.wait_for(request.body(), limits.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise HTTPException(408, f"upload not finished within {limits.body_timeout_s:g} s") from None
 
 
 async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, bytes | None, ImageError | None]]:
@@ -163,7 +174,7 @@ def describe(captioner, limits: Limits, max_pixels: int, budget: DecodeBudget, b
 
 # --- the app -----------------------------------------------------------------------------------------
 def create_app(captioner, limits: Limits | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
-               allowed_hosts: list[str] | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, model_name: str = "showtell") -> FastAPI:
     """The app. `allowed_hosts`: the names the Host header may carry (default: loopback names
     only, so that a web page elsewhere cannot reach a local service through DNS rebinding). The
     routes are defined inside, closing over the captioner, the limits and the batcher; each is a
@@ -211,20 +222,59 @@ def create_app(captioner, limits: Limits | None = None, max_batch: int = 32, max
                        n_best: int = Query(1, ge=1, le=limits.max_beam,
                                            description="alternatives per picture (at most beam_size)"),
                        attention: bool = Query(False, description="include per-word attention maps (attention models)")):
-        options = decoding_options(captioner, beam_size, n_best, attention)
+        options = decoding_options(captioner, beam_size=beam_size, n_best=n_best, return_attention=attention)
         blobs = await read_uploads(request, limits)
-        prepared = await run_in_threadpool(prepare_pictures, captioner, blobs, max_pixels, budget)
-        good = [tensors for tensors, error in prepared if error is None]
-        if not good:
+        prepared, hyps = await caption_pictures(blobs, options)
+        if not hyps:
             first = prepared[0][1]
             return JSONResponse({"detail": str(first), "results": [
                 _refused(name, error).model_dump() for (name, _, _), (_, error) in zip(blobs, prepared)]},
                 status_code=_CODES.get(first.kind, 422))
+        return respond(captioner, blobs, prepared, hyps, options)
+
+    async def caption_pictures(blobs, options) -> tuple[list, list]:
+        """(each picture decoded or its error, the captions of those decoded) through the batcher."""
+        prepared = await run_in_threadpool(prepare_pictures, captioner, blobs, max_pixels, budget)
+        good = [tensors for tensors, error in prepared if error is None]
+        if not good:
+            return prepared, []
         future = batcher.submit(good, options)
         try:
-            hyps = await asyncio.wait_for(asyncio.wrap_future(future), limits.caption_timeout_s)
+            return prepared, await asyncio.wait_for(asyncio.wrap_future(future), limits.caption_timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, "captioning took too long; try again") from None
-        return respond(captioner, blobs, prepared, hyps, options)
+
+    async def caption_all(blobs, options) -> list:
+        """The captions of every picture, or the first unreadable picture's status and message."""
+        prepared, hyps = await caption_pictures(blobs, options)
+        for _, error in prepared:
+            if error is not None:
+                raise HTTPException(_CODES.get(error.kind, 422), str(error))
+        return hyps
+
+    @app.post("/", openapi_extra=compat.IMAGE_TO_TEXT_SCHEMA, responses=RESPONSES,
+              summary="Hugging Face image-to-text: a picture -> [{generated_text}]")
+    async def image_to_text(request: Request) -> list[dict]:
+        blobs, asked = compat.image_to_text_request(request.headers.get("content-type", ""),
+                                                    await read_body(request, limits), limits)
+        options = decoding_options(captioner, **asked)
+        return compat.image_to_text_response(await caption_all(blobs, options))
+
+    @app.post("/v1/chat/completions", openapi_extra=compat.CHAT_SCHEMA, responses=RESPONSES,
+              summary="OpenAI chat completions: the messages' image_url parts (data: URLs) captioned")
+    async def chat_completions(request: Request):
+        try:
+            blobs, asked, stream = compat.chat_request(await read_body(request, limits), limits)
+            options = decoding_options(captioner, **asked)
+            hyps = await caption_all(blobs, options)
+        except HTTPException as error:
+            return JSONResponse(compat.openai_error(error.status_code, error.detail), status_code=error.status_code)
+        if stream:
+            return StreamingResponse(compat.chat_stream(model_name, hyps, options.n_best), media_type="text/event-stream")
+        return compat.chat_response(model_name, hyps, options.n_best)
+
+    @app.get("/v1/models", summary="the one model this service runs (OpenAI clients list models)")
+    def models() -> dict:
+        return compat.models_response(model_name)
 
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 from ..errors import ShowtellError
 from ..inference.captioner import Captioner
@@ -61,7 +62,7 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cp
     sock = listen(host, port)  # bind first: a port in use is reported before the model loads or anything is announced
     try:
         captioner = Captioner.load(run, device=device, setting=setting)
-        app = create_app(captioner, limits, max_batch, max_wait_ms, allowed_hosts=names)
+        app = create_app(captioner, limits, max_batch, max_wait_ms, allowed_hosts=names, model_name=Path(run).resolve().name or "showtell")
         if host not in LOOPBACK_HOSTS:
             log.warning("listening on %s: the service is reachable from other machines (Host header: %s)",
                         host, ", ".join(names))

@@ -1,0 +1,191 @@
+"""The contracts of the clients people already have, read into the service's own stages.
+
+    POST /                     Hugging Face image-to-text, as `InferenceClient(URL).image_to_text()` and
+                               Inference Endpoints handlers send it: the picture as the raw body (image/*,
+                               application/octet-stream or no type), or JSON {"inputs": "<base64>", "parameters": {...}}
+                               -> [{"generated_text": "..."}], one entry per alternative, best first
+    POST /v1/chat/completions  OpenAI chat completions: the pictures are the `image_url` parts (data: URLs)
+                               of the messages; text parts are read and ignored; `n` alternatives per picture
+    GET  /v1/models            the one model, for OpenAI clients that list models first
+
+Each request becomes what /v1/captions has after its own reading stage: a list of (name, bytes,
+error) pictures and the decoding options asked for, by the library's names, so the limits, the
+errors, the micro-batching and the captions are the same on every route. The service never
+fetches a URL: a picture given by http(s) address is refused in one line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+
+from fastapi import HTTPException
+
+from .limits import Limits
+
+# Hugging Face's generation names (also inside "generate_kwargs") -> showtell's decoding options
+HF_PARAMETERS = {"num_beams": "beam_size", "num_return_sequences": "n_best", "max_new_tokens": "max_length",
+                 "beam_size": "beam_size", "n_best": "n_best", "max_length": "max_length"}
+RAW_TYPES = ("image/", "application/octet-stream")
+FINGERPRINT = "showtell: pictures only; text parts of the messages are read and ignored"
+
+
+def _base64_picture(text, name: str, limits: Limits, what: str) -> tuple[str, bytes | None, None]:
+    if not isinstance(text, str):
+        raise HTTPException(422, f"{what}: expected a base64 string")
+    if len(text) > (limits.max_file_bytes + 2) // 3 * 4 + 4:
+        raise HTTPException(413, f"{what}: picture too large (over {limits.max_file_bytes:,} bytes)")
+    try:
+        return name, base64.b64decode(text, validate=True), None
+    except (binascii.Error, ValueError):
+        raise HTTPException(422, f"{what}: not valid base64") from None
+
+
+def _json_body(body: bytes, what: str):
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise HTTPException(422, f"{what}: not valid JSON") from None
+
+
+def _decoding_names(parameters, where: str) -> dict:
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise HTTPException(422, f"{where}: expected an object")
+    asked = {}
+    for key, value in {**parameters.get("generate_kwargs", {}), **parameters}.items():
+        if key == "generate_kwargs":
+            continue
+        if key not in HF_PARAMETERS:
+            raise HTTPException(422, f"{where}: unknown parameter {key!r} (expected {', '.join(sorted(HF_PARAMETERS))})")
+        asked[HF_PARAMETERS[key]] = value
+    return asked
+
+
+def image_to_text_request(content_type: str, body: bytes, limits: Limits) -> tuple[list, dict]:
+    """(pictures, decoding options) of a Hugging Face image-to-text request."""
+    content_type = content_type.split(";")[0].strip().lower()
+    if not content_type or content_type.startswith(RAW_TYPES):   # InferenceClient sends raw bytes with no type
+        if not body:
+            raise HTTPException(422, "empty body: send the picture's bytes")
+        return [("image", body, None)], {}
+    if content_type != "application/json":
+        raise HTTPException(415, "send the picture as the body (image/* or application/octet-stream) or as JSON "
+                                 '{"inputs": "<base64>"}')
+    payload = _json_body(body, "body")
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise HTTPException(422, 'body: expected {"inputs": "<base64 picture>", "parameters": {...}}')
+    picture = _base64_picture(payload["inputs"], "image", limits, "inputs")
+    return [picture], _decoding_names(payload.get("parameters"), "parameters")
+
+
+def image_to_text_response(hyps_per_picture) -> list[dict]:
+    return [{"generated_text": h.caption} for h in hyps_per_picture[0]]
+
+
+def _data_url(url, index: int, limits: Limits) -> tuple[str, bytes | None, None]:
+    where = f"messages: image_url {index + 1}"
+    if not isinstance(url, str):
+        raise HTTPException(422, f"{where}: expected a data: URL")
+    if not url.startswith("data:"):
+        raise HTTPException(422, f"{where}: the service never fetches a URL; send the picture inline as "
+                                 "data:image/png;base64,...")
+    header, comma, data = url.partition(",")
+    if not comma or not header.endswith(";base64"):
+        raise HTTPException(422, f"{where}: expected a base64 data: URL (data:image/png;base64,...)")
+    return _base64_picture(data, f"image {index + 1}", limits, where)
+
+
+def chat_request(body: bytes, limits: Limits) -> tuple[list, dict, bool]:
+    """(pictures, decoding options, stream) of an OpenAI chat-completions request."""
+    payload = _json_body(body, "body")
+    if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+        raise HTTPException(422, "body: expected {\"model\": ..., \"messages\": [...]}")
+    urls = []
+    for message in payload["messages"]:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                image_url = part.get("image_url")
+                urls.append(image_url.get("url") if isinstance(image_url, dict) else image_url)
+    if not urls:
+        raise HTTPException(422, "messages: no image_url part; send each picture as "
+                                 '{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}')
+    if len(urls) > limits.max_images:
+        raise HTTPException(413, f"too many pictures (more than {limits.max_images} per request)")
+    pictures = [_data_url(url, i, limits) for i, url in enumerate(urls)]
+    n = payload.get("n") or 1
+    # n alternatives need a beam at least n wide; beam search is what gives them
+    asked = {"n_best": n, "beam_size": n} if n != 1 else {}
+    length = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    if length is not None:
+        asked["max_length"] = length
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise HTTPException(422, "stream: expected true or false")
+    return pictures, asked, stream
+
+
+def _choice_texts(hyps_per_picture, n: int) -> list[str]:
+    """Choice i: each picture's i-th caption, one line per picture."""
+    return ["\n".join(h[i].caption if i < len(h) else "" for h in hyps_per_picture) for i in range(n)]
+
+
+def _usage(texts: list[str]) -> dict:
+    words = sum(len(t.split()) for t in texts)     # the words decoded; the pictures are not tokens
+    return {"prompt_tokens": 0, "completion_tokens": words, "total_tokens": words}
+
+
+def chat_response(model: str, hyps_per_picture, n: int) -> dict:
+    texts = _choice_texts(hyps_per_picture, n)
+    return {"id": f"chatcmpl-{time.time_ns():x}", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "system_fingerprint": FINGERPRINT,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+                         "logprobs": None} for i, text in enumerate(texts)],
+            "usage": _usage(texts)}
+
+
+def chat_stream(model: str, hyps_per_picture, n: int):
+    """Server-sent events: each choice's whole caption as one chunk, its end, then [DONE]."""
+    texts = _choice_texts(hyps_per_picture, n)
+    head = {"id": f"chatcmpl-{time.time_ns():x}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model, "system_fingerprint": FINGERPRINT}
+    for i, text in enumerate(texts):
+        for delta, finish in (({"role": "assistant", "content": text}, None), ({}, "stop")):
+            yield f"data: {json.dumps({**head, 'choices': [{'index': i, 'delta': delta, 'finish_reason': finish}]})}\n\n"
+    yield f"data: {json.dumps({**head, 'choices': [], 'usage': _usage(texts)})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def models_response(model: str) -> dict:
+    return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "showtell"}]}
+
+
+def openai_error(status: int, message: str) -> dict:
+    kind = {413: "request_too_large", 503: "server_busy"}.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+# OpenAPI request bodies (the routes read the body themselves, so FastAPI cannot infer them)
+_BASE64 = {"type": "string", "description": "the picture's bytes in base64"}
+IMAGE_TO_TEXT_SCHEMA = {"requestBody": {"required": True, "content": {
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
+        "inputs": _BASE64,
+        "parameters": {"type": "object", "additionalProperties": False, "properties": {
+            "num_beams": {"type": "integer", "minimum": 1}, "num_return_sequences": {"type": "integer", "minimum": 1},
+            "max_new_tokens": {"type": "integer", "minimum": 1}}}}}}}}}
+CHAT_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["messages"], "properties": {
+        "model": {"type": "string", "description": "any name: the service runs one model"},
+        "messages": {"type": "array", "items": {"type": "object", "properties": {
+            "role": {"type": "string"},
+            "content": {"description": "parts: {type: image_url, image_url: {url: data:...;base64,...}} are "
+                                       "captioned; text parts are ignored"}}}},
+        "n": {"type": "integer", "minimum": 1, "description": "alternatives per picture (beam search as wide)"},
+        "max_tokens": {"type": "integer", "minimum": 1}, "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "stream": {"type": "boolean", "description": "server-sent events: each caption as one chunk"}}}}}}}
