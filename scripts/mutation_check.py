@@ -6,6 +6,7 @@ must pass, so a "caught" mutation is one the tests tell apart from the real code
 
     python scripts/mutation_check.py            # about seven minutes on 2 cores (31 mutations)
     python scripts/mutation_check.py -k sign    # only mutations whose name contains "sign"
+    python scripts/mutation_check.py --ci       # the CI_SUBSET below (about two minutes): make test runs it
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ SRC = "src/showtell/"
 ARRAYS, SEARCH, SAMPLING = SRC + "decoding/arrays.py", SRC + "decoding/search.py", SRC + "decoding/sampling.py"
 HUB = SRC + "models/hub_encoders.py"
 D, T, H = "tests/test_decode.py::", "tests/test_training_core.py::", "tests/test_hub_encoders.py::"
-TH, R = "tests/test_threads_cli.py::", "tests/test_reference_runs.py::"
+TH, R, C = "tests/test_threads_cli.py::", "tests/test_reference_runs.py::", "tests/test_clients.py::"
+P, PI = "tests/test_probe3_outputs.py::", "tests/test_probe3_inputs.py::"
 
 
 @dataclass
@@ -138,6 +140,113 @@ MUTATIONS = [
              "return self.memory_norm(memory + self.slots)", "return self.memory_norm(memory)",
              [R + "test_greedy_and_beam_captions_and_their_logprobs_are_the_saved_ones",
               R + "test_teacher_forcing_and_scoring_give_the_saved_logprobs"]),
+    # the clients people already have (serve/compat.py)
+    Mutation("image-to-text refuses the untyped body InferenceClient sends for bytes", SRC + "serve/compat.py",
+             "image_to_text_request", "if not content_type or content_type.startswith(RAW_TYPES)",
+             "if content_type.startswith(RAW_TYPES)", [C + "test_hugging_face_image_to_text_with_a_file_bytes_and_json"]),
+    Mutation("chat completions ignore n", SRC + "serve/compat.py", "chat_request",
+             'asked = {"n_best": n, "beam_size": n} if n != 1 else {}', "asked = {}",
+             [C + "test_openai_chat_completions_plain_n_best_and_streamed"]),
+    Mutation("chat completions try to read a remote URL", SRC + "serve/compat.py", "_data_url",
+             'if not url.startswith("data:"):', "if False:", [C + "test_bad_input_is_one_line_with_its_status"]),
+    # probe 3: outputs that are not ours, strangers' bytes, IPv6 (tests/test_probe3_outputs.py)
+    Mutation("an atomic write renames over a device or a FIFO (or a symlink to one)", SRC + "fileio.py", "atomic_write",
+             "    if written_in_place(path):", "    if False:",
+             [P + "test_atomic_write_into_a_fifo_reaches_its_reader",
+              P + "test_atomic_write_through_a_symlink_to_dev_null_keeps_the_link",
+              P + "test_evaluate_results_into_a_fifo_reaches_its_reader"]),
+    Mutation("an output file may be one of the run's own files (--results RUN/model.safetensors)",
+             SRC + "evaluation/coco_results.py", "check_output_file",
+             "        if Run(run).owns(path):", "        if False:",
+             [P + "test_evaluate_refuses_results_over_the_runs_own_files",
+              P + "test_caption_refuses_coco_results_over_the_runs_own_files"]),
+    Mutation("the model card writes file names, captions and references raw (HTML, | and line breaks)",
+             SRC + "evaluation/modelcard.py", "markdown_text",
+             'html.escape(str(value), quote=False).replace("|", "\\\\|")', "str(value)",
+             [P + "test_model_card_escapes_html_and_table_breakers"]),
+    Mutation("caption --csv writes cells a spreadsheet runs as formulas", SRC + "cli/caption.py", "csv_text",
+             "return \"'\" + text if text.startswith(FORMULA_STARTS) else text", "return text",
+             [P + "test_caption_csv_cells_never_start_a_formula"]),
+    Mutation("evaluate's 'skipped' warning prints a file name's control bytes raw", SRC + "evaluation/evaluate.py",
+             "decode_split", 'log.warning("skipped %s", shown_in(result.error, result.source))',
+             'log.warning("skipped %s", result.error)',
+             [P + "test_evaluate_skipped_warning_escapes_control_bytes"]),
+    Mutation("the Host check compares [::1] with ::1 (serve --host ::1 answers 400)", SRC + "serve/limits.py", "host_of",
+             "return ipaddress.IPv6Address(address).compressed",
+             'return "[" + ipaddress.IPv6Address(address).compressed + "]"',
+             [P + "test_serve_on_ipv6_loopback_answers_standard_clients"]),
+    # probe 3: bombs, non-finite numbers, one range per setting (tests/test_probe3_inputs.py)
+    Mutation("word vectors: a NaN or infinite number is kept", SRC + "models/embeddings.py", "_finite",
+             "    if not np.isfinite(vector).all():", "    if False:",
+             [PI + "test_glove_file_with_a_non_finite_number_is_refused_with_its_line",
+              PI + "test_word2vec_files_with_a_non_finite_number_are_refused"]),
+    Mutation("training: a non-finite loss is trained on", SRC + "training/loop.py", "train_step",
+             "        check_finite(s, state, loss, value)\n", "",
+             [PI + "test_a_non_finite_loss_stops_training_and_never_becomes_the_best_model"]),
+    Mutation("training: a NaN score can be the best", SRC + "training/epochs.py", "choose_best",
+             "    if not math.isfinite(value):", "    if False:",
+             [PI + "test_a_nan_score_is_never_the_best"]),
+    Mutation("config: a value is shown whole in a message", SRC + "config.py", "_convert", "got {shown(value)}",
+             "got {value!r}",
+             [PI + "test_a_long_value_is_shown_shortened_in_the_message"]),
+    Mutation("config: YAML aliases are expanded without bound", SRC + "config.py", "_read_yaml",
+             "    if _count_values(tree, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:", "    if False:",
+             [PI + "test_billion_laughs_config_is_refused_at_once"]),
+    Mutation("config: deeply nested YAML ends in RecursionError", SRC + "config.py", "_read_yaml",
+             "    except RecursionError:", "    except ZeroDivisionError:",
+             [PI + "test_deeply_nested_yaml_config_is_one_line"]),
+    Mutation("annotations: deeply nested JSON ends in RecursionError", SRC + "data/formats.py", "_stream_json",
+             "    except RecursionError:", "    except ZeroDivisionError:",
+             [PI + "test_deeply_nested_annotations_are_one_line"]),
+    Mutation("annotations: deeply nested JSON Lines end in RecursionError", SRC + "data/formats.py", "_table_rows",
+             "            except RecursionError:", "            except ZeroDivisionError:",
+             [PI + "test_deeply_nested_annotations_are_one_line"]),
+    Mutation("run: a deeply nested config.json ends in RecursionError", SRC + "run.py", "Run",
+             "        except RecursionError:", "        except ZeroDivisionError:",
+             [PI + "test_a_runs_deeply_nested_config_json_is_one_line"]),
+    Mutation("bounded reader: a pipe or device is read past the limit", SRC + "fileio.py", "read_bounded",
+             "            if len(data) > limit:\n                raise too_large(\"its content\")", "            pass",
+             [PI + "test_the_bounded_reader_stops_a_pipe_at_its_limit"]),
+    Mutation("bounded reader: a regular file's size is not checked first", SRC + "fileio.py", "read_bounded",
+             "            if info.st_size > limit:\n                raise too_large(_size_text(info.st_size))",
+             "            pass",
+             [PI + "test_annotations_and_configs_from_dev_zero_and_sparse_files_are_refused_in_little_memory"]),
+    Mutation("annotations: read unbounded", SRC + "data/formats.py", "_read_text",
+             'read_bounded(path, FILE_LIMITS["annotations"], "an annotation file", DataError).decode("utf-8-sig")',
+             'path.read_text(encoding="utf-8-sig")',
+             [PI + "test_annotations_and_configs_from_dev_zero_and_sparse_files_are_refused_in_little_memory"]),
+    Mutation("config file: read unbounded", SRC + "config.py", "load_config",
+             'read_bounded(path, FILE_LIMITS["config"], "a config file", ConfigError).decode("utf-8")',
+             'path.read_text(encoding="utf-8")',
+             [PI + "test_annotations_and_configs_from_dev_zero_and_sparse_files_are_refused_in_little_memory"]),
+    Mutation("pictures: a file is read unbounded", SRC + "data/images.py", "_read_source",
+             'return read_bounded(source, limit, "a picture", lambda message: too_large)',
+             "return Path(source).read_bytes()",
+             [PI + "test_caption_of_dev_zero_is_refused_in_little_memory"]),
+    Mutation("word vectors: a text line is read unbounded", SRC + "models/embeddings.py", "_lines",
+             "f.readline(MAX_LINE + 1)", "f.readline()",
+             [PI + "test_word_vectors_from_dev_zero_are_refused_in_little_memory"]),
+    Mutation("word2vec: the binary header's numbers are not checked", SRC + "models/embeddings.py", "_binary_word2vec",
+             "            if len(header) != 2 or not all(p.isdigit() for p in header):",
+             "            if len(header) != 2:",
+             [PI + "test_bad_binary_word2vec_headers_are_one_line"]),
+    Mutation("word2vec: the vector size is not bounded", SRC + "models/embeddings.py", "_checked_dim",
+             "    if not 1 <= dim <= _max_dim():", "    if dim < 1:",
+             [PI + "test_bad_binary_word2vec_headers_are_one_line"]),
+    Mutation("feature cache: the manifest is not checked", SRC + "data/features.py", "FeatureCache",
+             "        check_manifest(path, manifest, complete)\n", "",
+             [PI + "test_feature_cache_manifest_without_records_is_one_line"]),
+    Mutation("config: model.hidden_dim has no upper bound", SRC + "config.py", "ModelConfig",
+             "\"LSTM hidden size (512 in the paper); the transformer decoder's width\", min=1,\n                              max=4096)",
+             "\"LSTM hidden size (512 in the paper); the transformer decoder's width\", min=1)",
+             [PI + "test_model_sizes_have_an_upper_bound", PI + "test_a_run_asking_for_a_huge_model_is_refused_before_allocation"]),
+    Mutation("decoding options: the beam size has no upper bound", SRC + "decoding/options.py", "check_options",
+             'whole_number(beam_size, spelling.name("beam_size"), maximum=MAX_BEAM, allow_none=True)',
+             'whole_number(beam_size, spelling.name("beam_size"), allow_none=True)',
+             [PI + "test_beam_size_and_n_best_have_one_upper_bound_everywhere"]),
+    Mutation("decoding options: any positive temperature is taken", SRC + "decoding/options.py", "check_sampling",
+             "lambda v: low_t <= v <= high_t", "lambda v: v > 0",
+             [PI + "test_sampling_temperature_is_finite_and_bounded"]),
     # threads: --threads 1 is what runs (tests/test_threads_cli.py, with OMP_NUM_THREADS unset)
     Mutation("the training loop never looks at the thread policy", SRC + "training/loop.py", "train_step",
              "    check_threads()\n", "\n", [TH + "test_train"]),
@@ -172,6 +281,22 @@ MUTATIONS = [
 ]
 
 
+# One mutation per area whose tests take seconds, run by tests/test_mutations_caught.py in every
+# `make test`; the whole list is a manual run (it would double the suite's time on 2 cores).
+CI_SUBSET = [
+    "drop the mask: <pad>/<start>/<unk> can be generated",
+    "flip a sign: beam adds the negated word log-probability",
+    "top-p drops the word that crosses the threshold",
+    "flip the self-critical sign: samples worse than greedy become likelier",
+    "the attention gate closes where it should open",
+    "the Transformer's memory forgets where each slot is",
+    "the training loop never looks at the thread policy",
+    "chat completions try to read a remote URL",
+    "an output file may be one of the run's own files (--results RUN/model.safetensors)",
+    "training: a non-finite loss is trained on",
+]
+
+
 def _function_span(text: str, name: str) -> tuple[int, int]:
     """Start and end of the top-level def/class `name` (up to the next top-level statement)."""
     start = re.search(rf"^(?:def|class) {re.escape(name)}\b", text, re.M)
@@ -202,8 +327,9 @@ def run_tests(src: Path, tests: list[str]) -> tuple[int, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", default="", help="only mutations whose name contains this")
+    parser.add_argument("--ci", action="store_true", help="only the CI_SUBSET")
     args = parser.parse_args()
-    chosen = [m for m in MUTATIONS if args.k in m.name]
+    chosen = [m for m in MUTATIONS if args.k in m.name and (not args.ci or m.name in CI_SUBSET)]
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
