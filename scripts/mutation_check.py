@@ -4,7 +4,7 @@ Each mutation is a text substitution inside one function of a temporary copy of 
 named for it run against that copy (PYTHONPATH) and must fail. The unmutated copy runs first and
 must pass, so a "caught" mutation is one the tests tell apart from the real code.
 
-    python scripts/mutation_check.py            # about seven minutes on 2 cores (31 mutations)
+    python scripts/mutation_check.py            # about 20 minutes on 2 cores (80 mutations)
     python scripts/mutation_check.py -k sign    # only mutations whose name contains "sign"
     python scripts/mutation_check.py --ci       # the CI_SUBSET below (about two minutes): make test runs it
 """
@@ -29,6 +29,7 @@ HUB = SRC + "models/hub_encoders.py"
 D, T, H = "tests/test_decode.py::", "tests/test_training_core.py::", "tests/test_hub_encoders.py::"
 TH, R, C = "tests/test_threads_cli.py::", "tests/test_reference_runs.py::", "tests/test_clients.py::"
 P, PI = "tests/test_probe3_outputs.py::", "tests/test_probe3_inputs.py::"
+G = "tests/test_gpu_check.py::test_the_gpu_check_runs_every_stage_on_the_cpu"
 
 
 @dataclass
@@ -247,6 +248,47 @@ MUTATIONS = [
     Mutation("decoding options: any positive temperature is taken", SRC + "decoding/options.py", "check_sampling",
              "lambda v: low_t <= v <= high_t", "lambda v: v > 0",
              [PI + "test_sampling_temperature_is_finite_and_bounded"]),
+    # tests that could not fail before (issue 29): CLIP against open_clip, quiet connections, re-planning,
+    # the GPU check's stop and resume, the run lock, the old NIC run
+    Mutation("CLIP's grid is all zeros", HUB, "ClipTrunk",
+             "return _grid_of_tokens(tokens), F.normalize(pooled, dim=-1)",
+             "return _grid_of_tokens(tokens * 0), F.normalize(pooled, dim=-1)",
+             [H + "test_the_pooled_vector_and_the_grid", H + "test_weights_from_a_local_file"]),
+    Mutation("CLIP's grid is read in reverse token order", HUB, "ClipTrunk",
+             "return _grid_of_tokens(tokens), F.normalize(pooled, dim=-1)",
+             "return _grid_of_tokens(tokens.flip(1)), F.normalize(pooled, dim=-1)",
+             [H + "test_the_pooled_vector_and_the_grid", H + "test_prepare_caches_what_the_encoder_gives"]),
+    Mutation("a CLIP encoder is picture-blind (every picture encoded as a black one)", HUB, "ClipTrunk",
+             "pooled, tokens = self.visual(x)", "pooled, tokens = self.visual(x * 0)",
+             [H + "test_the_pooled_vector_and_the_grid"]),
+    Mutation("an open_clip training checkpoint keeps its module. prefix", HUB, "_clip_model",
+             'if all(k.startswith("module.") for k in state):', "if False:",
+             [H + "test_an_open_clip_training_checkpoint_loads"]),
+    Mutation("open_clip_config.json's preprocessing beside a file is ignored", HUB, "_clip_model",
+             'preprocess = sidecar.get("preprocess_cfg") or {}', "preprocess = {}",
+             [H + "test_open_clip_config_json_beside_a_file_gives_its_preprocessing"]),
+    Mutation("the header deadline never closes a quiet connection (slowloris)", SRC + "serve/limits.py", "HeaderDeadline",
+             "            self.transport.close()", "            pass",
+             ["tests/test_serve_hardening.py::test_silent_connections_neither_block_others_nor_stay_open"]),
+    Mutation("the time budget never re-plans between validations", SRC + "training/budget.py", "BudgetPlanner",
+             "        elif self.steps % REPLAN_EVERY == 0 and not state.finished:\n            self.plan(s, state)\n", "",
+             [T + "test_a_budget_re_plans_when_the_machine_slows_down"]),
+    Mutation("the time budget never stops training (--max-minutes ignored)", SRC + "training/loop.py", "should_stop",
+             "late = deadline is not None and dist.is_main() and budget.clock() > deadline", "late = False", [G]),
+    Mutation("a resume mid-epoch replays the epoch's batches from its first", SRC + "training/loop.py", "train_epoch",
+             "[dist.shard(b) for b in batches[state.step_in_epoch:]]", "[dist.shard(b) for b in batches]", [G]),
+    Mutation("train takes no lock on its run folder", SRC + "training/entry.py", "_lock",
+             'return Run(out).locked(command, create=command == "train") if out is not None and dist.is_main() '
+             'else nullcontext()',
+             "return nullcontext()",
+             ["tests/test_run_folders.py::test_two_trainings_into_one_new_folder_do_not_both_run"]),
+    Mutation("a run's lock is never acquired (filelock not consulted)", SRC + "run.py", "Run",
+             "            lock.acquire()\n", "            pass\n",
+             ["tests/test_run_folders.py::test_two_trainings_into_one_new_folder_do_not_both_run"]),
+    Mutation("NIC's initial cell state squashed by tanh (an old run decodes differently)", SRC + "models/nic.py",
+             "NICDecoder", "c = self.init_c(image).view(b, self.num_layers, self.hidden_dim)",
+             "c = torch.tanh(self.init_c(image)).view(b, self.num_layers, self.hidden_dim)",
+             ["tests/test_old_runs.py::test_an_old_run_captions_as_it_did_when_it_was_saved"]),
     # threads: --threads 1 is what runs (tests/test_threads_cli.py, with OMP_NUM_THREADS unset)
     Mutation("the training loop never looks at the thread policy", SRC + "training/loop.py", "train_step",
              "    check_threads()\n", "\n", [TH + "test_train"]),
@@ -294,6 +336,7 @@ CI_SUBSET = [
     "chat completions try to read a remote URL",
     "an output file may be one of the run's own files (--results RUN/model.safetensors)",
     "training: a non-finite loss is trained on",
+    "CLIP's grid is read in reverse token order",
 ]
 
 

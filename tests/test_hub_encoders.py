@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from showtell.cli import main
 from showtell.config import load_config
@@ -42,6 +42,39 @@ def _picture(width=301, height=233) -> Image.Image:
 def _features(encoder: Encoder, image: Image.Image) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return encoder.eval()(encoder.transform(image).unsqueeze(0))
+
+
+def _clip_reference(visual: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What open_clip itself gives for normalised pictures `x`, through its own code path and not
+    ours: the last block's patch tokens after the final layer norm, as open_clip's
+    forward_intermediates splits off the class token and lays them out as a map (flattened here in
+    raster order, as the decoders read a grid), and the projected image embedding, L2-normalised
+    as CLIP compares pictures."""
+    with torch.no_grad():
+        out = visual.eval().forward_intermediates(x, indices=1, normalize_intermediates=True, output_fmt="NCHW")
+    grid = out["image_intermediates"][-1]                      # (B, D, side, side)
+    return {"grid": grid.flatten(2).transpose(1, 2),            # (B, side * side, D) in raster order, as decoders read it
+            "global": torch.nn.functional.normalize(out["image_features"], dim=-1)}
+
+
+def _clip_with(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """open_clip's own tiny CLIP image tower holding the visual.* weights of a whole CLIP state dict."""
+    visual = open_clip.create_model(TINY_CLIP).visual
+    visual.load_state_dict({k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")})
+    return visual
+
+
+def _assert_clip_features(encoder: Encoder, visual: torch.nn.Module, pictures: list[Image.Image]) -> None:
+    """The encoder's grid and vector for `pictures` equal open_clip's own (`visual`), and the grid
+    tells the pictures apart (it is not a constant)."""
+    x = torch.stack([encoder.transform(p) for p in pictures])
+    with torch.no_grad():
+        ours = encoder.eval()(x)
+    theirs = _clip_reference(visual, encoder.normalize(x))
+    for key in ("grid", "global"):
+        assert ours[key].shape == theirs[key].shape, key
+        assert torch.allclose(ours[key], theirs[key], atol=1e-5), (key, (ours[key] - theirs[key]).abs().max())
+    assert (theirs["grid"][0] - theirs["grid"][1]).abs().max() > 1e-2   # the reference itself sees the pictures
 
 
 @pytest.mark.parametrize("name, size, grid, dims", [
@@ -76,6 +109,13 @@ def test_the_pooled_vector_and_the_grid(name, size, grid, dims):
             expected = torch.nn.functional.normalize(clip.eval().encode_image(x), dim=-1)
             assert torch.allclose(out["global"], expected, atol=1e-5)
             assert torch.allclose(out["global"].norm(dim=-1), torch.ones(1))
+            # the grid: open_clip's own last-layer patch tokens (after ln_post) as a map in raster
+            # order, from its forward_intermediates (not through our token-to-grid reshape)
+            reference = _clip_reference(clip.visual, x)
+            assert torch.allclose(out["grid"], reference["grid"], atol=1e-5)
+            assert torch.allclose(out["global"], reference["global"], atol=1e-5)
+    if name.startswith("clip:"):   # two different pictures: each gets its own features, as open_clip gives them
+        _assert_clip_features(encoder, clip.visual, [_picture(), _picture(97, 300).rotate(90)])
 
 
 @pytest.mark.parametrize("name", ["timm:test_resnet", "timm:test_vit", "timm:test_convnext", f"clip:{TINY_CLIP}"])
@@ -117,8 +157,51 @@ def test_weights_from_a_local_file(tmp_path, name, suffix):
     ours, theirs = _features(loaded, _picture()), _features(reference, _picture())
     for key in ("global", "grid"):
         assert torch.allclose(ours[key], theirs[key], atol=1e-6)
+    if library == "clip":   # and equal to what open_clip itself computes with the file's weights
+        _assert_clip_features(loaded, _clip_with(state), [_picture(), _picture(97, 300)])
     assert not torch.allclose(ours["global"], _features(Encoder(name, "none", 64 if "resnet" in name else None),
                                                         _picture())["global"], atol=1e-3)
+
+
+def _whole_clip(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {k: v.contiguous() for k, v in open_clip.create_model(TINY_CLIP).state_dict().items()}
+
+
+def test_an_open_clip_training_checkpoint_loads(tmp_path):
+    """open_clip's training script saves epoch_N.pt as {"epoch", "name", "state_dict", ...} with
+    every key under DistributedDataParallel's "module." prefix: the image tower inside is loaded."""
+    state = _whole_clip(5)
+    path = tmp_path / "epoch_3.pt"
+    torch.save({"epoch": 3, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    torch.manual_seed(6)    # a different random start: only the file can make the features open_clip's
+    loaded = Encoder(f"clip:{TINY_CLIP}", str(path))
+    _assert_clip_features(loaded, _clip_with(state), [_picture(), _picture(97, 300)])
+
+
+def test_open_clip_config_json_beside_a_file_gives_its_preprocessing(tmp_path):
+    """A file from an open_clip hub repo comes with open_clip_config.json; its preprocess_cfg (mean,
+    std, interpolation, resize mode) is how the weights see pictures, when training from the file
+    and when a saved run is rebuilt without loading it (pretrained=False). The result equals
+    open_clip's own transform built from that config."""
+    cfg = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "interpolation": "bilinear", "resize_mode": "squash"}
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file(_whole_clip(9), str(path))
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": False},
+                                                                "preprocess_cfg": cfg}))
+    reference = open_clip.image_transform(32, is_train=False, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                                          resize_mode="squash", interpolation="bilinear")
+    default = Encoder(f"clip:{TINY_CLIP}", "none")
+    for pretrained in (True, False):
+        encoder = Encoder(f"clip:{TINY_CLIP}", str(path), pretrained=pretrained)
+        assert encoder.mean.flatten().tolist() == pytest.approx(cfg["mean"])
+        assert encoder.std.flatten().tolist() == pytest.approx(cfg["std"])
+        assert (encoder.transform.mode, encoder.transform.interpolation) == ("squash", "bilinear")
+        for picture in (_picture(), _picture(97, 300)):
+            ours = encoder.normalize(encoder.transform(picture).unsqueeze(0))[0]
+            assert (ours - reference(picture)).abs().max() <= 1.01 / 255 / min(cfg["std"])
+            # not what the tower's defaults (OpenAI's statistics, a centre crop) make of the picture
+            assert not torch.allclose(ours, default.normalize(default.transform(picture).unsqueeze(0))[0], atol=0.1)
 
 
 def test_a_file_that_does_not_fit_is_named(tmp_path):
@@ -244,8 +327,10 @@ def test_prepare_caches_what_the_encoder_gives(tmp_path, synth_dir):
     records = read_annotations(str(synth_dir / "dataset.json"), None)[:24]
     out = prepare(records, config, tmp_path / "cache", batch_size=8, show_progress=False)
     encoder = Encoder(f"clip:{TINY_CLIP}", str(weights)).eval()
-    with torch.no_grad():
-        direct = encoder(torch.stack([load_tensor(r.path, encoder.transform) for r in records[:5]]))
+    x = torch.stack([load_tensor(r.path, encoder.transform) for r in records[:5]])
+    # what open_clip itself computes for these pictures with these weights (not our trunk again)
+    direct = _clip_reference(_clip_with(load_file(str(weights))), encoder.normalize(x))
+    assert (direct["grid"][0] - direct["grid"][1]).abs().max() > 1e-2
     for key in ("global", "grid"):
         cached = torch.from_numpy(np.load(out / f"{key}.npy")[:5].astype(np.float32))
         assert torch.allclose(cached, direct[key].half().float(), atol=1e-3), key

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 from conftest import ROOT, run_cli
@@ -164,15 +163,50 @@ def test_a_resume_refuses_fewer_epochs_than_done_and_says_what_it_changes(run, s
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
 
 
-def test_two_trainings_into_one_new_folder_do_not_both_run(tmp_path, synth_dir):
+# a training that stops at the start of its first epoch (holding its run's lock, its config
+# written) until a line arrives on stdin, then trains on
+_HELD_TRAINING = """
+import sys
+import showtell.training.entry as entry
+from showtell.cli import main
+
+real_fit = entry.fit
+
+
+def fit(*args, **kwargs):
+    print("training", flush=True)
+    sys.stdin.readline()
+    return real_fit(*args, **kwargs)
+
+
+entry.fit = fit
+sys.exit(main(["--quiet", "train", "--data", sys.argv[1], "--out", sys.argv[2], *sys.argv[3:]]))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_two_trainings_into_one_new_folder_do_not_both_run(tmp_path, synth_dir, capsys):
+    """A second training into the same new --out, started while the first is inside it (held at the
+    start of its first epoch, after writing its config, so the order is certain and not a race), is
+    refused naming the first and writes nothing; the first then finishes its run undisturbed."""
     out = tmp_path / "new"
-    first = subprocess.Popen([sys.executable, "-m", "showtell", "train", "--data", str(synth_dir / "dataset.json"),
-                              "--out", str(out), *TINY, "--set", "train.epochs=20"],
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / ".lock.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    second = run_cli("train", "--data", str(synth_dir / "dataset.json"), "--out", str(out), *TINY)
-    first.terminate()
-    first.communicate(timeout=120)
-    assert second.returncode == 2 and "in use by showtell train" in second.stderr, second.stderr
+    first = subprocess.Popen([sys.executable, "-c", _HELD_TRAINING, str(synth_dir / "dataset.json"), str(out), *TINY,
+                              "--set", "train.epochs=1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(ROOT / "src")})
+    try:
+        assert first.stdout.readline().strip() == "training", first.stderr.read()[-2000:]
+        assert (out / "config.json").exists() and Run(out).never_trained()   # what a start over would take for free
+        before = _snapshot(out)
+        capsys.readouterr()
+        assert _train(synth_dir, out) == 2
+        err = capsys.readouterr().err
+        assert f"in use by showtell train (pid {first.pid}" in err, err
+        assert _snapshot(out) == before                                    # the second wrote nothing
+        _, first_err = first.communicate("go on\n", timeout=240)
+        assert first.returncode == 0, first_err[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert Run(out).has_model() and [h["epoch"] for h in Run(out).history()] == [1]

@@ -59,7 +59,8 @@ def test_prepare(recorded, tmp_path, synth_dir):
     weights = tmp_path / "small.safetensors"
     save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
     assert main(["--quiet", "prepare", "--data", str(synth_dir / "dataset.json"), "--out", str(tmp_path / "cache"),
-                 "--config", "synth", "--set", f"model.encoder_weights={weights}", "--set", "data.image_size=32", "--set", "model.freeze_encoder=true",
+                 "--config", "synth", "--set", f"model.encoder_weights={weights}", "--set", "data.image_size=32",
+                 "--set", "model.freeze_encoder=true",
                  "--batch-size", "16", "--threads", "1"]) == 0
     _ran_on_one_thread(recorded)
 

@@ -453,21 +453,30 @@ class SlowingClock(FakeClock):
 
 
 def test_a_budget_re_plans_when_the_machine_slows_down(tmp_path, synth_dir, monkeypatch, capsys):
-    """The first plan is made at full speed; then every step takes 3x as long. The run must still
-    end its decay and its last validation inside the budget, and near it (not at a third of it)."""
+    """The first plan is made at full speed; just after the first validation every step takes 3x as
+    long. Epochs are 64 steps (batch 1), far more than budget.REPLAN_EVERY, and at the slow speed the
+    budget ends about 45 steps after the slowdown, inside the second epoch: only the periodic
+    re-plan (every REPLAN_EVERY steps, not the one after each validation) can see the slowdown in
+    time. The run must still end its decay and its last validation inside the budget, and near it."""
     from showtell.cli.main import setup_logging
 
     setup_logging()
     records = records_of(synth_dir)
-    clock = SlowingClock(0.1, after=120, factor=3.0)
+    clock = SlowingClock(0.1, after=200, factor=3.0)     # 3 readings a step: slow from just after the first epoch
     monkeypatch.setattr(budget, "clock", clock)
     started = clock.now
-    config = load_config("synth", [*TINY, "train.epochs=500", "train.warmup_steps=5"])
+    config = load_config("synth", [*TINY, "train.epochs=500", "train.warmup_steps=5", "train.batch_size=1",
+                                   "train.checkpoint_every=1000"])
     summary = train(config, records, tmp_path / "run", show_progress=False, max_minutes=1.0)
     used = clock.now - started
     history = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    per_epoch = history[0]["step"]
+    assert per_epoch >= 5 * budget.REPLAN_EVERY, "epochs too short: validation re-plans would hide the periodic one"
     assert clock.readings > clock.after, "the clock never slowed: the test would not test re-planning"
     assert summary["planned_steps"] == summary["steps"] == history[-1]["step"] and not summary["stopped_early"]
+    assert per_epoch < summary["steps"] < 2 * per_epoch                # it ended inside the second epoch
     assert history[-1]["lr"] < 0.1 * config.train.lr                   # the decay ran to (near) zero
     assert 0.95 * 60 <= used <= 60 + 1.0                             # within 5% of the budget, not past it
-    assert "time budget re-planned" in capsys.readouterr().err
+    replans = [int(x.split("re-planned at step ")[1].split(":")[0]) for x in capsys.readouterr().err.splitlines()
+               if "time budget re-planned at step " in x]
+    assert any(step % per_epoch for step in replans), replans          # re-planned mid-epoch, not only at validations
