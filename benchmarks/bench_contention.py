@@ -31,7 +31,7 @@ def measure(decoder: str, threads: str, steps: int) -> dict:
 
     from showtell.config import load_config
     from showtell.device import configure_threads
-    from showtell.models.captioner import build_model
+    from showtell.models.caption_model import build_model
     from showtell.vocab import END, Vocabulary
 
     chosen = configure_threads(threads)

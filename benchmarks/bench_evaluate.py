@@ -30,7 +30,7 @@ def main(pictures: int = 500) -> str:
     from showtell.device import configure_threads, instruction_set
     from showtell.evaluation import evaluate as ev
     from showtell.inference.captioner import Captioner
-    from showtell.models.captioner import build_model
+    from showtell.models.caption_model import build_model
     from showtell.run import Run
     from showtell.vocab import END, build_vocabulary
 

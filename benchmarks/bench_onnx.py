@@ -25,7 +25,7 @@ from showtell import Captioner
 from showtell.config import load_config
 from showtell.data.synthetic import write_dataset
 from showtell.inference.export import export_onnx
-from showtell.models.captioner import build_model
+from showtell.models.caption_model import build_model
 from showtell.run import Run
 from showtell.vocab import Vocabulary
 

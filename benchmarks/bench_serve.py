@@ -20,7 +20,7 @@ from PIL import Image
 
 from showtell.config import load_config
 from showtell.data.synthetic import write_dataset
-from showtell.models.captioner import build_model
+from showtell.models.caption_model import build_model
 from showtell.run import Run
 from showtell.vocab import Vocabulary
 

@@ -93,7 +93,7 @@ def test_penalty_is_doubly_stochastic_regulariser():
 
 def test_attention_png_has_one_panel_per_word(attention_run, synth_dir, tmp_path):
     from showtell import Captioner
-    from showtell.evaluation.figures import attention_figure
+    from showtell.reporting.figures import attention_figure
 
     images = sorted((synth_dir / "images").glob("*.png"))[:2]
     assert main(["caption", str(attention_run), *map(str, images), "--attention", str(tmp_path / "maps")]) == 0
@@ -109,7 +109,7 @@ def test_attention_png_has_one_panel_per_word(attention_run, synth_dir, tmp_path
 def test_scheduled_sampling_feeds_back_only_words_that_decoding_could_write():
     """A decoder that puts nearly all its probability on <unk>, <pad> and <start>: with sampling
     probability 1 every fed-back word must still be a real word (or <end>)."""
-    from showtell.models.captioner import scheduled_sampling
+    from showtell.models.caption_model import scheduled_sampling
     from showtell.vocab import PAD, START, UNK
 
     fed = []

@@ -11,7 +11,7 @@ import torch
 
 from showtell.config import load_config
 from showtell.data.formats import read_annotations
-from showtell.models.captioner import build_model
+from showtell.models.caption_model import build_model
 from showtell.vocab import Vocabulary
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from showtell.config import load_config
-from showtell.data.formats import load_dataset, read_annotations, split_counts
+from showtell.data.formats import SPLITS, load_dataset, read_annotations
 from showtell.errors import DataError
 from showtell.training.entry import train
 
@@ -48,6 +48,10 @@ def coco(tmp: Path, name: str, ids: list[int]) -> Path:
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(data))
     return path
+
+
+def split_counts(records) -> dict[str, int]:
+    return {s: sum(r.split == s for r in records) for s in SPLITS}
 
 
 def test_karpathy_split_counts_restval_as_train(tmp_path):

@@ -6,9 +6,16 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from showtell.cli import main
-from showtell.evaluation.modelcard import read_metadata, write_model_card
+from showtell.reporting.modelcard import write_model_card
+
+
+def read_metadata(card_text: str) -> dict:
+    """The YAML block at the top of a model card, as the hubs read it."""
+    assert card_text.startswith("---\n"), "a model card starts with a '---' line"
+    return yaml.safe_load(card_text[4:].split("\n---\n", 1)[0])
 
 
 def _card(folder):

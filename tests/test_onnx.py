@@ -46,7 +46,7 @@ def make_run(dataset: Path, out: Path, decoder: str, steps: int = 60) -> Path:
     from showtell.config import load_config
     from showtell.data.formats import load_dataset
     from showtell.data.images import load_image
-    from showtell.models.captioner import build_model
+    from showtell.models.caption_model import build_model
     from showtell.run import Run
     from showtell.vocab import PAD, Vocabulary
 

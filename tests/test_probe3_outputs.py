@@ -167,7 +167,7 @@ HOSTILE_REFERENCE = "two\nlines | <b>bold</b>"
 
 
 def test_model_card_escapes_html_and_table_breakers(tmp_path):
-    from showtell.evaluation.modelcard import build_card
+    from showtell.reporting.modelcard import build_card
 
     run = tmp_path / "run"
     (run / "evaluations").mkdir(parents=True)

@@ -106,7 +106,7 @@ def test_self_critical_without_validation_keeps_its_best_by_greedy_cider(tmp_pat
 
 # --- self-critical training -----------------------------------------------------------------------------
 def test_self_critical_encodes_each_batch_once_and_its_baseline_blocks_unk(synth_dir, monkeypatch):
-    from showtell.models.captioner import build_model
+    from showtell.models.caption_model import build_model
     from showtell.training import scst
     from showtell.training.phases import SelfCriticalPhase
     from showtell.training.session import Session, make_split
@@ -187,7 +187,7 @@ def test_self_critical_starts_from_the_best_model_on_every_rank(tmp_path, synth_
 
     config = load_config("synth", [*TINY, "train.epochs=1", "train.scst_epochs=1"])
     train(config, records_of(synth_dir), tmp_path / "run", show_progress=False)
-    from showtell.models.captioner import build_model
+    from showtell.models.caption_model import build_model
     from showtell.run import Run
 
     run = Run(tmp_path / "run")

@@ -15,7 +15,7 @@ from showtell.decoding.ensemble import Ensemble
 from showtell.decoding.sampling import sample
 from showtell.decoding.search import beam_search, greedy
 from showtell.errors import ConfigError
-from showtell.models.captioner import scheduled_sampling
+from showtell.models.caption_model import scheduled_sampling
 from showtell.models.nic import NICDecoder
 from showtell.models.transformer import TransformerDecoder
 from showtell.vocab import END, PAD, START

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import math
+import numbers
 import reprlib
 import types
 import typing
@@ -21,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from .architectures import DECODERS, check_weights_spelling, parse_weights
+from .architectures import decoder as decoder_traits
 from .device import check_device_name, check_threads_setting
 from .errors import ConfigError
 from .fileio import FILE_LIMITS, read_bounded
@@ -31,9 +34,10 @@ MAX_CONFIG_VALUES = 10_000
 
 
 def setting(default, help: str, choices: tuple | None = None, min: float | None = None,
-            max: float | None = None):
-    """A config field with its documentation and the range of values it accepts."""
-    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max})
+            max: float | None = None, above: float | None = None):
+    """A config field with its documentation and the range of values it accepts: `min` and `max`
+    inclusive, `above` an exclusive lower bound. Decoding options read the same ranges (decoding/options.py)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max, "above": above})
 
 
 @dataclass
@@ -53,7 +57,7 @@ class ModelConfig:
         "cached) and trains random ones. A frozen random CNN is refused: it would caption every picture alike")
     decoder: str = setting("nic", "sentence model: 'nic' (Show and Tell LSTM), 'attention' (Show, Attend and Tell) "
                            "or 'transformer' (a Transformer decoder attending to the encoder's grid)",
-                           choices=("nic", "attention", "transformer"))
+                           choices=tuple(DECODERS))
     image_injection: str = setting(
         "init_state", "how the image conditions the LSTM: as its initial hidden/cell state "
         "(init_state) or as its input at step -1 (first_input, as in the paper)",
@@ -171,7 +175,8 @@ class DecodeConfig:
     block_unk: bool = setting(True, "never generate <unk>")
     temperature: float = setting(1.0, "sampling temperature", min=1e-3, max=100.0)
     top_k: int = setting(0, "sample among the k most likely words (0: all)", min=0)
-    top_p: float = setting(1.0, "sample among the smallest set of words with this much probability", min=0.0, max=1.0)
+    top_p: float = setting(1.0, "sample among the smallest set of words with this much probability", above=0.0,
+                           max=1.0)
 
 
 @dataclass
@@ -237,7 +242,10 @@ def _convert(name: str, value: Any, annotation, where: str) -> Any:
             return value.lower() in ("true", "yes", "on", "1")
         raise bad
     if annotation is int:
-        return _whole_number(value, bad)
+        number = whole_number_of(value, text=True)
+        if number is None:
+            raise bad
+        return number
     if annotation is float:
         if isinstance(value, bool):
             raise bad
@@ -255,11 +263,18 @@ def _convert(name: str, value: Any, annotation, where: str) -> Any:
     raise bad
 
 
-def _whole_number(value, bad: ConfigError) -> int:
-    """An int exactly as written: '12345678901234567891' stays itself (never through a float); a
-    float or text such as '1e3' only when it is a whole number a float holds exactly (below 2**53)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise bad
+def whole_number_of(value, text: bool = False) -> int | None:
+    """`value` as an int when it is a whole number, else None; a bool never is. From Python
+    (`text=False`: the API's and the service's arguments) only an integral number counts, 2.0 does
+    not. From a file or the command line (`text=True`) an int exactly as written:
+    '12345678901234567891' stays itself (never through a float); a float or text such as '1e3' only
+    when it is a whole number a float holds exactly (below 2**53)."""
+    if isinstance(value, bool):
+        return None
+    if not text:
+        return int(value) if isinstance(value, numbers.Integral) else None
+    if not isinstance(value, (int, float, str)):
+        return None
     if isinstance(value, int):
         return value
     if isinstance(value, str):
@@ -270,9 +285,9 @@ def _whole_number(value, bad: ConfigError) -> int:
     try:
         number = float(value)
     except ValueError:
-        raise bad from None
+        return None
     if not math.isfinite(number) or number != int(number) or abs(number) >= 2 ** 53:
-        raise bad
+        return None
     return int(number)
 
 
@@ -283,6 +298,8 @@ def _check_range(name: str, value: Any, meta, where: str) -> None:
         raise ConfigError(f"{where}{name}: {value!r} is not one of {', '.join(meta['choices'])}")
     if meta["min"] is not None and value < meta["min"]:
         raise ConfigError(f"{where}{name}: {value!r} is below the minimum {meta['min']}")
+    if meta["above"] is not None and value <= meta["above"]:
+        raise ConfigError(f"{where}{name}: {value!r} must be above {meta['above']}")
     if meta["max"] is not None and value > meta["max"]:
         raise ConfigError(f"{where}{name}: {value!r} is above the maximum {meta['max']}")
 
@@ -332,19 +349,13 @@ def validate(config: Config, where: str = "") -> None:
         parts = []
     if len(parts) != 3 or any(p < 0 for p in parts) or not math.isclose(sum(parts), 1.0, abs_tol=1e-6):
         raise ConfigError(f"{where}data.split_ratio: expected three fractions 'train,val,test' summing to 1, got {ratio!r}")
-    if config.model.encoder_weights not in ("imagenet", "none") and not config.model.encoder_weights.strip():
-        raise ConfigError(f"{where}model.encoder_weights: expected 'imagenet', 'none' or a file path")
+    check_weights_spelling(config.model.encoder_weights, where)
     spec = config.model.word_embeddings
     if spec and spec.split(":", 1)[0] not in ("glove", "word2vec", "spacy") or (spec and ":" not in spec):
         raise ConfigError(f"{where}model.word_embeddings: expected 'glove:PATH', 'word2vec:PATH' or 'spacy:PACKAGE', got {spec!r}")
-    m = config.model
-    if m.decoder == "transformer":
-        if m.hidden_dim % m.transformer_heads:
-            raise ConfigError(f"{where}model.hidden_dim: the transformer's width {m.hidden_dim} must be a multiple of "
-                              f"model.transformer_heads ({m.transformer_heads})")
-        if not -m.transformer_layers <= m.transformer_attention_layer < m.transformer_layers:
-            raise ConfigError(f"{where}model.transformer_attention_layer: {m.transformer_attention_layer} names no layer "
-                              f"of {m.transformer_layers} (0 .. {m.transformer_layers - 1}, or -1 for the last)")
+    check = decoder_traits(config.model.decoder).check      # the decoder's own rules over several settings
+    if check is not None:
+        check(config.model, where)
     if config.train.scheduled_sampling:
         parse_scheduled_sampling(config.train.scheduled_sampling)
     check_device_name(config.train.device, f"{where}train.device")
@@ -438,18 +449,11 @@ def resolve(config: Config) -> Config:
     """Fill in the settings left to follow others ('auto' encoder weights, empty freeze_encoder),
     once every source has been applied, and refuse combinations that cannot learn."""
     m = config.model
-    weights = m.encoder_weights
-    if weights == "auto":
-        weights = "none" if m.encoder == "small" else "openai" if m.encoder.startswith("clip:") else "imagenet"
+    weights = parse_weights(m.encoder, m.encoder_weights).value     # 'auto' resolved by the encoder's family
     frozen = m.freeze_encoder if m.freeze_encoder is not None else weights != "none"
     if frozen and weights == "none":
         raise ConfigError("model.freeze_encoder: a frozen encoder with random weights (model.encoder_weights=none) "
                           "gives every picture nearly the same features; set model.freeze_encoder=false or give weights")
-    if m.encoder == "small" and weights == "imagenet":
-        raise ConfigError("model.encoder_weights: the small encoder has no ImageNet weights; use 'none' or a file")
-    if m.encoder.startswith("clip:") and weights == "imagenet":
-        raise ConfigError("model.encoder_weights: clip: encoders take an open_clip pretrained tag (openai, "
-                          "laion2b_s34b_b79k, ...), a file or none, not 'imagenet'")
     return dataclasses.replace(config, model=dataclasses.replace(m, encoder_weights=weights, freeze_encoder=frozen))
 
 

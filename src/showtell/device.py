@@ -196,6 +196,14 @@ def threads_configured() -> bool:
     return _policy is not None
 
 
+def ensure_threads(setting="auto") -> None:
+    """The library's entry points (the first `train`/`resume` or `Captioner.load` of a process used
+    from Python) configure the policy unless the process already has one: the CLI's `main`
+    configures it first, once, for every command."""
+    if _policy is None:
+        configure_threads(setting)
+
+
 def check_threads() -> None:
     """Re-measure the machine's load if an 'auto' policy is configured and it is time (cheap)."""
     if _policy is not None:

@@ -6,14 +6,17 @@
     RUN/data.json            where the training data came from (so --resume needs nothing else)
     RUN/history.jsonl        one line of losses and validation scores per evaluation
     RUN/checkpoints/         the last K resumable checkpoints: step-N.safetensors + step-N.state.pt
+    RUN/model-xe.safetensors the best cross-entropy model, kept when self-critical training starts
     RUN/training.json        time and steps of every training session   (written by the model card's module)
     RUN/README.md            the model card
     RUN/report.html          `evaluate`'s report, with its pictures in RUN/report_files/
     RUN/evaluations/         `evaluate`'s kept scores and captions, one file per split and decoding
     RUN/.lock, .lock.json    the run's lock and who holds it
 
-No output option (`--results`, `--coco-results`) may name one of these (`Run.owns`): a results
-file written over model.safetensors would destroy the model it came from.
+`Run` is the one place that names these: every other module asks it for a path (`run.card`,
+`run.report`, `run.evaluation_file(...)`, ...) or a reader (`run.loose_json(...)`,
+`run.kept_evaluations()`, ...). No output option (`--results`, `--coco-results`) may name one of
+them (`Run.owns`): a results file written over model.safetensors would destroy the model it came from.
 
 Every file is written atomically. A checkpoint's state file records the SHA-256 of its weights
 file, so a damaged checkpoint is detected and resume falls back to the previous good one.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -38,17 +42,62 @@ from .vocab import Vocabulary
 log = logging.getLogger("showtell")
 
 FORMAT = "showtell-run-1"
-PACKAGE_FILES = ("config.json", "vocab.json", "model.safetensors")
+CONFIG, VOCAB, MODEL = "config.json", "vocab.json", "model.safetensors"
+PACKAGE_FILES = (CONFIG, VOCAB, MODEL)   # what `export` copies: a model others can load
+DATA, HISTORY, CHECKPOINTS, XE_MODEL = "data.json", "history.jsonl", "checkpoints", "model-xe.safetensors"
 CHECKPOINT_SUFFIXES = {"weights": ".safetensors", "state": ".state.pt"}
 LOCK, HOLDER = ".lock", ".lock.json"     # the run's lock, and who holds it
 CARD, TRAINING = "README.md", "training.json"
-ENTRIES = (*PACKAGE_FILES, "data.json", "history.jsonl", "checkpoints", TRAINING, CARD, "report.html", "report_files",
-           "evaluations", LOCK, HOLDER)   # every entry of a run folder (the module docstring says what each is)
+REPORT, REPORT_FILES, EVALUATIONS = "report.html", "report_files", "evaluations"
+ENTRIES = (*PACKAGE_FILES, DATA, HISTORY, CHECKPOINTS, XE_MODEL, TRAINING, CARD, REPORT, REPORT_FILES,
+           EVALUATIONS, LOCK, HOLDER)   # every entry of a run folder (the module docstring says what each is)
 
 
 class Run:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    def __str__(self) -> str:   # its folder, in messages
+        return str(self.path)
+
+    @classmethod
+    def of(cls, run: "Run | str | Path") -> "Run":
+        """`run` itself if it is a Run already (opened once, passed down), else the run at that path."""
+        return run if isinstance(run, Run) else cls(run)
+
+    # --- the paths of its entries (the module docstring says what each is) ------------------------
+    @property
+    def card(self) -> Path:
+        return self.path / CARD
+
+    @property
+    def training_record(self) -> Path:
+        return self.path / TRAINING
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def xe_model_file(self) -> Path:
+        return self.path / XE_MODEL
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT
+
+    @property
+    def report_files(self) -> Path:
+        """The report's pictures; report.html names them relative to itself, under this name."""
+        return self.path / REPORT_FILES
+
+    @property
+    def evaluations_dir(self) -> Path:
+        return self.path / EVALUATIONS
+
+    def evaluation_file(self, split: str, decoding: str) -> Path:
+        """Where `evaluate` keeps the scores and captions of `split` decoded as `decoding`."""
+        return self.evaluations_dir / f"{split}-{decoding}.json"
 
     # --- creation and the lock -------------------------------------------------------------------
     @classmethod
@@ -57,20 +106,24 @@ class Run:
         folder that holds a run is refused, except one where training never reached its first
         checkpoint (stopped by a full disk, say): there is nothing to lose, so it starts over."""
         run = cls(path)
-        if (run.path / "config.json").exists():
+        if (run.path / CONFIG).exists():
             if not run.never_trained():
                 raise RunError(f"{run.path}: already holds a run; use --resume {run.path} to continue it or choose "
                                "another --out")
             log.info("%s holds a run that stopped before its first checkpoint; starting it over", run.path)
             run.clean_temporary_files()
-        atomic_write_text(run.path / "config.json", config.to_json())
-        vocab.save(run.path / "vocab.json")
-        atomic_write_text(run.path / "data.json", json.dumps(sources, indent=2) + "\n")
+        run.save_config(config)
+        vocab.save(run.path / VOCAB)
+        atomic_write_text(run.path / DATA, json.dumps(sources, indent=2) + "\n")
         return run
+
+    def save_config(self, config: Config) -> None:
+        """Write the run's config.json: at its creation, and again when a resume changes a setting."""
+        atomic_write_text(self.path / CONFIG, config.to_json())
 
     def never_trained(self) -> bool:
         """Nothing of this run was ever kept: no checkpoint, no model, no history."""
-        return not (self.checkpoints() or self.has_model() or (self.path / "history.jsonl").exists())
+        return not (self.checkpoints() or self.has_model() or (self.path / HISTORY).exists())
 
     @contextmanager
     def locked(self, command: str, create: bool = False):
@@ -136,7 +189,7 @@ class Run:
         return path
 
     def config(self) -> Config:
-        path = self.need("config.json")
+        path = self.need(CONFIG)
         try:
             tree = json.loads(read_bounded(path, FILE_LIMITS["config"], "a run's config", RunError))
         except (OSError, ValueError) as error:
@@ -146,11 +199,11 @@ class Run:
         return config_from_dict(tree, str(path))
 
     def vocab(self) -> Vocabulary:
-        return Vocabulary.load(self.need("vocab.json"))
+        return Vocabulary.load(self.need(VOCAB))
 
     def sources(self) -> dict[str, Any]:
         """Where the training data came from (data.json)."""
-        path = self.need("data.json")
+        path = self.need(DATA)
         try:
             sources = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
@@ -160,11 +213,14 @@ class Run:
             raise RunError(f"{path}: damaged (not an object); give --data (and --images) again")
         return sources
 
+    def has_sources(self) -> bool:
+        return (self.path / DATA).exists()
+
     def weights(self) -> dict:
-        return load_weights(self.need("model.safetensors"))
+        return load_weights(self.need(MODEL))
 
     def has_model(self) -> bool:
-        return (self.path / "model.safetensors").is_file()
+        return self.model_file.is_file()
 
     def model_is_readable(self) -> bool:
         try:
@@ -172,24 +228,67 @@ class Run:
         except RunError:
             return False
 
+    def describe_mismatch(self, model, state: dict, error: RuntimeError) -> str:
+        """Which file disagrees with which when weights (`state`) do not load into `model`: the
+        vocabulary size is the usual culprit (another run's vocab.json), named with both numbers;
+        otherwise the first tensor that differs, or torch's first line."""
+        vocabulary = len(self.vocab())
+        for name in ("decoder.output.weight", "decoder.embed.weight"):
+            if name in state and state[name].shape[0] != vocabulary:
+                return (f"{self.path / VOCAB}: has {vocabulary} words but {MODEL} was trained with "
+                        f"{state[name].shape[0]}; the folder mixes files of different runs")
+        own = model.state_dict()
+        for name, tensor in state.items():
+            if name in own and tuple(own[name].shape) != tuple(tensor.shape):
+                return (f"{self.model_file}: {name} has shape {tuple(tensor.shape)} but {CONFIG} "
+                        f"describes {tuple(own[name].shape)}")
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            return (f"{self.model_file}: does not match {CONFIG} (missing {missing[:2]}, "
+                    f"unexpected {unexpected[:2]})")
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error).splitlines()[0])
+        return f"{self.model_file}: weights do not match {CONFIG} ({first[:160]})"
+
     # --- best model ----------------------------------------------------------------------------
     def save_model(self, model, metadata: dict[str, Any]) -> None:
-        save_weights(self.path / "model.safetensors", model.state_dict(),
+        save_weights(self.model_file, model.state_dict(),
                      {"format": FORMAT, **{k: str(v) for k, v in metadata.items()}})
+
+    def keep_xe_model(self) -> None:
+        """Copy the best cross-entropy model to model-xe.safetensors (self-critical training then
+        replaces model.safetensors with its own best)."""
+        shutil.copyfile(self.model_file, self.xe_model_file)
+
+    # --- what the model card is made of: read tolerantly (a missing or damaged file is `default`) ----
+    def loose_json(self, name: str, default: Any = None) -> Any:
+        """The JSON file `name` of the run (CONFIG, VOCAB, DATA, TRAINING), or `default` when it is
+        missing or unreadable: the card shows what there is."""
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return default
+
+    def write_training_record(self, record: dict[str, Any]) -> None:
+        atomic_write_text(self.training_record, json.dumps(record, indent=2) + "\n")
+
+    def kept_evaluations(self) -> list[Any]:
+        """Every kept evaluation (evaluations/*.json) by file name, each None if unreadable."""
+        folder = self.evaluations_dir
+        return [self.loose_json(f"{EVALUATIONS}/{p.name}") for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
     # --- history -------------------------------------------------------------------------------
     def append_history(self, record: dict[str, Any]) -> None:
         lines = self.history()
         lines.append(record)
-        atomic_write_text(self.path / "history.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
+        atomic_write_text(self.path / HISTORY, "".join(json.dumps(r) + "\n" for r in lines))
 
     def history(self) -> list[dict[str, Any]]:
         """One dict per validated epoch. A last line cut off by a crash is dropped with a warning (its
         epoch is validated again on resume); a damaged line before it is a RunError."""
-        return read_history(self.path / "history.jsonl")
+        return read_history(self.path / HISTORY)
 
     def rewrite_history(self, records: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.path / "history.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(self.path / HISTORY, "".join(json.dumps(r) + "\n" for r in records))
 
     def clean_temporary_files(self) -> None:
         """Remove what an atomic write killed half-way left behind (.NAME.XXXX.tmp)."""
@@ -200,7 +299,7 @@ class Run:
     # --- resumable checkpoints -------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS
 
     def checkpoint_file(self, step: int, kind: str) -> Path:
         """The checkpoint file of `step`: kind 'weights' (step-N.safetensors) or 'state' (step-N.state.pt)."""

@@ -120,15 +120,14 @@ def cmd_caption(args) -> int:
     lines = Lines("json" if args.json else "csv" if args.csv else "text", args.n_best)
     failed, coco_pairs = 0, []
     with progress_bar(total=len(files), desc="captioning", unit="img", disable=len(files) < 2) as bar:
-        for start in range(0, len(files), args.batch_size):
-            chunk = files[start:start + args.batch_size]
-            for result in captioner.caption(chunk, batch_size=args.batch_size, options=options):
+        for chunk in captioner.caption_chunks(files, options, args.batch_size):
+            for result in chunk:
                 failed += bool(result.error)
                 lines.write(result)
                 if coco_ids is not None and not result.error:
                     coco_pairs.append((coco_ids[result.source], result.caption))
                 if targets and not result.error and result.hypotheses:
-                    from ..evaluation.figures import attention_figure
+                    from ..reporting.figures import attention_figure
 
                     attention_figure(result.source, result.hypotheses[0], captioner.grid_side, targets[result.source])
             bar.update(len(chunk))
@@ -143,7 +142,7 @@ def _after_captions(args, targets: dict, coco_ids, coco_pairs) -> None:
         if target.stem != Path(source).stem:
             log.info("attention map of %s is %s (another picture has the same name)", shown(source), target)
     if coco_ids is not None:
-        from ..evaluation.coco_results import write_results
+        from ..data.coco_results import write_results
 
         write_results(args.coco_results, coco_pairs)
         log.info("COCO results file of %d pictures: %s", len(coco_pairs), args.coco_results)
@@ -151,7 +150,7 @@ def _after_captions(args, targets: dict, coco_ids, coco_pairs) -> None:
 
 def _coco_ids(out: Path, files: list[str], runs: list[str]) -> dict[str, int]:
     """Each picture's COCO id, parsed from its name, checked with the output file before captioning."""
-    from ..evaluation.coco_results import check_output_file, ids_from_names
+    from ..data.coco_results import check_output_file, ids_from_names
 
     check_output_file(out, "--coco-results", runs=runs)
     return ids_from_names(files)

@@ -30,9 +30,9 @@ def _records(args, config):
 
 def _absolute(spec: str) -> str:
     """A --data value with its file made absolute (kept in the run, for --resume from anywhere)."""
-    split, _, name = spec.rpartition("=")
-    if split not in ("train", "val", "test"):
-        split, name = "", spec
+    from ..data.formats import parse_data_spec
+
+    split, name = parse_data_spec(spec)
     return (split + "=" if split else "") + str(Path(name).resolve())
 
 
@@ -57,8 +57,23 @@ def _training_inputs(args):
     return run.config()
 
 
+def thread_setting(args) -> str:
+    """The threads a command runs on, which `main` configures once for the process: --threads;
+    for train and prepare without it, train.threads (a resumed run's own unless --set changes it)."""
+    if args.threads is not None or args.command not in ("train", "prepare"):
+        return args.threads or "auto"
+    from ..config import load_config, parse_overrides
+
+    if getattr(args, "resume", None) and "train.threads" not in parse_overrides(args.set):
+        from ..run import Run
+
+        return Run(args.resume).config().train.threads
+    return load_config(None if getattr(args, "resume", None) else args.config, args.set).train.threads
+
+
 def _threads_setting(args) -> None:
-    """`--threads` on train and prepare is train.threads, overriding the config file's."""
+    """`--threads` on train and prepare is train.threads, overriding the config file's (and kept
+    in the run's config.json)."""
     if args.threads is not None:
         args.set = [*args.set, f"train.threads={args.threads}"]
 
@@ -126,13 +141,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_prepare(args) -> int:
     from ..config import load_config
-    from ..device import configure_threads, resolve_device
+    from ..device import resolve_device
     from ..training import distributed as dist
     from ..training.prepare import prepare
 
     _threads_setting(args)
     config = load_config(args.config, args.set)
-    configure_threads(config.train.threads)
     records = _records(args, config)
     with dist.process_group(resolve_device(config.train.device).type):  # under torchrun each rank encodes its share
         out = prepare(records, config, args.out, batch_size=args.batch_size, sources=args.data)
@@ -152,10 +166,11 @@ def cmd_export(args) -> int:
               f"caption with: showtell caption {out} IMAGE...  (needs only onnxruntime, not PyTorch)")
         return 0
     from ..inference.export import export_package
+    from ..run import CARD, PACKAGE_FILES, Run
 
     out = export_package(args.run, args.out)
-    card = " and the model card README.md" if (out / "README.md").is_file() else ""
-    print(f"exported config.json, vocab.json, model.safetensors{card} to {out}")
+    card = f" and the model card {CARD}" if Run(out).card.is_file() else ""
+    print(f"exported {', '.join(PACKAGE_FILES)}{card} to {out}")
     return 0
 
 

@@ -16,8 +16,8 @@ from ..data.formats import load_dataset
 from ..data.synthetic import write_dataset
 from ..errors import ShowtellError
 from ..evaluation.evaluate import evaluate_run
-from ..evaluation.figures import samples_figure
 from ..progress import progress_bar
+from ..reporting.figures import samples_figure
 from ..training.entry import train
 
 MARKER = ".showtell-demo"

@@ -22,7 +22,8 @@ COMMANDS = {"synth": cmd_synth, "train": cmd_train, "caption": cmd_caption, "eva
             "prepare": cmd_prepare, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
             "config": cmd_config, "score": cmd_score}
 
-THREADED = ("caption", "evaluate", "serve", "score", "demo")
+# the commands that compute; main configures their thread policy, the one place a CLI process does
+THREADED = ("train", "prepare", "caption", "evaluate", "serve", "score", "demo")
 
 # what Ctrl-C means for each command: only training keeps checkpoints to continue from
 INTERRUPTED = {"train": "interrupted; the last checkpoint is kept (continue with --resume)",
@@ -51,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in THREADED:       # train and prepare take theirs from train.threads (--threads overrides it)
             from ..device import configure_threads
+            from .commands import thread_setting
 
-            configure_threads(args.threads, announce=False)   # said only when it differs from the default
+            # a count is said only where it was chosen in a config (train, prepare) and differs from the default
+            configure_threads(thread_setting(args), announce=args.command in ("train", "prepare"))
         return COMMANDS[args.command](args)
     except Stopped as stop:
         print(f"showtell: {stop}", file=sys.stderr)

@@ -161,20 +161,6 @@ def collate(items):
     return torch.tensor([i for i, _ in good]), stacked, bad
 
 
-def preload(images: ImageSet, progress=None) -> None:
-    """Decode every picture now and keep it (tests, and callers that want the whole block)."""
-    images.keep_decoded()
-    for index in range(len(images)):
-        _, tensor, error = images[index]
-        if error:
-            images.bad[index] = error
-        else:
-            images.cache[index] = tensor
-            images.cached[index] = True
-        if progress:
-            progress(1)
-
-
 def make_loader(images: Dataset, batches: list[list[int]], num_workers: int, pin_memory: bool = False):
     """An iterable that yields exactly `batches` (lists of indices) as (ids, pictures, bad), in order;
     an ImageSet that keeps its pictures keeps those it has not seen yet on the way."""
@@ -184,3 +170,19 @@ def make_loader(images: Dataset, batches: list[list[int]], num_workers: int, pin
     if isinstance(images, ImageSet) and images.cached is not None and not bool(images.cached.all()):
         return images.remembering(loader)
     return loader
+
+
+def to_device(batch, device: torch.device):
+    """A batch (uint8 pictures, or a dict of cached features) on `device`."""
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
+def features_of(model, batch, device: torch.device) -> dict[str, torch.Tensor]:
+    """Encoder features of a batch of uint8 pictures (`model.encode`), or the batch itself if it
+    is cached features: what every training step and validation batch starts from."""
+    batch = to_device(batch, device)
+    if isinstance(batch, dict):
+        return {k: v.float() for k, v in batch.items()}
+    return model.encode(batch)

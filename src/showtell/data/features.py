@@ -4,7 +4,7 @@
     DATA_DIR/vocab.json           the vocabulary of the training captions
     DATA_DIR/encoder.safetensors  the encoder weights that made the features (they go into the model)
     DATA_DIR/global.npy           (N, Dg) float16, memory-mapped
-    DATA_DIR/grid.npy             (N, L, Dc) float16, memory-mapped (attention decoders only)
+    DATA_DIR/grid.npy             (N, L, Dc) float16, memory-mapped (decoders that read the grid only)
     DATA_DIR/done.npy             (N,) uint8: 1 once a row's features are on disk
     DATA_DIR/progress-R.json      rows rank R has encoded, and the unreadable pictures it found
     DATA_DIR/complete.json        written last: the cache is whole; unreadable pictures listed
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..architectures import decoder as decoder_traits
 from ..config import Config
 from ..errors import DataError
 from ..fileio import FILE_LIMITS, atomic_write_text, load_weights, read_bounded, save_weights
@@ -204,7 +205,7 @@ class FeatureCache:
                         freeze_encoder=True)
         if model.encoder != config.model.encoder:
             log.info("using the feature cache's encoder %s", model.encoder)
-        if config.model.decoder in ("attention", "transformer") and "grid" not in self.manifest["outputs"]:
+        if not set(decoder_traits(config.model.decoder).features) <= set(self.manifest["outputs"]):
             raise DataError(f"{self.path}: this cache has no spatial features; prepare it with model.decoder={config.model.decoder}")
         return replace(config, model=model, data=replace(config.data, image_size=settings["image_size"]))
 

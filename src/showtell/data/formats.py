@@ -22,7 +22,6 @@ import os
 import random
 import re
 import string
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,15 @@ from ..fileio import FILE_LIMITS, read_bounded
 from ..vocab import tokenize
 
 SPLITS = ("train", "val", "test")
+
+
+def parse_data_spec(spec: str) -> tuple[str | None, str]:
+    """(split, file) of a `--data` value, 'FILE' or 'SPLIT=FILE' (the whole file is that split).
+    The text is split at its first '=' only when what comes before it is a split name (train, val,
+    test): 'val=a=b.json' is the file 'a=b.json' as the val split, and 'x=y.json' or 'trainset=y.json'
+    is a file of that whole name with no split forced. The one parser every caller uses."""
+    split, sep, path = str(spec).partition("=")
+    return (split, path) if sep and split in SPLITS else (None, str(spec))
 
 
 @dataclass
@@ -59,16 +67,6 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror})") from None
-
-
-def _load_json(path: Path):
-    text = _read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise _json_error(path, error) from None
-    except RecursionError:
-        raise _too_deep(path) from None
 
 
 def _json_error(path: Path, error: json.JSONDecodeError) -> DataError:
@@ -499,9 +497,7 @@ def read_annotations(spec: str, images_dir: str | Path | None, split_ratio: str 
                      split_seed: int = 0, karpathy_split: str = "", allow_absolute: bool = False) -> list[ImageRecord]:
     """Records from one `--data` value: 'FILE' or 'SPLIT=FILE' (the whole file is that split).
     Image paths in the file must stay inside the image folder; absolute ones only with `allow_absolute`."""
-    forced = None
-    if "=" in spec and spec.split("=", 1)[0] in SPLITS:
-        forced, spec = spec.split("=", 1)
+    forced, spec = parse_data_spec(spec)
     path = Path(spec)
     root = Path(images_dir) if images_dir else path.parent
     if not path.exists():
@@ -553,11 +549,6 @@ def check_images(records: list[ImageRecord], skip_missing: bool, source: str) ->
                         f"(first: {missing[0].path}); check --images or set data.skip_missing_images=true")
     lost = {id(r) for r in missing}
     return [r for r in records if id(r) not in lost], len(missing)
-
-
-def split_counts(records: list[ImageRecord]) -> dict[str, int]:
-    counts = Counter(r.split for r in records)
-    return {s: counts.get(s, 0) for s in SPLITS}
 
 
 def load_dataset(specs: list[str], images_dir: str | Path | None, data_config) -> list[ImageRecord]:

@@ -10,9 +10,11 @@ sampling) and the run's `decode` settings into one frozen `DecodeOptions`, or ra
 - beam search keeps at most `beam_size` alternatives, so `n_best <= beam_size` unless sampling;
 - attention maps need a decoder that attends (attention or transformer);
 - sampling options: a temperature within `decode.temperature`'s range (0.001 to 100: beyond, the
-  tempered probabilities overflow to NaN), top_k >= 0, 0 < top_p <= 1, and a seed torch accepts.
+  tempered probabilities overflow to NaN), top_k >= 0, top_p within `decode.top_p`'s (0, 1], and a
+  seed torch accepts.
 
-The ranges are the config's own (config.py), so a setting and an argument can never disagree.
+The ranges are the config's own (config.py), and so is what counts as a whole number
+(`whole_number_of`), so a setting and an argument can never disagree.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
-from ..config import all_settings
+from ..config import all_settings, whole_number_of
 from ..errors import ArgumentError
 
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "seed")
@@ -35,6 +37,7 @@ def _bounds(setting: str) -> tuple:
 MAX_BEAM = _bounds("decode.beam_size")[1]
 MAX_LENGTH = _bounds("decode.max_length")[1]
 TEMPERATURE_RANGE = _bounds("decode.temperature")
+TOP_P_ABOVE, TOP_P_MAX = all_settings()["decode.top_p"].metadata["above"], _bounds("decode.top_p")[1]
 
 
 @dataclass(frozen=True)
@@ -86,13 +89,14 @@ def whole_number(value, name: str, minimum: int = 1, maximum: int | None = None,
     """`value` as an int within [minimum, maximum], or an ArgumentError naming `name`."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    number = whole_number_of(value)
+    if number is None:
         raise ArgumentError(f"{name}: expected a whole number, got {value!r}")
-    if value < minimum:
+    if number < minimum:
         raise ArgumentError(f"{name}: expected {minimum} or more, got {value}")
-    if maximum is not None and value > maximum:
+    if maximum is not None and number > maximum:
         raise ArgumentError(f"{name}: expected at most {maximum}, got {value}")
-    return int(value)
+    return number
 
 
 def _real(value, name: str, accept, expected: str) -> float | None:
@@ -116,7 +120,8 @@ def check_sampling(sampling: dict | None, defaults, spelling: Spelling = PYTHON)
     low_t, high_t = TEMPERATURE_RANGE
     temperature = _real(sampling.get("temperature"), spelling.name("temperature"), lambda v: low_t <= v <= high_t,
                         f"a number from {low_t:g} to {high_t:g}")
-    top_p = _real(sampling.get("top_p"), spelling.name("top_p"), lambda v: 0 < v <= 1, "a number in (0, 1]")
+    top_p = _real(sampling.get("top_p"), spelling.name("top_p"), lambda v: TOP_P_ABOVE < v <= TOP_P_MAX,
+                  f"a number in ({TOP_P_ABOVE:g}, {TOP_P_MAX:g}]")
     top_k = whole_number(sampling.get("top_k"), spelling.name("top_k"), minimum=0, allow_none=True)
     low, high = SEED_RANGE
     seed = whole_number(sampling.get("seed"), spelling.name("seed"), minimum=low, maximum=high, allow_none=True)

@@ -5,9 +5,13 @@
 wrote scores exactly the log-probability decoding reported, for every decoder, for an ensemble
 (which averages its models' probabilities in `step`) and for the ONNX runtime's NumPy arrays
 alike. `targets` are word ids after <start>: each caption's words, then <end>, then <pad>.
+`perplexity` turns a mean log-likelihood into the perplexity that training, evaluation and
+`Captioner.logprob` all report.
 """
 
 from __future__ import annotations
+
+import math
 
 from ..vocab import START
 from .arrays import Array, backend
@@ -26,3 +30,14 @@ def word_logprobs(decoder, features, targets: Array) -> Array:
         columns.append(chosen[:, 0])
         words = targets[:, t]
     return xp.stack(columns, axis=1)
+
+
+def perplexity(mean_nll: float) -> float:
+    """exp of the mean negative log-likelihood per word (nats): the one perplexity of training,
+    evaluation and `Captioner.logprob`. Exact wherever a float holds it; inf where exp overflows
+    (a mean above about 709 nats), never a made-up cap: a caption the model finds absurd can score
+    50 nats a word and must still show its true value."""
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return math.inf

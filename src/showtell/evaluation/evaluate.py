@@ -17,18 +17,20 @@ from pathlib import Path
 
 import torch
 
+from ..data.coco_results import check_output_file, record_image_id, write_results
 from ..data.features import FeatureCache
-from ..data.formats import ImageRecord, load_dataset
+from ..data.formats import ImageRecord, load_dataset, parse_data_spec
 from ..decoding.captions import CaptionResult, result_from
 from ..decoding.options import DecodeOptions, whole_number
+from ..device import check_threads
 from ..errors import DataError, RunError, ShowtellError
 from ..fileio import shown_in, write_json
 from ..inference.captioner import Captioner
+from ..inference.torch_runtime import TorchRuntime
 from ..progress import progress_bar
+from ..reporting.modelcard import write_model_card
 from ..run import Run
-from .coco_results import check_output_file, record_image_id, write_results
 from .metrics import METRICS, human_bound, perplexity, score_captions
-from .modelcard import write_model_card
 from .report import report_items, write_report
 
 log = logging.getLogger("showtell")
@@ -72,12 +74,13 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
                  objects: str | None = None, results_file: str | Path | None = None, setting: str = "device") -> dict:
     """Decode a split and score it (the module docstring has the stages). `objects` (a COCO
     instances_*.json) adds CHAIR object hallucination; on the built-in scenes it is added from the
-    shapes drawn, without asking. `results_file` also gets the captions as a COCO results file."""
+    shapes drawn, without asking. `results_file` also gets the captions as a COCO results file.
+    Each run is opened once, here, and passed down (to the output check, the runtime, the stages)."""
+    run, others = Run(run_dir), [Run(path) for path in ensemble]
     if results_file is not None:
-        check_output_file(results_file, "--results", runs=[run_dir, *ensemble])
+        check_output_file(results_file, "--results", runs=[run, *others])
     whole_number(max_images, "max_images", allow_none=True)
-    run = Run(run_dir)
-    captioner = Captioner.load([run_dir, *ensemble], device=device, backend="torch", setting=setting)
+    captioner = Captioner(TorchRuntime.load([run, *others], device, setting))
     beam = whole_number(beam_size, "beam_size", allow_none=True) or captioner.config.decode.beam_size
     options = captioner.options(beam_size=beam, n_best=beam, return_attention=captioner.has_attention)
     chosen = load_split(run, captioner, data, images_dir, split, features_dir, bool(ensemble), max_images)
@@ -102,7 +105,7 @@ def load_split(run: Run, captioner: Captioner, data: list[str], images_dir: str 
         chosen = Split(split, records, [str(features_dir)], cache)
     else:
         if not data:
-            sources = run.sources() if (run.path / "data.json").exists() else {}
+            sources = run.sources() if run.has_sources() else {}
             data, images_dir = sources.get("data") or [], images_dir or sources.get("images")
             if not data:
                 raise DataError("--data: give the annotation file to evaluate on")
@@ -142,6 +145,7 @@ def decode_split(captioner: Captioner, chosen: Split, options: DecodeOptions, ba
     with progress_bar(total=len(chosen.records), desc=f"captioning {chosen.name}", unit="img",
                       disable=not show_progress) as bar:
         for ids, features, bad in _batches(captioner, chosen, batch_size):
+            check_threads()   # the loop that owns the long work follows the thread policy (device.py)
             for i, message in bad.items():
                 out[i] = CaptionResult(str(chosen.records[i].path), error=message)
             if features is not None:
@@ -191,8 +195,7 @@ def object_hallucination(records, results, ok, data, objects: str | None) -> dic
     else:
         truth, words = {}, ObjectWords(SYNTH_SYNONYMS)
         for spec in data or []:
-            truth.update(synth_objects(spec.rpartition("=")[2] if spec.partition("=")[0] in ("train", "val", "test")
-                                       else spec))
+            truth.update(synth_objects(parse_data_spec(spec)[1]))
     if not truth:
         return None
     keyed = {str(i): truth[records[i].path.name] for i in ok if records[i].path.name in truth}
@@ -253,18 +256,18 @@ def _write_in_run(run: Run, captioner: Captioner, chosen: Split, decoded: Decode
             facts["object hallucination (CHAIR_i / CHAIR_s / recall)"] = (
                 f"{summary['CHAIR_i']:.3f} / {summary['CHAIR_s']:.3f} / {summary['object_recall']:.3f}")
         items = report_items(records, results, scored.per_image.get("CIDEr", {}), scored.hallucination)
-        report_path = _kept("the report", run.path / "report.html", lambda: write_report(
-            run.path, title, {m: summary[m] for m in METRICS if m in summary}, scored.human, items, run.history(),
+        report_path = _kept("the report", run.report, lambda: write_report(
+            run, title, {m: summary[m] for m in METRICS if m in summary}, scored.human, items, run.history(),
             facts, captioner.grid_side))
     evaluation = {"split": chosen.name, "decoding": decoding, "beam_size": options.beam_size, "max_images": max_images,
                   "models": models, "data": chosen.data, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "scores": {k: v for k, v in summary.items() if k != "chair_captions"}, "human": scored.human,
                   "predictions": [{"image_id": image_id, "file": records[i].path.name, "caption": results[i].caption,
                                    "references": list(records[i].captions)} for image_id, i in zip(ids, ok)]}
-    kept = run.path / "evaluations" / f"{chosen.name}-{decoding}.json"
+    kept = run.evaluation_file(chosen.name, decoding)
     evaluation_path = _kept("the evaluation", kept, lambda: write_json(kept, evaluation))
     if evaluation_path is not None:
-        _kept("the model card", run.path / "README.md", lambda: write_model_card(run.path))  # it shows every kept evaluation
+        _kept("the model card", run.card, lambda: write_model_card(run))  # it shows every kept evaluation
     return {"report_path": report_path, "evaluation_path": evaluation_path}
 
 

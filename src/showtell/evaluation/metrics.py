@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..decoding.scoring import perplexity  # noqa: F401  (the one perplexity; evaluate.py imports it from here)
+
 log = logging.getLogger("showtell")
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
@@ -363,8 +365,3 @@ def human_bound(references: Mapping[str, Sequence[str]], metrics: Sequence[str] 
         for name, value in score_tokenised(gts, res, metrics)[0].items():
             totals[name].append(value)
     return {name: sum(v) / len(v) for name, v in totals.items()}
-
-
-def perplexity(mean_nll: float) -> float:
-    """exp of the mean negative log-likelihood per word (nats), capped to stay printable."""
-    return math.exp(min(mean_nll, 50.0))

@@ -4,7 +4,7 @@ Every evaluated picture is a row: its caption and beam alternatives with their s
 references, its own CIDEr and any hallucinated objects, worst first (a button flips the order),
 with plots of the training history on top. Pictures are bounded so that the report stays small
 and quick at COCO's 5,000 pictures: thumbnails for the THUMBNAILS worst and best rows, attention
-maps (figures.attention_figure) for the ATTENTION_MAPS worst and best; the rows between show text.
+maps (reporting/figures.py) for the ATTENTION_MAPS worst and best; the rows between show text.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..fileio import atomic_write_text
-from .figures import attention_figure, history_plots, thumbnail
+from ..reporting.figures import attention_figure, history_plots, thumbnail
+from ..run import REPORT_FILES, Run
 
 THUMBNAILS = 100       # pictures shown as thumbnails: half the worst rows, half the best
 ATTENTION_MAPS = 24    # pictures shown with attention maps: likewise
@@ -73,9 +74,9 @@ def _row(item: dict, thumb: str | None, attention: str | None) -> str:
     alts = "".join(f"<li>{html.escape(c)} <span class=cider>({s:.3f})</span></li>" for c, s in item.get("alternatives", []))
     refs = "".join(f"<li>{html.escape(r)}</li>" for r in item.get("references", []))
     cider = f"CIDEr {item['cider']:.3f}" if item.get("cider") is not None else ""
-    shown = f"<div><img src='report_files/{attention}' style='max-width:960px'></div>" if attention else ""
+    shown = f"<div><img src='{REPORT_FILES}/{attention}' style='max-width:960px'></div>" if attention else ""
     error = f"<div class=bad>{html.escape(item['error'])}</div>" if item.get("error") else ""
-    image = f"<img class=thumb src='report_files/{thumb}' alt=''>" if thumb else "<div class=thumb></div>"
+    image = f"<img class=thumb src='{REPORT_FILES}/{thumb}' alt=''>" if thumb else "<div class=thumb></div>"
     caption = _marked(item.get("caption", ""), item.get("marked_words", ()))
     if item.get("hallucinated"):
         error += f"<div class=bad>not in the picture: {html.escape(', '.join(item['hallucinated']))}</div>"
@@ -91,10 +92,11 @@ def _score_table(scores: dict, human: dict) -> str:
         if m in human and human[m] else f"<tr><td>{m}</td><td>{scores[m]:.4f}</td><td></td><td></td></tr>" for m in names)
 
 
-def write_report(run_dir: Path, title: str, scores: dict, human: dict, items: list[dict], history: Sequence[dict],
+def write_report(run: Run, title: str, scores: dict, human: dict, items: list[dict], history: Sequence[dict],
                  extra: dict | None = None, grid_side: int | None = None) -> Path:
-    """report.html from `report_items`, worst CIDEr first; the pictures of an earlier report go."""
-    files = run_dir / "report_files"
+    """The run's report.html from `report_items`, worst CIDEr first; the pictures of an earlier
+    report go."""
+    files = run.report_files
     shutil.rmtree(files, ignore_errors=True)
     files.mkdir(parents=True, exist_ok=True)
     plots = history_plots(history, files)
@@ -109,12 +111,11 @@ def write_report(run_dir: Path, title: str, scores: dict, human: dict, items: li
             attention_figure(item["path"], item["hypothesis"], grid_side, files / attention)
         rows.append(_row(item, thumb, attention))
     facts = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in (extra or {}).items())
-    plot_tags = "".join(f"<img src='report_files/{p.name}' alt='{p.stem}'>" for p in plots)
+    plot_tags = "".join(f"<img src='{REPORT_FILES}/{p.name}' alt='{p.stem}'>" for p in plots)
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{_STYLE}</style>"
             f"<script>{_SCRIPT}</script></head><body><h1>{html.escape(title)}</h1><ul>{facts}</ul>"
             f"<table class=scores><tr><th>metric</th><th>model</th><th>human</th><th>model / human</th></tr>"
             f"{_score_table(scores, human)}</table><div class=plots>{plot_tags}</div><h2>Captions ({len(items)} images)</h2>"
             f"<button id=order onclick='flip()'>show best first</button><div id=items>{''.join(rows)}</div></body></html>")
-    out = run_dir / "report.html"
-    atomic_write_text(out, page)
-    return out
+    atomic_write_text(run.report, page)
+    return run.report

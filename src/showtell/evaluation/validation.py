@@ -1,8 +1,17 @@
 """Decoding and scoring a split with a PyTorch model: decoded captions, coco-caption scores, perplexity.
 
-Validation during training and `showtell evaluate` share this code, so the number that picks the
-best checkpoint is computed the way the final one is: from captions the model actually writes
-(greedy or beam search), never from teacher-forced predictions.
+This is training's validation, not `showtell evaluate`'s code. Both score captions the model
+actually writes (greedy or beam search with the run's decode settings, decoding.search.decode),
+never teacher-forced predictions, so the number that picks the best checkpoint is measured the
+way the final one is. What differs, and why:
+- the model: validation decodes the model being trained, in memory, on the session's device and
+  in train.precision (autocast); evaluate loads the saved run through the Captioner;
+- the pictures: validation reads the session's ImageSet or cached features through the training
+  loader; evaluate reads the files (or a feature cache) of a --data split;
+- the scores: BLEU-4 and CIDEr-D with the Python PTB tokeniser (no JVM start each epoch) on at
+  most train.val_max_images pictures; evaluate scores every metric, the human bound and CHAIR;
+- the perplexity: the model's own teacher-forced loss here, evaluate's from Captioner.score;
+  both through decoding.scoring.perplexity.
 """
 
 from __future__ import annotations
@@ -12,29 +21,16 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.batching import CaptionTable, make_loader
+from ..data.batching import CaptionTable, features_of, make_loader
 from ..decoding.captions import CaptionResult, hypotheses_from, result_from
+from ..decoding.scoring import perplexity
 from ..decoding.search import decode
 from ..device import autocast
 from ..vocab import Vocabulary
-from .metrics import perplexity, score_captions
+from .metrics import score_captions
 
 log = logging.getLogger("showtell")
 SAMPLES = 3   # validation captions kept in each history line (the model card and TensorBoard show them)
-
-
-def to_device(batch, device: torch.device):
-    if isinstance(batch, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    return batch.to(device, non_blocking=True)
-
-
-def features_of(model, batch, device: torch.device) -> dict[str, torch.Tensor]:
-    """Encoder features of a batch of uint8 pictures, or the batch itself if it is cached features."""
-    batch = to_device(batch, device)
-    if isinstance(batch, dict):
-        return {k: v.float() for k, v in batch.items()}
-    return model.encode(batch)
 
 
 @torch.no_grad()

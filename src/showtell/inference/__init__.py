@@ -2,7 +2,8 @@
 PyTorch and ONNX runtimes as siblings (torch_runtime.py, onnx_runtime.py) and exporting a run
 (export.py: the package, and ONNX graphs).
 
-May import the basics, data, models and decoding; nothing of training, evaluation, serve or cli.
+May import the basics, data, models and decoding; nothing of reporting, training, evaluation,
+serve or cli.
 The ONNX path (captioner.py and onnx_runtime.py) imports no torch.
 """
 

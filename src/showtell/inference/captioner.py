@@ -22,20 +22,20 @@ Nothing here imports torch until a PyTorch run is loaded.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 
+from ..architectures import decoder as decoder_traits
 from ..data.images import ImageTransform, is_one_picture, load_image, picture_name
 from ..decoding.captions import CaptionResult, CaptionScore, Hypothesis, hypotheses_from, result_from
 from ..decoding.ensemble import Ensemble
 from ..decoding.options import PYTHON, DecodeOptions, Spelling, check_options, whole_number
-from ..decoding.scoring import word_logprobs
+from ..decoding.scoring import perplexity, word_logprobs
 from ..decoding.search import decode
-from ..device import check_threads
+from ..device import check_threads, ensure_threads
 from ..errors import ArgumentError, ImageError, RunError
 from ..vocab import END, PAD
 
@@ -83,7 +83,9 @@ class Captioner:
 
         if backend == "onnx" or (backend == "auto" and any(is_onnx_package(p) for p in paths)):
             return cls(OnnxRuntime.load(paths, device, setting))
-        return cls(_torch_runtime().load(paths, device, setting))
+        runtime = _torch_runtime()
+        ensure_threads()   # a process's first Captioner sets PyTorch's threads, unless the CLI already has
+        return cls(runtime.load(paths, device, setting))
 
     # --- what the loaded models are ----------------------------------------------------------------
     @property
@@ -164,7 +166,6 @@ class Captioner:
     def decode(self, features: list[dict], options: DecodeOptions) -> list[list[Hypothesis]]:
         """Captions of encoded pictures, `options.n_best` per picture, best first: greedy or beam
         search, or with `options.sampling` random captions, finished ones first, most probable first."""
-        check_threads()
         with self.runtime.no_grad(), self._lock:
             decoder, feats = self._decoder(features)
             if options.sampling is not None:
@@ -213,25 +214,28 @@ class Captioner:
         `sampling={"temperature": 0.8, "top_k": 0, "top_p": 0.9, "seed": 1}` draws captions
         instead of searching for the most probable one. `options` (from `Captioner.options`)
         replaces the decoding arguments."""
-        batch_size = whole_number(batch_size, "batch_size")
         if options is None:
             options = self.options(beam_size=beam_size, n_best=n_best, return_attention=return_attention,
                                    sampling=sampling)
         single = is_one_picture(images)
-        sources = [images] if single else list(images)
-        results = []
+        results = [r for chunk in self.caption_chunks([images] if single else list(images), options, batch_size)
+                   for r in chunk]
+        return results[0] if single else results
+
+    def caption_chunks(self, sources: Sequence[ImageInput], options: DecodeOptions, batch_size: int = 32):
+        """`caption` a batch at a time: yields each batch's results (CaptionResult list) in order,
+        for callers that show progress or write results as they go."""
+        batch_size = whole_number(batch_size, "batch_size")
         for start in range(0, len(sources), batch_size):
+            check_threads()   # the loop that owns the long work follows the thread policy (device.py)
             chunk = sources[start:start + batch_size]
             names = [picture_name(x, start + i) for i, x in enumerate(chunk)]
             prepared, errors = self.load_images(chunk, names=names)
             good = [p for p in prepared if p is not None]
             hyps = iter(self.caption_tensors(good, options) if good else [])
-            for name, error in zip(names, errors):
-                if error:
-                    results.append(CaptionResult(name, error=str(error)))
-                else:
-                    results.append(result_from(name, next(hyps), self.grid_side if options.return_attention else None))
-        return results[0] if single else results
+            grid = self.grid_side if options.return_attention else None
+            yield [CaptionResult(name, error=str(error)) if error else result_from(name, next(hyps), grid)
+                   for name, error in zip(names, errors)]
 
     def logprob(self, pictures: ImageInput | Sequence[ImageInput], captions: str | Sequence[str]):
         """How probable the model finds given captions: per caption its total log-probability,
@@ -255,24 +259,15 @@ class Captioner:
                 raise error
         words = [self.vocab.words_of(text) for text in texts]
         ids = [self.vocab.ids_of(w) for w in words]
-        transformer = any(c.model.decoder == "transformer" for c in self.runtime.configs)
-        if transformer and max(map(len, ids)) > MAX_SCORED_WORDS:
-            raise ArgumentError(f"captions: a transformer run scores captions of at most {MAX_SCORED_WORDS} words")
+        for traits in dict.fromkeys(decoder_traits(c.model.decoder) for c in self.runtime.configs):
+            if traits.max_scored_words is not None and max(map(len, ids)) > traits.max_scored_words:
+                raise ArgumentError(f"captions: a {traits.name} run scores captions of at most "
+                                    f"{traits.max_scored_words} words")
         rows = [0] * len(texts) if one_picture else list(range(len(texts)))
         table = self.score(self.encode(prepared), rows, ids)
         scores = []
         for text, x, word_lp in zip(texts, ids, table):
             total = float(sum(word_lp))
             shown = [self.vocab.words[i] for i in x] + ["<end>"]
-            scores.append(CaptionScore(text, shown, word_lp, total, _perplexity(total, len(word_lp))))
+            scores.append(CaptionScore(text, shown, word_lp, total, perplexity(-total / len(word_lp))))
         return scores[0] if single_caption else scores
-
-
-MAX_SCORED_WORDS = 254   # the transformer decoder's positions (256) less <start> and <end>
-
-
-def _perplexity(total: float, words: int) -> float:
-    try:
-        return math.exp(-total / words)
-    except OverflowError:
-        return math.inf

@@ -32,15 +32,14 @@ import torch
 
 from ..errors import RunError
 from ..fileio import atomic_write_text
-from ..run import PACKAGE_FILES, Run
-from .onnx_runtime import FORMAT, MANIFEST, load_package
+from ..run import CARD, PACKAGE_FILES, VOCAB, Run
+from .onnx_runtime import DECODERS, FORMAT, MANIFEST, load_package
 from .torch_runtime import load_model
 
 log = logging.getLogger("showtell")
 
 FEATURES = ("global", "grid")
 GRAPHS = ("encoder.onnx", "init_state.onnx", "step.onnx")
-CARD = "README.md"
 EXPORT_FILES = {*PACKAGE_FILES, CARD, MANIFEST, *GRAPHS}
 
 
@@ -58,9 +57,9 @@ def _check_target(run: Run, out: Path) -> None:
     if others:
         raise RunError(f"{out}: holds other files ({', '.join(others[:3])}); export into a new or empty folder "
                        "(nothing was written)")
-    same = (out / "vocab.json").is_file() and (out / "vocab.json").read_bytes() == (run.path / "vocab.json").read_bytes()
+    same = (out / VOCAB).is_file() and (out / VOCAB).read_bytes() == (run.path / VOCAB).read_bytes()
     if not same:
-        raise RunError(f"{out}: holds the export of another model (its vocab.json differs); export into a new or "
+        raise RunError(f"{out}: holds the export of another model (its {VOCAB} differs); export into a new or "
                        "empty folder (nothing was written)")
 
 
@@ -71,7 +70,7 @@ def export_package(run_dir: str | Path, out: str | Path) -> Path:
         run.need(name)
     _check_target(run, out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in PACKAGE_FILES + ((CARD,) if (run.path / CARD).is_file() else ()):
+    for name in PACKAGE_FILES + ((CARD,) if run.card.is_file() else ()):
         tmp = out / f".{name}.tmp"
         shutil.copyfile(run.path / name, tmp)
         tmp.replace(out / name)
@@ -125,7 +124,7 @@ def _probe(model, size: int, batch: int = 2):
         if len(set(shapes)) != 1:
             raise RunError(f"the {decoder} cannot be exported to ONNX: its state {name!r} changes shape from word to "
                            f"word ({' -> '.join(map(str, shapes))}), and one ONNX step graph needs a state of fixed "
-                           "shape (export --onnx supports model.decoder=nic and attention)")
+                           f"shape (export --onnx supports model.decoder={' and '.join(DECODERS)})")
         if shapes[0][0] != batch:
             raise RunError(f"the {decoder} cannot be exported to ONNX: its state {name!r} is not batch first")
     if set(after) != set(names):

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..architectures import DECODERS as DECODER_TRAITS
 from ..data.images import ImageTransform
 from ..errors import ArgumentError, ConfigError, RunError
 from ..run import Run
 
 MANIFEST = "onnx.json"
 FORMAT = "showtell-onnx-1"
-DECODERS = ("nic", "attention")   # decoders whose state keeps its shape from word to word
+DECODERS = tuple(name for name, d in DECODER_TRAITS.items() if d.onnx)   # their state keeps its shape
 
 
 def is_onnx_package(path) -> bool:

@@ -14,43 +14,22 @@ import torch
 
 from ..device import resolve_device
 from ..errors import ConfigError, RunError
-from ..models.captioner import build_model
+from ..models.caption_model import build_model
 from ..run import Run
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(config, vocab, model in eval mode) from a run directory or an exported package."""
-    run = Run(path)
+def load_model(path: Run | str | Path, device: str | torch.device = "cpu"):
+    """(config, vocab, model in eval mode) from a run directory or an exported package (or its
+    opened `Run`)."""
+    run = Run.of(path)
     config, vocab = run.config(), run.vocab()
     model = build_model(config, vocab, pretrained=False)
     state = run.weights()
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise RunError(describe_mismatch(run, model, state, error)) from None
+        raise RunError(run.describe_mismatch(model, state, error)) from None
     return config, vocab, model.to(device).eval()
-
-
-def describe_mismatch(run: Run, model, state: dict, error: RuntimeError) -> str:
-    """Which file disagrees with which when weights do not load: the vocabulary size is the usual
-    culprit (another run's vocab.json), named with both numbers; otherwise the first tensor that
-    differs, or torch's first line."""
-    vocabulary = len(run.vocab())
-    for name in ("decoder.output.weight", "decoder.embed.weight"):
-        if name in state and state[name].shape[0] != vocabulary:
-            return (f"{run.path / 'vocab.json'}: has {vocabulary} words but model.safetensors was trained with "
-                    f"{state[name].shape[0]}; the folder mixes files of different runs")
-    own = model.state_dict()
-    for name, tensor in state.items():
-        if name in own and tuple(own[name].shape) != tuple(tensor.shape):
-            return (f"{run.path / 'model.safetensors'}: {name} has shape {tuple(tensor.shape)} but config.json "
-                    f"describes {tuple(own[name].shape)}")
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        return (f"{run.path / 'model.safetensors'}: does not match config.json (missing {missing[:2]}, "
-                f"unexpected {unexpected[:2]})")
-    first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error).splitlines()[0])
-    return f"{run.path / 'model.safetensors'}: weights do not match config.json ({first[:160]})"
 
 
 class TorchRuntime:

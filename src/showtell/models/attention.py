@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..architectures import DECODERS
+
 
 class AttentionDecoder(nn.Module):
-    uses_grid = True
+    uses_grid = DECODERS["attention"].uses_grid
 
     def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = 512, hidden_dim: int = 512,
                  attention_dim: int = 512, dropout: float = 0.5, regularization: float = 1.0):
@@ -137,3 +139,9 @@ class AttentionDecoder(nn.Module):
         if positions is not None:
             alphas = alphas * positions.unsqueeze(-1).to(alphas.dtype)
         return self.regularization * ((1.0 - alphas.sum(dim=1)) ** 2).mean(dim=1).sum()
+
+
+def build(m, vocab_size: int, encoder, embed_dim: int) -> AttentionDecoder:
+    """The decoder for `model` settings `m` over `encoder` (architectures.DECODERS names this function)."""
+    return AttentionDecoder(vocab_size, encoder.grid_dim, embed_dim, m.hidden_dim, m.attention_dim, m.dropout,
+                            m.attention_regularization)

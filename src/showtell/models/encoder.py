@@ -4,10 +4,13 @@
 `{"global": (B, Dg), "grid": (B, L, Dc)}`: the pooled image vector and the spatial feature map
 flattened to L = h*w locations (VGG16 conv5 at 224 px: 14x14x512; ResNet: 7x7x2048).
 
-Backbones come from torchvision by name, or from timm and open_clip (`timm:NAME`, `clip:NAME`;
-hub_encoders.py). Their weights come from torchvision's weights API (and
-its download cache), from a local state dict, or from nothing (random). The normalisation and
-geometry come from the weights' own metadata, so preprocessing cannot mismatch the network.
+Backbones come from an encoder family (architectures.ENCODER_FAMILIES: the small CNN and
+torchvision here, timm and open_clip in hub_encoders.py as `timm:NAME`, `clip:NAME`). Each family's
+builder gives a `Backbone`: trunk, head, picture transform and statistics, the way torchvision's
+weights carry their own transform. Weights (`architectures.parse_weights`, the one reading of
+model.encoder_weights) come from torchvision's weights API (and its download cache), a library's
+pretrained tag, a local state dict, or nothing (random). The normalisation and geometry come from
+the weights' own metadata, so preprocessing cannot mismatch the network.
 `small` is a compact CNN for training from scratch on small pictures; it sees two extra input
 channels holding each pixel's x and y (CoordConv), so its features know where things are.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import urllib.error
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,9 +27,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from ..architectures import Weights, encoder_family, parse_weights
 from ..data.images import ImageTransform
 from ..errors import ConfigError, WeightsError
-from .hub_encoders import is_hub_encoder
 from .weight_files import load_into, read_state_dict
 
 SMALL_DEFAULT_SIZE = 64
@@ -186,52 +190,65 @@ def _imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
+@dataclass
+class Backbone:
+    """What an encoder family builds: the trunk (pictures -> (grid (B, C, h, w), vector or None)),
+    the head ((grid, vector) -> (B, Dg)), and how pictures must be prepared for its weights."""
+
+    trunk: nn.Module
+    head: nn.Module
+    transform: ImageTransform
+    mean: list[float]
+    std: list[float]
+
+
+def build_small(name: str, weights: Weights, image_size: int | None, pretrained: bool) -> Backbone:
+    size = image_size or SMALL_DEFAULT_SIZE
+    if size % 16:
+        raise ConfigError(f"data.image_size: the small encoder needs a multiple of 16, got {size}")
+    backbone = Backbone(SmallCNN(), VectorHead(), ImageTransform(crop=size, resize=size, mode="squash"),
+                        [0.5] * 3, [0.5] * 3)
+    if pretrained and weights.kind == "file":
+        load_into(nn.ModuleDict({"trunk": backbone.trunk, "head": backbone.head}), read_state_dict(weights.value),
+                  weights.value)
+    return backbone
+
+
+def build_torchvision(name: str, weights: Weights, image_size: int | None, pretrained: bool) -> Backbone:
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ConfigError(f"model.encoder: unknown encoder {name!r} (use 'small' or a torchvision "
+                          "classification model such as vgg16, resnet50, efficientnet_b0, vit_b_16)")
+    meta = _default_weights(name)
+    model = torchvision.models.get_model(name, weights=None)
+    if pretrained and weights.kind == "imagenet":
+        load_into(model, _imagenet_state_dict(name), f"ImageNet weights of {name}")
+    elif pretrained and weights.kind == "file":
+        load_into(model, read_state_dict(weights.value), weights.value)
+    preset = meta.transforms() if meta is not None else None
+    crop = preset.crop_size[0] if preset else 224
+    resize = preset.resize_size[0] if preset else 256
+    if image_size and image_size != crop:
+        if name.startswith(("vit", "swin")):
+            raise ConfigError(f"data.image_size: {name} works at {crop} px only, got {image_size}")
+        resize, crop = round(image_size * resize / crop), image_size
+    interpolation = preset.interpolation.value if preset else "bilinear"
+    transform = ImageTransform(crop=crop, resize=resize, mode="crop", interpolation=interpolation)
+    mean = list(preset.mean) if preset else [0.485, 0.456, 0.406]
+    std = list(preset.std) if preset else [0.229, 0.224, 0.225]
+    trunk, head = _carve(name, model)
+    return Backbone(trunk, head, transform, mean, std)
+
+
 class Encoder(nn.Module):
     def __init__(self, name: str, weights: str = "none", image_size: int | None = None, pretrained: bool = True):
         """`pretrained=False` builds the architecture only (a saved run supplies all weights)."""
         super().__init__()
         self.name = name
         self.frozen = False
-        if name == "small":
-            size = image_size or SMALL_DEFAULT_SIZE
-            if size % 16:
-                raise ConfigError(f"data.image_size: the small encoder needs a multiple of 16, got {size}")
-            self.trunk = SmallCNN().to(memory_format=torch.channels_last)
-            self.head = VectorHead()
-            self.transform = ImageTransform(crop=size, resize=size, mode="squash")
-            mean, std = [0.5] * 3, [0.5] * 3
-            if pretrained and weights not in ("none", "imagenet"):
-                load_into(self, read_state_dict(weights), weights)
-            elif pretrained and weights == "imagenet":
-                raise ConfigError("model.encoder_weights: the small encoder has no ImageNet weights; use 'none'")
-        elif is_hub_encoder(name):
-            from .hub_encoders import build
-
-            trunk, self.transform, mean, std = build(name, weights, image_size, pretrained)
-            self.trunk, self.head = trunk.to(memory_format=torch.channels_last), VectorHead()
-        else:
-            if name not in torchvision.models.list_models(module=torchvision.models):
-                raise ConfigError(f"model.encoder: unknown encoder {name!r} (use 'small' or a torchvision "
-                                  "classification model such as vgg16, resnet50, efficientnet_b0, vit_b_16)")
-            meta = _default_weights(name)
-            model = torchvision.models.get_model(name, weights=None)
-            if pretrained and weights == "imagenet":
-                load_into(model, _imagenet_state_dict(name), f"ImageNet weights of {name}")
-            elif pretrained and weights != "none":
-                load_into(model, read_state_dict(weights), weights)
-            preset = meta.transforms() if meta is not None else None
-            crop = preset.crop_size[0] if preset else 224
-            resize = preset.resize_size[0] if preset else 256
-            if image_size and image_size != crop:
-                if name.startswith(("vit", "swin")):
-                    raise ConfigError(f"data.image_size: {name} works at {crop} px only, got {image_size}")
-                resize, crop = round(image_size * resize / crop), image_size
-            interpolation = preset.interpolation.value if preset else "bilinear"
-            self.transform = ImageTransform(crop=crop, resize=resize, mode="crop", interpolation=interpolation)
-            mean = list(preset.mean) if preset else [0.485, 0.456, 0.406]
-            std = list(preset.std) if preset else [0.229, 0.224, 0.225]
-            trunk, self.head = _carve(name, model)
-            self.trunk = trunk.to(memory_format=torch.channels_last)  # oneDNN and cuDNN convolutions prefer NHWC
+        parsed = parse_weights(name, weights)
+        built = encoder_family(name).build(name, parsed, image_size, pretrained)
+        self.trunk = built.trunk.to(memory_format=torch.channels_last)  # oneDNN and cuDNN convolutions prefer NHWC
+        self.head, self.transform, mean, std = built.head, built.transform, built.mean, built.std
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         with torch.no_grad():

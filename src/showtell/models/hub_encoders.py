@@ -32,17 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..architectures import Weights
 from ..data.images import ImageTransform
 from ..errors import ConfigError, WeightsError
+from .encoder import Backbone, VectorHead
 from .weight_files import load_into, read_state_dict
 
 log = logging.getLogger("showtell")
-PREFIXES = ("timm:", "clip:")
 PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode")
-
-
-def is_hub_encoder(name: str) -> bool:
-    return name.startswith(PREFIXES)
 
 
 def _extra(package: str, extra: str, encoder: str):
@@ -102,9 +99,9 @@ class ClipTrunk(nn.Module):
         return _grid_of_tokens(tokens), F.normalize(pooled, dim=-1)
 
 
-def _timm(name: str, weights: str, image_size: int | None, pretrained: bool):
+def _timm(name: str, weights: Weights, image_size: int | None, pretrained: bool):
     timm = _extra("timm", "timm", f"timm:{name}")
-    load = pretrained and weights == "imagenet"
+    load = pretrained and weights.kind == "imagenet"
     try:
         model = timm.create_model(name, pretrained=load)
     except RuntimeError as error:
@@ -115,8 +112,8 @@ def _timm(name: str, weights: str, image_size: int | None, pretrained: bool):
     except OSError as error:   # the hub cannot be reached
         raise WeightsError(f"timm:{name}: could not download its pretrained weights ({error.__class__.__name__}); on a "
                            "machine without internet set model.encoder_weights to a local weights file") from None
-    if pretrained and weights not in ("imagenet", "none"):
-        load_into(model, read_state_dict(weights), weights)
+    if pretrained and weights.kind == "file":
+        load_into(model, read_state_dict(weights.value), weights.value)
     config = timm.data.resolve_data_config({}, model=model)
     crop = int(config["input_size"][-1])
     resize = int(math.floor(crop / config.get("crop_pct", 1.0)))
@@ -157,22 +154,21 @@ def _tag_variant(open_clip, name: str, weights: str) -> tuple[str, bool, dict]:
     return built, trained_quick, open_clip.get_pretrained_cfg(built, weights)
 
 
-def _clip_model(name: str, weights: str, pretrained: bool):
-    """The CLIP model for `name` with `weights` (a tag, a file or none); the QuickGELU rule applied."""
+def _clip_model(name: str, spec: Weights, pretrained: bool):
+    """The CLIP model for `name` with weights `spec` (a tag, a file or none); the QuickGELU rule applied."""
     open_clip = _extra("open_clip", "clip", f"clip:{name}")
     if name not in open_clip.list_models():
         raise ConfigError(f"model.encoder: open_clip has no model {name!r} (open_clip.list_models() lists them)")
-    file = weights not in ("none",) and (Path(weights).suffix in (".safetensors", ".pt", ".pth", ".bin")
-                                         or Path(weights).expanduser().is_file())
+    weights, file, tag = spec.value, spec.kind == "file", spec.kind == "tag"
     base = name.removesuffix("-quickgelu")
     built, quick, preprocess = name, name.endswith("-quickgelu"), {}
-    if weights != "none" and not file:
+    if tag:
         built, quick, preprocess = _tag_variant(open_clip, name, weights)
     quiet = logging.getLogger()             # open_clip tells the root logger that a random model is random
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        model = open_clip.create_model(built, pretrained=weights if pretrained and weights != "none" and not file else None,
+        model = open_clip.create_model(built, pretrained=weights if pretrained and tag else None,
                                        force_quick_gelu=quick)
     except (RuntimeError, OSError) as error:
         raise WeightsError(f"clip:{name}: could not get the {weights!r} weights ({str(error).splitlines()[0][:120]}); "
@@ -217,7 +213,7 @@ def _sidecar_config(weights: str) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def _clip(name: str, weights: str, image_size: int | None, pretrained: bool):
+def _clip(name: str, weights: Weights, image_size: int | None, pretrained: bool):
     visual = _clip_model(name, weights, pretrained).visual
     if not hasattr(visual, "_global_pool") or getattr(visual, "attn_pool", None) is not None:
         raise ConfigError(f"model.encoder=clip:{name}: only open_clip's own ViT image towers are supported (not "
@@ -237,10 +233,21 @@ def _clip(name: str, weights: str, image_size: int | None, pretrained: bool):
     return ClipTrunk(visual), transform, list(cfg.get("mean", OPENAI_DATASET_MEAN)), list(cfg.get("std", OPENAI_DATASET_STD))
 
 
-def build(name: str, weights: str, image_size: int | None, pretrained: bool):
-    """(trunk: pictures -> (grid, vector), transform, mean, std) of a timm: or clip: encoder.
-    `pretrained=False` builds the architecture only (a saved run supplies every weight)."""
+def _model_name(name: str) -> str:
     library, _, model = name.partition(":")
     if not model:
         raise ConfigError(f"model.encoder: {name!r} names no model after '{library}:'")
-    return (_timm if library == "timm" else _clip)(model, weights, image_size, pretrained)
+    return model
+
+
+def build_timm(name: str, weights: Weights, image_size: int | None, pretrained: bool) -> Backbone:
+    """The `timm:NAME` family (architectures.ENCODER_FAMILIES). `pretrained=False` builds the
+    architecture only (a saved run supplies every weight)."""
+    trunk, transform, mean, std = _timm(_model_name(name), weights, image_size, pretrained)
+    return Backbone(trunk, VectorHead(), transform, mean, std)
+
+
+def build_clip(name: str, weights: Weights, image_size: int | None, pretrained: bool) -> Backbone:
+    """The `clip:NAME` family (architectures.ENCODER_FAMILIES), as build_timm."""
+    trunk, transform, mean, std = _clip(_model_name(name), weights, image_size, pretrained)
+    return Backbone(trunk, VectorHead(), transform, mean, std)

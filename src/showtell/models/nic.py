@@ -19,9 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..architectures import DECODERS
+
 
 class NICDecoder(nn.Module):
-    uses_grid = False
+    uses_grid = DECODERS["nic"].uses_grid
 
     def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = 512, hidden_dim: int = 512,
                  num_layers: int = 1, dropout: float = 0.5, image_injection: str = "init_state"):
@@ -92,3 +94,9 @@ class NICDecoder(nn.Module):
         out, (h, c) = self._run_lstm(self.dropout(self.embed(words)).unsqueeze(1), (h, c))
         logprobs = F.log_softmax(self.output(self.dropout(out[:, 0])).float(), dim=-1)
         return logprobs, {"h": h.transpose(0, 1), "c": c.transpose(0, 1)}, None
+
+
+def build(m, vocab_size: int, encoder, embed_dim: int) -> NICDecoder:
+    """The decoder for `model` settings `m` over `encoder` (architectures.DECODERS names this function)."""
+    return NICDecoder(vocab_size, encoder.global_dim, embed_dim, m.hidden_dim, m.num_layers, m.dropout,
+                      m.image_injection)

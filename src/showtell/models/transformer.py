@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MAX_POSITIONS = 256   # longest sequence the positions cover: decode.max_length (<= 200) + the <end> step
+from ..architectures import DECODERS
+
+MAX_POSITIONS = DECODERS["transformer"].positions   # 256: decode.max_length (<= 200) + the <end> step, and more
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -103,7 +105,7 @@ class Layer(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
-    uses_grid = True
+    uses_grid = DECODERS["transformer"].uses_grid
 
     def __init__(self, vocab_size: int, grid_dim: int, global_dim: int, grid_size: int, embed_dim: int = 512,
                  width: int = 512, layers: int = 2, heads: int = 4, ff_dim: int = 512, dropout: float = 0.1,
@@ -222,3 +224,11 @@ class TransformerDecoder(nn.Module):
     def attention_penalty(self, alphas: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         """No attention regulariser (scheduled sampling asks every decoder that returns attention)."""
         return alphas.new_zeros(())
+
+
+def build(m, vocab_size: int, encoder, embed_dim: int) -> TransformerDecoder:
+    """The decoder for `model` settings `m` over `encoder` (architectures.DECODERS names this function)."""
+    return TransformerDecoder(vocab_size, encoder.grid_dim, encoder.global_dim, encoder.grid_size, embed_dim,
+                              m.hidden_dim, m.transformer_layers, m.transformer_heads, m.transformer_ff_dim,
+                              m.dropout, m.transformer_positions, m.transformer_tie_embeddings,
+                              m.transformer_attention_layer)

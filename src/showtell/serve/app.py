@@ -25,17 +25,17 @@ import contextlib
 from importlib import resources
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..data.images import DecodeBudget
-from ..decoding.options import HTTP
+from ..decoding.options import HTTP, MAX_LENGTH
 from ..errors import ArgumentError, ImageError
 from . import compat
-from .batching import MicroBatcher
 from .limits import BodyLimit, BodyTooLarge, HostCheck, InFlightLimit, Limits
+from .microbatch import MicroBatcher
 
 _CODES = {"format": 415, "too_large": 413, "empty": 422, "corrupt": 422, "missing": 422}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -62,10 +62,12 @@ class CaptionsResponse(BaseModel):
     results: list[ImageCaption]
 
 
-UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["images"],
-    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                              "description": "one or more pictures (JPEG, PNG, GIF, WebP, BMP, TIFF)"}}}}}}}
+def upload_schema(limits: Limits) -> dict:
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["images"],
+        "properties": {"images": {"type": "array", "minItems": 1, "maxItems": limits.max_images,
+                                  "items": {"type": "string", "format": "binary"},
+                                  "description": "one or more picture files (JPEG, PNG, GIF, WebP, BMP, TIFF)"}}}}}}}
 RESPONSES = {400: {"description": "Host header not allowed"}, 408: {"description": "the upload was too slow"},
              413: {"description": "request too large, too many pictures, or every picture too large"},
              415: {"description": "not multipart, or every picture not an image"},
@@ -78,8 +80,13 @@ def _refused(name: str, error: ImageError) -> ImageCaption:
 
 
 # --- the stages of POST /v1/captions ---------------------------------------------------------------
-def decoding_options(captioner, **asked):
-    """The request's decoding options by the library's rule, or 422 naming the parameter."""
+def decoding_options(captioner, limits: Limits, **asked):
+    """The request's decoding options by the library's rule within the service's beam limit, or
+    422 naming the parameter."""
+    for name in ("beam_size", "n_best"):
+        value = asked.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > limits.max_beam:
+            raise HTTPException(422, f"{name}: at most {limits.max_beam} on this service, got {value}")
     try:
         return captioner.options(HTTP, **asked)
     except ArgumentError as error:
@@ -204,9 +211,13 @@ def create_app(captioner, limits: Limits | None = None, max_batch: int = 32, max
     async def _too_large(request: Request, exc: BodyTooLarge):
         return JSONResponse({"detail": f"request body too large (over {limits.max_request_bytes:,} bytes)"}, status_code=413)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/", response_class=HTMLResponse, summary="the web page (drop, paste or choose a picture)")
     def index() -> HTMLResponse:
         return HTMLResponse(page)
+
+    @app.options("/", include_in_schema=False)
+    def allowed() -> Response:   # one answer for the two routes at /, each of which knows only its own method
+        return Response(status_code=204, headers={"Allow": "GET, POST"})
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs() -> HTMLResponse:  # rendered in the browser from /openapi.json; nothing from a CDN
@@ -216,13 +227,16 @@ def create_app(captioner, limits: Limits | None = None, max_batch: int = 32, max
     def healthz() -> dict:
         return describe(captioner, limits, max_pixels, budget, batcher)
 
-    @app.post("/v1/captions", response_model=CaptionsResponse, openapi_extra=UPLOAD_SCHEMA, responses=RESPONSES)
+    @app.post("/v1/captions", response_model=CaptionsResponse, openapi_extra=upload_schema(limits), responses=RESPONSES)
     async def captions(request: Request,
                        beam_size: int = Query(None, ge=1, le=limits.max_beam, description="beam width (1: greedy)"),
                        n_best: int = Query(1, ge=1, le=limits.max_beam,
-                                           description="alternatives per picture (at most beam_size)"),
-                       attention: bool = Query(False, description="include per-word attention maps (attention models)")):
-        options = decoding_options(captioner, beam_size=beam_size, n_best=n_best, return_attention=attention)
+                                           description="alternatives per picture (at most beam_size, whose default "
+                                                       f"here is {captioner.config.decode.beam_size})"),
+                       # only a model that attends offers its maps, so the schema promises what this model does
+                       attention: bool = Query(False, include_in_schema=captioner.has_attention,
+                                               description="include per-word attention maps")):
+        options = decoding_options(captioner, limits, beam_size=beam_size, n_best=n_best, return_attention=attention)
         blobs = await read_uploads(request, limits)
         prepared, hyps = await caption_pictures(blobs, options)
         if not hyps:
@@ -252,20 +266,22 @@ def create_app(captioner, limits: Limits | None = None, max_batch: int = 32, max
                 raise HTTPException(_CODES.get(error.kind, 422), str(error))
         return hyps
 
-    @app.post("/", openapi_extra=compat.IMAGE_TO_TEXT_SCHEMA, responses=RESPONSES,
+    @app.post("/", openapi_extra=compat.image_to_text_schema(limits, MAX_LENGTH), responses=RESPONSES,
               summary="Hugging Face image-to-text: a picture -> [{generated_text}]")
     async def image_to_text(request: Request) -> list[dict]:
         blobs, asked = compat.image_to_text_request(request.headers.get("content-type", ""),
                                                     await read_body(request, limits), limits)
-        options = decoding_options(captioner, **asked)
+        options = decoding_options(captioner, limits, **asked)
         return compat.image_to_text_response(await caption_all(blobs, options))
 
-    @app.post("/v1/chat/completions", openapi_extra=compat.CHAT_SCHEMA, responses=RESPONSES,
+    @app.post("/v1/chat/completions", openapi_extra=compat.chat_schema(limits, MAX_LENGTH),
+              responses={**RESPONSES, 200: {"description": "the completion, or with stream: server-sent events",
+                                            "content": {"application/json": {}, "text/event-stream": {}}}},
               summary="OpenAI chat completions: the messages' image_url parts (data: URLs) captioned")
     async def chat_completions(request: Request):
         try:
             blobs, asked, stream = compat.chat_request(await read_body(request, limits), limits)
-            options = decoding_options(captioner, **asked)
+            options = decoding_options(captioner, limits, **asked)
             hyps = await caption_all(blobs, options)
         except HTTPException as error:
             return JSONResponse(compat.openai_error(error.status_code, error.detail), status_code=error.status_code)

@@ -23,11 +23,12 @@ import time
 
 from fastapi import HTTPException
 
+from ..decoding.options import MAX_LENGTH, whole_number
+from ..errors import ArgumentError
 from .limits import Limits
 
-# Hugging Face's generation names (also inside "generate_kwargs") -> showtell's decoding options
-HF_PARAMETERS = {"num_beams": "beam_size", "num_return_sequences": "n_best", "max_new_tokens": "max_length",
-                 "beam_size": "beam_size", "n_best": "n_best", "max_length": "max_length"}
+# Hugging Face's generation names -> showtell's decoding options
+HF_PARAMETERS = {"num_beams": "beam_size", "num_return_sequences": "n_best", "max_new_tokens": "max_length"}
 RAW_TYPES = ("image/", "application/octet-stream")
 FINGERPRINT = "showtell: pictures only; text parts of the messages are read and ignored"
 
@@ -50,18 +51,21 @@ def _json_body(body: bytes, what: str):
         raise HTTPException(422, f"{what}: not valid JSON") from None
 
 
+def _number(value):
+    """JSON's 3.0 is the integer 3 (JSON Schema says so), not a fraction a whole-number option refuses."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _decoding_names(parameters, where: str) -> dict:
     if parameters is None:
         return {}
     if not isinstance(parameters, dict):
         raise HTTPException(422, f"{where}: expected an object")
     asked = {}
-    for key, value in {**parameters.get("generate_kwargs", {}), **parameters}.items():
-        if key == "generate_kwargs":
-            continue
+    for key, value in parameters.items():
         if key not in HF_PARAMETERS:
             raise HTTPException(422, f"{where}: unknown parameter {key!r} (expected {', '.join(sorted(HF_PARAMETERS))})")
-        asked[HF_PARAMETERS[key]] = value
+        asked[HF_PARAMETERS[key]] = _number(value)
     return asked
 
 
@@ -79,7 +83,10 @@ def image_to_text_request(content_type: str, body: bytes, limits: Limits) -> tup
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise HTTPException(422, 'body: expected {"inputs": "<base64 picture>", "parameters": {...}}')
     picture = _base64_picture(payload["inputs"], "image", limits, "inputs")
-    return [picture], _decoding_names(payload.get("parameters"), "parameters")
+    asked = _decoding_names(payload.get("parameters"), "parameters")
+    if "n_best" in asked and "beam_size" not in asked:   # n alternatives need a beam at least n wide
+        asked["beam_size"] = asked["n_best"]
+    return [picture], asked
 
 
 def image_to_text_response(hyps_per_picture) -> list[dict]:
@@ -104,11 +111,17 @@ def chat_request(body: bytes, limits: Limits) -> tuple[list, dict, bool]:
     payload = _json_body(body, "body")
     if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
         raise HTTPException(422, "body: expected {\"model\": ..., \"messages\": [...]}")
+    if not isinstance(payload.get("model", ""), str):
+        raise HTTPException(422, "model: expected a string")
     urls = []
-    for message in payload["messages"]:
+    for m, message in enumerate(payload["messages"]):
         content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, (str, list)) or not isinstance(message.get("role", ""), str):
+            raise HTTPException(422, f"messages: message {m + 1}: expected {{\"role\": ..., \"content\": text or parts}}")
         for part in content if isinstance(content, list) else []:
-            if isinstance(part, dict) and part.get("type") == "image_url":
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise HTTPException(422, f"messages: message {m + 1}: each part is an object with a \"type\"")
+            if part["type"] == "image_url":
                 image_url = part.get("image_url")
                 urls.append(image_url.get("url") if isinstance(image_url, dict) else image_url)
     if not urls:
@@ -117,13 +130,20 @@ def chat_request(body: bytes, limits: Limits) -> tuple[list, dict, bool]:
     if len(urls) > limits.max_images:
         raise HTTPException(413, f"too many pictures (more than {limits.max_images} per request)")
     pictures = [_data_url(url, i, limits) for i, url in enumerate(urls)]
-    n = payload.get("n") or 1
+    n = _number(payload.get("n", 1))
+    n = 1 if n is None else n
     # n alternatives need a beam at least n wide; beam search is what gives them
     asked = {"n_best": n, "beam_size": n} if n != 1 else {}
-    length = payload.get("max_completion_tokens", payload.get("max_tokens"))
-    if length is not None:
-        asked["max_length"] = length
-    stream = payload.get("stream", False)
+    lengths = [_number(payload.get(k)) for k in ("max_completion_tokens", "max_tokens") if payload.get(k) is not None]
+    for length in lengths[1:]:   # both given: the first is used, and each must be one the service takes
+        try:
+            whole_number(length, "max_tokens", maximum=MAX_LENGTH)
+        except ArgumentError as error:
+            raise HTTPException(422, str(error)) from None
+    if lengths:
+        asked["max_length"] = lengths[0]
+    stream = payload.get("stream")
+    stream = False if stream is None else stream
     if not isinstance(stream, bool):
         raise HTTPException(422, "stream: expected true or false")
     return pictures, asked, stream
@@ -169,23 +189,46 @@ def openai_error(status: int, message: str) -> dict:
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
-# OpenAPI request bodies (the routes read the body themselves, so FastAPI cannot infer them)
-_BASE64 = {"type": "string", "description": "the picture's bytes in base64"}
-IMAGE_TO_TEXT_SCHEMA = {"requestBody": {"required": True, "content": {
-    "image/*": {"schema": {"type": "string", "format": "binary"}},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
-        "inputs": _BASE64,
-        "parameters": {"type": "object", "additionalProperties": False, "properties": {
-            "num_beams": {"type": "integer", "minimum": 1}, "num_return_sequences": {"type": "integer", "minimum": 1},
-            "max_new_tokens": {"type": "integer", "minimum": 1}}}}}}}}}
-CHAT_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["messages"], "properties": {
-        "model": {"type": "string", "description": "any name: the service runs one model"},
-        "messages": {"type": "array", "items": {"type": "object", "properties": {
-            "role": {"type": "string"},
-            "content": {"description": "parts: {type: image_url, image_url: {url: data:...;base64,...}} are "
-                                       "captioned; text parts are ignored"}}}},
-        "n": {"type": "integer", "minimum": 1, "description": "alternatives per picture (beam search as wide)"},
-        "max_tokens": {"type": "integer", "minimum": 1}, "max_completion_tokens": {"type": "integer", "minimum": 1},
-        "stream": {"type": "boolean", "description": "server-sent events: each caption as one chunk"}}}}}}}
+# OpenAPI request bodies (the routes read the body themselves, so FastAPI cannot infer them). A
+# picture is described by its own formats ("picture": the bytes of an image file; "picture-base64";
+# "picture-data-url"), since no schema can say "bytes that decode as an image"; what a schema cannot
+# say across fields (n-best within the beam, pictures per request across messages) is in the text.
+PICTURE_FORMATS = ("picture", "picture-base64", "picture-data-url")
+
+
+def image_to_text_schema(limits: Limits, max_length: int) -> dict:
+    raw = {"schema": {"type": "string", "format": "picture", "description": "the picture file's bytes"}}
+    beam = {"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_beam}
+    parameters = {"type": "object", "additionalProperties": False,
+                  "properties": {"num_beams": beam, "num_return_sequences": beam,
+                                 "max_new_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": max_length}},
+                  "description": "num_return_sequences at most num_beams, which defaults to it; null: the default"}
+    return {"requestBody": {"required": True, "content": {
+        "image/png": raw, "image/jpeg": raw, "application/octet-stream": raw,
+        "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
+            "inputs": {"type": "string", "format": "picture-base64", "description": "the picture's bytes in base64"},
+            "parameters": {"anyOf": [parameters, {"type": "null"}]}}}}}}}
+
+
+def chat_schema(limits: Limits, max_length: int) -> dict:
+    image_part = {"type": "object", "required": ["type", "image_url"], "properties": {
+        "type": {"const": "image_url"},
+        "image_url": {"type": "object", "required": ["url"], "properties": {
+            "url": {"type": "string", "format": "picture-data-url", "description": "data:image/...;base64,..."}}}}}
+    part = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}},
+            "description": "image_url parts are captioned; text and other parts are read and ignored"}
+    message = {"type": "object", "required": ["content"], "properties": {
+        "role": {"type": "string"},
+        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": part}]}}}
+    with_picture = {"type": "object", "required": ["content"], "properties": {
+        "content": {"type": "array", "contains": image_part}}}
+    bounded = {"type": ["integer", "null"], "minimum": 1, "maximum": max_length, "description": "null: the run's own"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["messages"], "properties": {
+            "model": {"type": "string", "description": "any name: the service runs one model"},
+            "messages": {"type": "array", "items": message, "contains": with_picture,
+                         "description": f"every image_url part is a picture, at most {limits.max_images} in all"},
+            "n": {"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_beam,
+                  "description": "alternatives per picture (from a beam as wide); null: 1"},
+            "max_tokens": bounded, "max_completion_tokens": bounded,
+            "stream": {"type": ["boolean", "null"], "description": "server-sent events: each caption as one chunk"}}}}}}}

@@ -19,6 +19,7 @@ scst.py, loop.py (`fit`), epochs.py (validation and the best model), budget.py (
 schedules.py, tensorboard.py, distributed.py (torchrun), prepare.py (`showtell prepare`: the
 feature cache, written by running the encoder).
 
-May import the basics, data, models, decoding and evaluation (validation scores, metrics, the
-model card); nothing of inference, serve or cli.
+May import the basics, data (batches and their features), models, decoding, reporting (the model
+card and training.json, written at the end) and evaluation (validation scores, metrics); nothing
+of inference, serve or cli: what a run folder holds, and why its weights may not fit, is run.py's.
 """

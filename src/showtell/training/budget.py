@@ -30,12 +30,13 @@ class BudgetPlanner:
     slows down mid-run (another job starts) still ends its decay and its last validation inside the
     budget, one that speeds up uses the time. A validation is costed in steps of the speed it ran
     at, so it slows down with the steps. The plan is part of the checkpoint: a resumed run keeps
-    it. Rank 0's clock decides for every rank."""
+    it. Only a phase that says it is `budgeted` (phases.PHASES) is planned. Rank 0's clock decides
+    for every rank."""
 
-    def __init__(self, deadline: float | None, s: Session, state: TrainState):
+    def __init__(self, deadline: float | None, s: Session, state: TrainState, phase):
         t = s.config.train
         self.deadline = deadline
-        self.enabled = (deadline is not None and t.budget_schedule and t.scst_epochs == 0 and state.phase == "xe"
+        self.enabled = (deadline is not None and t.budget_schedule and t.scst_epochs == 0 and phase.budgeted
                         and state.planned_end is None)
         self.last: float | None = None              # when the last step (or validation) ended
         self.recent: deque[float] = deque(maxlen=WINDOW)

@@ -10,16 +10,14 @@ from time import monotonic as clock
 
 from ..config import Config, apply, parse_overrides, resolve
 from ..data.formats import ImageRecord
-from ..device import configure_threads, threads_configured
 from ..errors import ConfigError, RunError
-from ..evaluation.modelcard import record_training, write_model_card
-from ..fileio import atomic_write_text
-from ..models.captioner import build_model
-from ..run import Run
+from ..models.caption_model import build_model
+from ..reporting.modelcard import record_training, write_model_card
+from ..run import CONFIG, Run
 from ..vocab import Vocabulary, build_vocabulary
 from . import distributed as dist
 from .loop import fit
-from .phases import encoder_should_train, make_optimizer, phase_plan
+from .phases import FIRST, PHASES, encoder_should_train, make_phase
 from .session import open_session, seed_everything, split_records
 from .state import TrainState, set_rng_state
 from .tensorboard import check_available as check_log
@@ -39,8 +37,6 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
     started = clock()
     config = resolve(config)
     check_log(config)
-    if not threads_configured():
-        configure_threads(config.train.threads)
     train_records, val_records = split_records(records)
     vocab = build_vocabulary((t for r in train_records for t in r.tokens), config.data.min_word_count)
     seed_everything(config.train.seed)
@@ -53,8 +49,9 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
         dist.barrier()
         run = Run(out) if out is not None else None
         s = open_session(config, run, model, vocab, records, features, show_progress)
-        state = TrainState(plan=phase_plan(s, "xe"))
-        summary = fit(s, state, make_optimizer(s, "xe"), max_minutes if max_minutes is not None else config.train.max_minutes)
+        first = make_phase(s, FIRST)
+        state = TrainState(plan=first.plan(s), phase=first.name)
+        summary = fit(s, state, first.optimizer(s), max_minutes if max_minutes is not None else config.train.max_minutes)
         summary.update(vocab_size=len(vocab), train_images=len(train_records), val_images=len(val_records))
         describe_run(run, summary, clock() - started)
     return summary
@@ -63,8 +60,8 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
 def describe_run(run: Run | None, summary: dict, seconds: float) -> None:
     """training.json and the model card (README.md), written by rank 0 at the end of training."""
     if run is not None and dist.is_main():
-        record_training(run.path, summary, seconds)
-        write_model_card(run.path)
+        record_training(run, summary, seconds)
+        write_model_card(run)
 
 
 RESUME_SETTINGS = ("train.epochs", "train.scst_epochs", "train.scst_lr", "train.scst_samples", "train.max_minutes",
@@ -85,10 +82,11 @@ def check_changes(saved: Config, config: Config, state: TrainState) -> list[str]
     """The settings a resume changes, as 'name old -> new'; a change that contradicts what the run
     has already trained (fewer epochs than it has done) is a ConfigError."""
     done_xe = min(state.epoch, saved.train.epochs)
+    phase = PHASES[state.phase]
     if config.train.epochs != saved.train.epochs:
-        if state.phase == "scst":
+        if phase.epochs_setting != "train.epochs":
             raise ConfigError(f"--set train.epochs={config.train.epochs}: the run finished its {saved.train.epochs} "
-                              "cross-entropy epochs and is in self-critical training; change train.scst_epochs instead")
+                              f"cross-entropy epochs and is in {phase.title}; change {phase.epochs_setting} instead")
         if config.train.epochs < done_xe:
             raise ConfigError(f"--set train.epochs={config.train.epochs}: the run has already trained {done_xe} epochs; "
                               f"give {done_xe} or more")
@@ -114,10 +112,8 @@ def _restore_model(run: Run, config: Config, vocab, weights, state: TrainState):
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
-        from ..inference.torch_runtime import describe_mismatch
-
-        raise RunError(f"{run.path}/config.json: does not describe the checkpoint's model (was it edited?): "
-                       f"{describe_mismatch(run, model, weights, error).split(': ', 1)[1]}") from None
+        raise RunError(f"{run.path / CONFIG}: does not describe the checkpoint's model (was it edited?): "
+                       f"{run.describe_mismatch(model, weights, error).split(': ', 1)[1]}") from None
     if encoder_should_train(config, state.epoch) and config.model.freeze_encoder:
         model.encoder.freeze(False)  # the checkpoint was taken while fine-tuning
     return model
@@ -128,8 +124,6 @@ def _resume(run: Run, records, max_minutes, show_progress, features, overrides) 
     saved_config = run.config()
     config, vocab = resume_config(saved_config, overrides), run.vocab()
     check_log(config)
-    if not threads_configured():
-        configure_threads(config.train.threads)
     step, weights, saved = run.load_checkpoint()
     if "train_state" not in saved:
         raise RunError(f"{run.path}: checkpoint from an older showtell; it cannot be resumed by this version")
@@ -140,24 +134,20 @@ def _resume(run: Run, records, max_minutes, show_progress, features, overrides) 
         raise RunError(f"{run.path}: the training data differs from the data this run started with")
     model = _restore_model(run, config, vocab, weights, state)
     if changes and dist.is_main():
-        atomic_write_text(run.path / "config.json", config.to_json())
-        log.info("resuming with %s (config.json updated)", "; ".join(changes))
+        run.save_config(config)
+        log.info("resuming with %s (%s updated)", "; ".join(changes), CONFIG)
     run.clean_temporary_files()
     if not run.model_is_readable():
-        log.warning("%s/model.safetensors is missing or damaged; the next validated model replaces it", run.path)
+        log.warning("%s is missing or damaged; the next validated model replaces it", run.model_file)
         state.best_metric, state.best_score = "", -math.inf
     s = open_session(config, run, model, vocab, records, features, show_progress)
-    optimizer = make_optimizer(s, state.phase)
+    phase = make_phase(s, state.phase)
+    optimizer = phase.optimizer(s)
     optimizer.load_state_dict(saved["optimizer"])
     if s.scaler is not None and saved.get("scaler"):
         s.scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"])
-    if config.train.epochs != saved_config.train.epochs and state.phase == "xe":   # a new plan for the new length
-        planned = phase_plan(s, "xe").total_steps
-        log.info("train.epochs changed: the learning-rate decay now ends at step %d (was %d), continuing from step %d",
-                 planned, state.plan.total_steps, state.global_step)
-        state.plan = state.plan.replanned(state.global_step, planned)
-        state.planned_end = None
+    phase.resized(s, state, saved_config)   # a new plan for a new length
     if dist.is_main():  # forget history written after the checkpoint (it will be recomputed identically)
         run.rewrite_history(run.history()[: state.history_length])
     if state.epoch >= s.total_epochs:

@@ -9,7 +9,6 @@ import torch
 
 from ..config import Config
 from ..errors import RunError
-from ..evaluation.metrics import perplexity
 from ..evaluation.validation import validation_scores
 from . import distributed as dist
 from .session import Session
@@ -22,16 +21,12 @@ COLLAPSE_FRACTION = 0.05   # fewer distinct validation captions than this share 
 
 
 # --- validation and the best model --------------------------------------------------------------------
-def validate(s: Session, state: TrainState, train_value: float | None, lr: float) -> dict:
+def validate(s: Session, state: TrainState, phase, train_value: float | None, lr: float) -> dict:
     """The epoch's record: training loss (or the self-critical phase's greedy CIDEr-D on the training
     batches) and, with a validation split, scores of decoded captions, decoded as `evaluate` does."""
     t, d = s.config.train, s.config.decode
-    record = {"epoch": state.epoch, "step": state.global_step, "phase": state.phase, "lr": lr}
-    if state.phase == "scst":
-        record.update(train_loss=None, train_perplexity=None, scst_greedy_cider=train_value)
-    else:
-        record.update(train_loss=train_value,
-                      train_perplexity=perplexity(train_value) if train_value is not None else None)
+    record = {"epoch": state.epoch, "step": state.global_step, "phase": state.phase, "lr": lr,
+              **phase.record(train_value)}
     if s.val is not None and len(s.val.records):
         record.update(validation_scores(s.model, s.val.images, s.val.table, s.val.references, s.vocab, s.device,
                                         t.val_beam_size, d.max_length, t.precision, t.val_max_images,
@@ -65,7 +60,7 @@ def choose_best(state: TrainState, scored: tuple[str, float] | None) -> bool:
     return True
 
 
-def end_epoch(s: Session, state: TrainState, lr: float) -> dict | None:
+def end_epoch(s: Session, state: TrainState, phase, lr: float) -> dict | None:
     """Validate (rank 0), keep the best model and the history line, warn on collapse."""
     values = state.epoch_values
     train_value = sum(values) / len(values) if values else None
@@ -73,7 +68,7 @@ def end_epoch(s: Session, state: TrainState, lr: float) -> dict | None:
     check_replicas(s)
     if not dist.is_main():
         return None
-    record = validate(s, state, train_value, lr)
+    record = validate(s, state, phase, train_value, lr)
     record["best"] = choose_best(state, score_of(record, s.config))
     if record["best"] and s.run is not None:
         s.run.save_model(s.model, {"epoch": state.epoch, "step": state.global_step, "val_metric": state.best_metric,

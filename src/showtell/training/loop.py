@@ -21,7 +21,7 @@ from ..progress import progress_bar
 from . import budget
 from . import distributed as dist
 from .epochs import end_epoch, ensure_model
-from .phases import encoder_should_train, make_optimizer, make_phase, optimise, start_finetuning, start_self_critical
+from .phases import encoder_should_train, make_phase, next_phase, optimise, start_finetuning
 from .session import Session
 from .state import TrainState, save_checkpoint
 from .tensorboard import open_log
@@ -66,7 +66,7 @@ def should_stop(deadline: float | None, requested: list[int], device: torch.devi
 @dataclass
 class Loop:
     """What one `fit` call steps with, besides the session and the TrainState."""
-    phase: object                        # phases.CrossEntropy or phases.SelfCriticalPhase
+    phase: object                        # the current row of phases.PHASES
     optimizer: torch.optim.Optimizer
     planner: budget.BudgetPlanner
     requested: list[int]                 # signals received
@@ -76,17 +76,18 @@ class Loop:
 
 def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_minutes: float | None) -> dict:
     """Train from `state` until the planned epochs are done, the budget's plan ends or a stop."""
-    planner = budget.BudgetPlanner(budget.clock() + 60 * max_minutes if max_minutes else None, s, state)
+    phase = make_phase(s, state.phase)
+    planner = budget.BudgetPlanner(budget.clock() + 60 * max_minutes if max_minutes else None, s, state, phase)
     if state.global_step == 0:
         save_checkpoint(s, state, optimizer)  # so that --resume works even after a kill in the very first steps
     with stop_signals() as requested, closing_log(open_log(s.config, s.run, state.global_step, dist.is_main())) as board:
-        loop = Loop(make_phase(s, state.phase), optimizer, planner, requested, board)
+        loop = Loop(phase, optimizer, planner, requested, board)
         while state.epoch < s.total_epochs and not loop.stopped and not state.finished:
             s = begin_epoch(s, state, loop)
             complete = train_epoch(s, state, loop)
             if complete or state.finished:   # any other stop validates nothing: the epoch continues on --resume
                 with planner.timing_validation(s, state):
-                    record = end_epoch(s, state, loop.optimizer.param_groups[0]["lr"])
+                    record = end_epoch(s, state, loop.phase, loop.optimizer.param_groups[0]["lr"])
                 if board and record:
                     board.epoch(record)
             dist.barrier()
@@ -96,11 +97,12 @@ def fit(s: Session, state: TrainState, optimizer: torch.optim.Optimizer, max_min
 
 
 def begin_epoch(s: Session, state: TrainState, loop: Loop) -> Session:
-    """The changes of phase due at this epoch: self-critical training after the cross-entropy
-    epochs, an encoder unfrozen for fine-tuning."""
-    if state.phase == "xe" and state.epoch >= s.config.train.epochs:
-        start_self_critical(s, state)
-        loop.phase, loop.optimizer = make_phase(s, "scst"), make_optimizer(s, "scst")
+    """The changes of phase due at this epoch: the next phase of the table (self-critical training
+    after the cross-entropy epochs), an encoder unfrozen for fine-tuning."""
+    following = next_phase(s, loop.phase) if state.epoch >= loop.phase.last_epoch(s.config) else None
+    if following is not None:
+        following.begin(s, state)
+        loop.phase, loop.optimizer = following, following.optimizer(s)
         save_checkpoint(s, state, loop.optimizer)  # the change of phase is part of the resumable state
     if encoder_should_train(s.config, state.epoch) and s.model.encoder.frozen:
         s = start_finetuning(s, state)
@@ -113,8 +115,7 @@ def train_epoch(s: Session, state: TrainState, loop: Loop) -> bool:
     batches = epoch_batches(len(s.train.records), t.batch_size, t.seed, state.epoch)
     loader = make_loader(s.train.images, [dist.shard(b) for b in batches[state.step_in_epoch:]],
                          s.config.data.num_workers, pin_memory=s.device.type == "cuda")
-    label = f"epoch {state.epoch + 1}/{s.total_epochs}" + (" (self-critical)" if state.phase == "scst" else "")
-    value_name = "greedy_cider" if state.phase == "scst" else "loss"
+    label = f"epoch {state.epoch + 1}/{s.total_epochs}" + loop.phase.label
     bar = progress_bar(total=len(batches), initial=state.step_in_epoch, desc=label, unit="batch",
                        disable=not s.show_progress or not dist.is_main())
     started, seen = budget.clock(), 0
@@ -123,7 +124,7 @@ def train_epoch(s: Session, state: TrainState, loop: Loop) -> bool:
             seen += train_step(s, state, loop, ids, batch, bad)
             bar.update(1)
             last = f"{state.epoch_values[-1]:.3f}" if state.epoch_values else "-"
-            bar.set_postfix({value_name: last, "img_s": f"{seen / max(budget.clock() - started, 1e-9):.0f}"},
+            bar.set_postfix({loop.phase.value_name: last, "img_s": f"{seen / max(budget.clock() - started, 1e-9):.0f}"},
                             refresh=False)
             loop.planner.after_step(s, state)
             if state.global_step % t.checkpoint_every == 0:
@@ -146,7 +147,7 @@ def train_step(s: Session, state: TrainState, loop: Loop, ids, batch, bad) -> in
     if batch is not None and len(ids):
         s.model.train()
         loss, value = loop.phase.loss(s, ids, batch, state)
-        check_finite(s, state, loss, value)
+        check_finite(s, state, loop.phase, loss, value)
         optimise(s, loop.optimizer, loss, state.plan.factor(state.global_step), loop.phase.through_ddp)
         state.epoch_values.append(value)
         if loop.board:
@@ -158,16 +159,15 @@ def train_step(s: Session, state: TrainState, loop: Loop, ids, batch, bad) -> in
     return trained
 
 
-def check_finite(s: Session, state: TrainState, loss: torch.Tensor, value: float) -> None:
+def check_finite(s: Session, state: TrainState, phase, loss: torch.Tensor, value: float) -> None:
     """Stop before an update with a NaN or infinite loss (or reward): it would make every weight NaN,
     and the epoch's mean of NaN would then be compared as a score. Every rank stops at the same step."""
     bad = not math.isfinite(value) or not bool(torch.isfinite(loss.detach()).all())
     if dist.all_reduce_sum(float(bad), s.device) > 0:
-        what = "self-critical loss" if state.phase == "scst" else "training loss"
         own = value if not math.isfinite(value) else float(loss.detach().float().sum())
         shown = f"{own:g}" if not math.isfinite(own) else "in another process"
         raise ShowtellError(
-            f"the {what} is not finite ({shown}) at step {state.global_step + 1} (epoch {state.epoch + 1}); "
+            f"the {phase.what} is not finite ({shown}) at step {state.global_step + 1} (epoch {state.epoch + 1}); "
             f"stopped before updating, so the weights, the checkpoints and the best model are the last finite ones; "
             f"lower train.lr (now {s.config.train.lr:g}), keep train.grad_clip on, or check model.word_embeddings")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..architectures import decoder as decoder_traits
 from ..config import Config
 from ..data.batching import ImageSet, make_loader
 from ..data.features import FORMAT, encoder_settings, open_for_writing, record_dict
@@ -62,7 +63,7 @@ def prepare(records: list[ImageRecord], config: Config, out: str | Path, batch_s
 
 def _open_cache(records, config: Config, out: Path, sources, device):
     """The frozen encoder, and the cache in `out` created (or checked to be this one, to continue)."""
-    outputs = ["global", "grid"] if config.model.decoder in ("attention", "transformer") else ["global"]
+    outputs = list(decoder_traits(config.model.decoder).features)     # what the decoder reads
     manifest = {"format": FORMAT, "encoder": encoder_settings(config), "outputs": outputs,
                 "records": [record_dict(r) for r in records], "sources": sources or []}
     encoder = Encoder(config.model.encoder, config.model.encoder_weights, config.data.image_size).to(device)

@@ -13,9 +13,9 @@ import torch
 from ..config import Config
 from ..data.batching import CaptionTable, ImageSet
 from ..data.formats import ImageRecord
-from ..device import cpu_has_native_bf16, resolve_device
+from ..device import cpu_has_native_bf16, ensure_threads, resolve_device
 from ..errors import DataError
-from ..models.captioner import CaptionModel
+from ..models.caption_model import CaptionModel
 from ..run import Run
 from ..vocab import Vocabulary
 from . import distributed as dist
@@ -93,7 +93,9 @@ class Session:
 
 def open_session(config: Config, run: Run | None, model: CaptionModel, vocab: Vocabulary, records: list[ImageRecord],
                  features, show_progress: bool) -> Session:
-    """The session for `model`: device, data of both splits, DDP. Shared by train and resume."""
+    """The session for `model`: device, data of both splits, DDP. Shared by train and resume, so
+    it is where the library configures train.threads when the CLI has not (device.ensure_threads)."""
+    ensure_threads(config.train.threads)
     device = resolve_device(config.train.device)
     if config.train.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16() and dist.is_main():
         log.warning("train.precision=bf16: this CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16), "

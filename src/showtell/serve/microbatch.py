@@ -10,6 +10,8 @@ import time
 
 from fastapi import HTTPException
 
+from ..device import check_threads
+
 log = logging.getLogger("showtell")
 
 
@@ -61,6 +63,7 @@ class MicroBatcher:
                 groups.setdefault(job[1], []).append(job)
             for options, group in groups.items():
                 batch = [t for tensors, _, _ in group for t in tensors]
+                check_threads()   # the batcher owns the service's long work: it follows the thread policy
                 try:
                     hyps = self.captioner.caption_tensors(batch, options)
                 except Exception as error:  # a model failure is ours, not the client's: 500 with a message

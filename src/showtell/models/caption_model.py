@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..architectures import decoder as decoder_traits
 from ..config import Config
 from ..vocab import PAD, START, UNK
 from .encoder import Encoder
-from .nic import NICDecoder
 
 log = logging.getLogger("showtell")
 
@@ -134,21 +134,7 @@ def build_model(config: Config, vocab, pretrained: bool = True, encoder_state: d
         embed_dim = table.shape[1]  # the vectors decide the embedding size
         log.info("word vectors %s cover %.1f%% of the %d vocabulary words (%d-d); the rest start random",
                  m.word_embeddings, 100 * coverage, len(vocab) - 4, embed_dim)
-    if m.decoder == "attention":
-        from .attention import AttentionDecoder
-
-        decoder = AttentionDecoder(len(vocab), encoder.grid_dim, embed_dim, m.hidden_dim, m.attention_dim,
-                                   m.dropout, m.attention_regularization)
-    elif m.decoder == "transformer":
-        from .transformer import TransformerDecoder
-
-        decoder = TransformerDecoder(len(vocab), encoder.grid_dim, encoder.global_dim, encoder.grid_size, embed_dim,
-                                     m.hidden_dim, m.transformer_layers, m.transformer_heads, m.transformer_ff_dim,
-                                     m.dropout, m.transformer_positions, m.transformer_tie_embeddings,
-                                     m.transformer_attention_layer)
-    else:
-        decoder = NICDecoder(len(vocab), encoder.global_dim, embed_dim, m.hidden_dim, m.num_layers,
-                             m.dropout, m.image_injection)
+    decoder = decoder_traits(m.decoder).build(m, len(vocab), encoder, embed_dim)   # the row's model file
     model = CaptionModel(encoder, decoder)
     if table is not None:
         with torch.no_grad():

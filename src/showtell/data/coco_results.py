@@ -58,7 +58,7 @@ def results_entries(pairs: Iterable[tuple[int | str, str]]) -> list[dict]:
     return [{"image_id": image_id, "caption": caption} for image_id, caption in pairs]
 
 
-def check_output_file(path: str | Path, option: str = "", runs: Iterable[str | Path] = ()) -> None:
+def check_output_file(path: str | Path, option: str = "", runs: Iterable[Run | str | Path] = ()) -> None:
     """Refuse, before any work, an output file that cannot be written (`option` names the flag):
     a folder, a missing folder, a socket, or one of the own files of `runs` (the runs being used)."""
     path = Path(path)
@@ -68,7 +68,7 @@ def check_output_file(path: str | Path, option: str = "", runs: Iterable[str | P
     if not path.parent.is_dir():
         raise ShowtellError(f"{where}: the folder {path.parent} does not exist")
     for run in runs:
-        if Run(run).owns(path):
+        if Run.of(run).owns(path):
             raise ShowtellError(f"{where}: is one of the run's own files (in {run}); give another file name, "
                                 "such as results.json")
     try:

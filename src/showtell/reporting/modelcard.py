@@ -3,10 +3,10 @@
 It opens with a metadata block in the Hugging Face model-card format (YAML between `---` lines:
 library, tags, datasets, metrics and a `model-index` of the scores), then says what the model is,
 what it was trained on and how, how well it does next to the human bound, a few of its captions,
-how to load it, and what it cannot do. Everything comes from the run's own files (config.json,
-vocab.json, data.json, training.json, history.jsonl, evaluations/*.json and the header of
-model.safetensors), so the card can be rewritten at any time: training writes it at its end and
-every `evaluate` rewrites it with its scores. `export` copies it.
+how to load it, and what it cannot do. Everything comes from the run's own files, read through
+`Run` (config.json, vocab.json, data.json, training.json, history.jsonl, evaluations/*.json and
+the header of model.safetensors), so the card can be rewritten at any time: training writes it at
+its end and every `evaluate` rewrites it with its scores. `export` copies it.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from pathlib import Path
 
 import yaml
 
+from ..architectures import card_decoder
+from ..data.formats import parse_data_spec
 from ..errors import RunError
 from ..fileio import atomic_write_text
-from ..run import CARD, TRAINING, read_history
+from ..run import CONFIG, DATA, HISTORY, MODEL, TRAINING, VOCAB, Run
 
 SCORE_NAMES = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 HF_METRIC = {"Bleu_1": "bleu", "Bleu_4": "bleu", "METEOR": "meteor", "ROUGE_L": "rouge", "CIDEr": "cider",
@@ -37,16 +39,9 @@ def markdown_text(value) -> str:
     return " ".join(escaped.splitlines())
 
 
-def _json(path: Path, default=None):
+def _history(run: Run) -> list[dict]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
-
-
-def _history(run: Path) -> list[dict]:
-    try:
-        return read_history(run / "history.jsonl")
+        return run.history()
     except RunError:
         return []
 
@@ -62,22 +57,22 @@ def parameter_count(weights: Path) -> int | None:
     return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
 
 
-def record_training(run: str | Path, summary: dict, seconds: float) -> None:
+def record_training(run: Run | str | Path, summary: dict, seconds: float) -> None:
     """Add one training session (train, or a resume) to RUN/training.json: time adds up."""
-    run = Path(run)
-    before = _json(run / TRAINING, {}) or {}
+    run = Run.of(run)
+    before = run.loose_json(TRAINING, {}) or {}
     keep = ("epochs", "steps", "best_epoch", "best_metric", "train_images", "val_images", "vocab_size",
             "stopped_early", "skipped_images")
     info = {**before, **{k: summary[k] for k in keep if k in summary},
             "seconds": round(float(before.get("seconds", 0.0)) + seconds, 1),
             "sessions": int(before.get("sessions", 0)) + 1}
-    atomic_write_text(run / TRAINING, json.dumps(info, indent=2) + "\n")
+    run.write_training_record(info)
 
 
-def evaluations(run: Path) -> list[dict]:
+def evaluations(run: Run) -> list[dict]:
     """The run's kept evaluations of this model alone on a whole split, oldest first (an ensemble's
     scores, or those of the first N pictures, are not this model's and stay out of its card)."""
-    found = [_json(p) for p in sorted((run / "evaluations").glob("*.json"))] if (run / "evaluations").is_dir() else []
+    found = run.kept_evaluations()
     return sorted((e for e in found if isinstance(e, dict) and "scores" in e and len(e.get("models", [])) <= 1
                    and not e.get("max_images")), key=lambda e: e.get("date", ""))
 
@@ -85,7 +80,7 @@ def evaluations(run: Path) -> list[dict]:
 def _dataset_names(sources: dict) -> list[str]:
     names = []
     for spec in sources.get("data") or []:
-        name = Path(spec.rpartition("=")[2] if spec.partition("=")[0] in ("train", "val", "test") else spec).name
+        name = Path(parse_data_spec(spec)[1]).name
         if name not in names:
             names.append(name)
     if not names and sources.get("features"):
@@ -120,27 +115,11 @@ def metadata(run: Path, config: dict, sources: dict, evals: list[dict], history:
                             "dataset": {"name": ", ".join(datasets) or "unknown", "type": "image-captioning",
                                         "split": "validation"}, "metrics": metrics})
     tags = ["image-captioning", "image-to-text", "show-and-tell", "pytorch",
-            DECODER_TAGS.get(model.get("decoder"), "nic"), f"encoder-{model.get('encoder')}"]
+            card_decoder(model).card_tag, f"encoder-{model.get('encoder')}"]
     card = {"library_name": "showtell", "pipeline_tag": "image-to-text", "tags": tags,
             "datasets": datasets or ["unknown"], "metrics": ["bleu", "meteor", "rouge", "cider"],
             "model-index": [{"name": run.name, "results": results}]}
     return card
-
-
-DECODER_TAGS = {"attention": "show-attend-and-tell", "transformer": "transformer", "nic": "nic"}
-
-
-def _decoder_line(model: dict) -> str:
-    sizes = f"word embeddings {model.get('embed_dim')}, dropout {model.get('dropout')}"
-    if model.get("decoder") == "attention":
-        return (f"Show, Attend and Tell: an LSTM that attends over the encoder's spatial grid at every word; {sizes}, "
-                f"hidden size {model.get('hidden_dim')}, attention size {model.get('attention_dim')}")
-    if model.get("decoder") == "transformer":
-        return (f"a pre-norm Transformer decoder with cross-attention over the encoder's grid; {sizes}, width "
-                f"{model.get('hidden_dim')}, {model.get('transformer_layers')} layers, {model.get('transformer_heads')} "
-                f"heads, feed-forward {model.get('transformer_ff_dim')}")
-    return (f"Show and Tell (NIC): an LSTM conditioned on the image vector; {sizes}, hidden size "
-            f"{model.get('hidden_dim')}, {model.get('num_layers')} layer(s)")
 
 
 def _best_validation(history: list[dict]) -> dict | None:
@@ -170,22 +149,25 @@ class RunFiles:
     history: list[dict]
     evals: list[dict]
 
+    model_file: Path
+
     @classmethod
-    def read(cls, run: Path) -> "RunFiles":
-        return cls(run, _json(run / "config.json", {}) or {}, _json(run / "vocab.json", {}) or {},
-                   _json(run / "data.json", {}) or {}, _json(run / TRAINING, {}) or {}, _history(run), evaluations(run))
+    def read(cls, run: Run) -> "RunFiles":
+        return cls(run.path, run.loose_json(CONFIG, {}) or {}, run.loose_json(VOCAB, {}) or {},
+                   run.loose_json(DATA, {}) or {}, run.loose_json(TRAINING, {}) or {}, _history(run), evaluations(run),
+                   run.model_file)
 
 
 def _model_section(f: RunFiles) -> list[str]:
     model, data = f.config.get("model", {}), f.config.get("data", {})
-    params = parameter_count(f.path / "model.safetensors")
+    params = parameter_count(f.model_file)
     vocab_size = len(f.vocab.get("words", [])) or f.training.get("vocab_size")
     return ["## Model", "",
             f"- Encoder: `{model.get('encoder')}`, weights `{model.get('encoder_weights')}`"
             f"{', frozen' if model.get('freeze_encoder') else ', trained'}; pictures resized to "
             f"{data.get('image_size') or 'the encoder default'} px",
-            f"- Decoder: {_decoder_line(model)}",
-            f"- Parameters: {params:,}" if params is not None else "- Parameters: unknown (no model.safetensors)",
+            f"- Decoder: {card_decoder(model).describe(model)}",
+            f"- Parameters: {params:,}" if params is not None else f"- Parameters: unknown (no {MODEL})",
             f"- Vocabulary: {vocab_size} words (training words seen at least {data.get('min_word_count')} times; "
             "others become `<unk>`, which is never generated)" if vocab_size else "- Vocabulary: unknown"]
 
@@ -213,7 +195,7 @@ def _training_section(f: RunFiles) -> list[str]:
                  f"warm-up steps), batch {train.get('batch_size')} pictures x {train.get('captions_per_image')} captions, "
                  f"precision {train.get('precision')}, seed {train.get('seed')}"
                  + (f", then {train.get('scst_epochs')} self-critical epochs" if train.get("scst_epochs") else ""))
-    lines.append("- Every setting: `config.json`; losses and validation scores per epoch: `history.jsonl`")
+    lines.append(f"- Every setting: `{CONFIG}`; losses and validation scores per epoch: `{HISTORY}`")
     return lines
 
 
@@ -259,9 +241,9 @@ LIMITATIONS = ("A Show and Tell model describes pictures like the ones it was tr
                "English only and carry the biases of the training captions.")
 
 
-def build_card(run: str | Path) -> str:
-    """The model card of a run directory or exported package, as text."""
-    f = RunFiles.read(Path(run))
+def build_card(run: Run | str | Path) -> str:
+    """The model card of a run directory or exported package (or its opened `Run`), as text."""
+    f = RunFiles.read(Run.of(run))
     head = yaml.safe_dump(metadata(f.path, f.config, f.sources, f.evals, f.history), sort_keys=False, allow_unicode=True)
     lines = ["---", head.rstrip("\n"), "---", "", f"# {markdown_text(f.path.name)}: a showtell image captioner", "",
              "Writes one English sentence describing a picture. Trained with showtell; this card is made from "
@@ -283,15 +265,7 @@ def _samples(evals: list[dict], history: list[dict], n: int = 5) -> list[dict]:
     return []
 
 
-def write_model_card(run: str | Path) -> Path:
-    path = Path(run) / CARD
-    atomic_write_text(path, build_card(run))
-    return path
-
-
-def read_metadata(card_text: str) -> dict:
-    """The YAML block at the top of a model card."""
-    if not card_text.startswith("---\n"):
-        raise ValueError("a model card starts with a '---' line")
-    block = card_text[4:].split("\n---\n", 1)[0]
-    return yaml.safe_load(block)
+def write_model_card(run: Run | str | Path) -> Path:
+    run = Run.of(run)
+    atomic_write_text(run.card, build_card(run))
+    return run.card
