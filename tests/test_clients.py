@@ -87,3 +87,22 @@ def test_bad_input_is_one_line_with_its_status(served, synth_dir):
         answer = httpx.post(server.url + "/", content=body, headers=headers, timeout=60)
         assert answer.status_code == status, (body, answer.text)
         assert "\n" not in answer.json()["detail"]
+    too_large = httpx.post(server.url + "/", content=b"\x89PNG" + bytes(10 << 20), timeout=60)   # over --max-upload-mb
+    assert too_large.status_code == 413 and "file too large" in too_large.json()["detail"]
+    picture = base64.b64encode(open(sorted((synth_dir / "images").iterdir())[0], "rb").read()).decode()
+    wide = httpx.post(server.url + "/", json={"inputs": picture, "parameters": {"num_beams": 11}}, timeout=60)
+    assert wide.status_code == 422 and wide.json()["detail"].startswith("num_beams: at most 10"), wide.text
+    first = str(sorted((synth_dir / "images").iterdir())[0])
+    with pytest.raises(openai.UnprocessableEntityError, match=" n: at most 10 on this service"):
+        _chat(served, {"type": "image_url", "image_url": {"url": _data_url(first)}}, n=11)
+
+
+def test_null_parameters_mean_the_defaults(served, pictures):
+    server, captioner = served
+    picture = base64.b64encode(open(pictures[0], "rb").read()).decode()
+    for parameters, beam, best in (({"num_return_sequences": None}, None, 1),
+                                   ({"num_beams": None, "num_return_sequences": 2}, 2, 2), (None, None, 1)):
+        answer = httpx.post(server.url + "/", json={"inputs": picture, "parameters": parameters}, timeout=60)
+        expected = captioner.caption(pictures[0], beam_size=beam, n_best=best)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == [{"generated_text": h.caption} for h in expected.hypotheses]

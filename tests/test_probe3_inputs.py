@@ -401,3 +401,15 @@ def test_the_temperature_range_is_the_configs_and_its_ends_sample_finite(caption
         assert all(math.isfinite(h.logprob) for h in result.hypotheses)
     code = main(["caption", str(trained_run), str(picture), "--sample", "--temperature", "1e-300"])
     _cli_one_line(capsys, code, "--temperature")
+
+
+def test_a_deeply_nested_or_endless_vocabulary_is_one_line(tmp_path):
+    from showtell.errors import RunError
+    from showtell.vocab import Vocabulary
+
+    deep = tmp_path / "vocab.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(RunError, match="vocab.json: nested too deeply"):
+        Vocabulary.load(deep)
+    with pytest.raises(RunError, match="larger than the .* limit for a vocabulary"):
+        Vocabulary.load("/dev/zero")

@@ -190,6 +190,25 @@ def test_model_card_escapes_html_and_table_breakers(tmp_path):
     assert score_rows and all(line.replace("\\|", "").count("|") == 8 for line in score_rows), score_rows
 
 
+def test_model_card_shows_markdown_marks_as_text(tmp_path):
+    """A picture named like a Markdown image must not make the hub fetch it, and a backtick in a
+    weights path must not end the code span around it."""
+    from showtell.reporting.modelcard import build_card
+
+    run = tmp_path / "run"
+    (run / "evaluations").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": {"encoder": "small", "encoder_weights": "w`<b>x</b>.st"}}))
+    evaluation = {"split": "test", "beam_size": 1, "models": [str(run)], "date": "2024",
+                  "scores": {"CIDEr": 0.5, "n_images": 1}, "human": {"CIDEr": 1.0},
+                  "predictions": [{"image_id": 1, "file": "![x](http://127.0.0.1:9/a.png)",
+                                   "caption": "[click](http://127.0.0.1:9)", "references": ["`a` *b*"]}]}
+    (run / "evaluations" / "test-greedy.json").write_text(json.dumps(evaluation))
+    body = build_card(run).split("\n---\n", 1)[1]
+    assert "](http" not in body.replace("\\](http", ""), body     # every ] before a link target is escaped
+    assert "\\!\\[x\\](http://127.0.0.1:9/a.png)" in body and "\\`a\\` \\*b\\*" in body
+    assert "w\\`&lt;b&gt;x&lt;/b&gt;.st" in body and "<b>" not in body
+
+
 FORMULA_NAMES = ["=1+2.png", "+3.png", "-4.png", "@SUM(A1).png"]
 
 
@@ -280,3 +299,16 @@ def test_serve_on_ipv6_loopback_answers_standard_clients(trained_run, tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
+
+
+def test_atomic_write_replaces_a_link_to_a_file_never_the_file_it_names(tmp_path):
+    """A run fetched into a hub cache has links into shared blobs: rewriting the card must not
+    change the blob, and must stay atomic (the rename replaces the link)."""
+    blob = tmp_path / "blobs" / "abc"
+    blob.parent.mkdir()
+    blob.write_text("shared")
+    link = tmp_path / "README.md"
+    link.symlink_to(blob)
+    fileio.atomic_write_text(link, "new card")
+    assert blob.read_text() == "shared"
+    assert not link.is_symlink() and link.read_text() == "new card"

@@ -2,8 +2,9 @@
 
 Every file is written to a temporary name in the same folder, flushed, fsync'ed and renamed over
 the target, so a kill at any moment leaves either the old file or the new one, never half of one.
-Only a regular file (or nothing) is renamed over: a device, a FIFO or a symlink's target is written
-into, as the shell's `>` does, so `--results /dev/stdout` works and no device file is replaced.
+Only a regular file, a symlink to one, or nothing is renamed over: a device or a FIFO (also behind a
+symlink) is written into, as the shell's `>` does, so `--results /dev/stdout` works and no device
+file is replaced.
 The file gets the mode an ordinary write would give it: an existing file's mode, or 0666 less
 the umask (the temporary file itself is private until then).
 Model weights are safetensors; training state is loaded with `torch.load(weights_only=True)`,
@@ -63,27 +64,27 @@ def _ordinary_mode(path: Path) -> int:
 
 def written_in_place(path: str | Path) -> bool:
     """Whether `path` is written into, as `open(path, 'w')` would, rather than renamed over: a
-    character device (a terminal, /dev/null, /dev/full), a FIFO, or whatever a symlink names (as
-    /dev/stdout names the terminal or pipe; the link is kept). The atomic rename is for a regular
-    file or nothing: renamed over, a device file would be replaced (as root) and a pipe's reader
-    would wait forever. A socket or block device is refused in one line; a folder, as the system
-    refuses it."""
+    character device (a terminal, /dev/null, /dev/full) or a FIFO, also through a symlink (as
+    /dev/stdout names the terminal or pipe; the link is kept). Renamed over, a device file would be
+    replaced (as root) and a pipe's reader would wait forever. A regular file, a symlink to one
+    (the link is replaced, never the file it names, which may be shared: a hub cache's blob), or
+    nothing gets the atomic rename. A socket or block device is refused in one line; a folder, as
+    the system refuses it."""
     try:
         mode = os.stat(path).st_mode
-        link = os.path.islink(path)
     except OSError:   # nothing there, or a link to nothing: the atomic write makes the file
         return False
     if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
         return True
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return link and stat.S_ISREG(mode)
+        return False
     kind = "socket" if stat.S_ISSOCK(mode) else "block device" if stat.S_ISBLK(mode) else "special file"
     raise ShowtellError(f"{path}: is a {kind}, not a file; give the name of a file to write")
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` through `write(file)` so that it appears whole or not at all (a device, a
-    pipe or a symlink's target is written into instead: see `written_in_place`)."""
+    """Write `path` through `write(file)` so that it appears whole or not at all (a device or a
+    FIFO, also behind a symlink, is written into instead: see `written_in_place`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if written_in_place(path):
@@ -204,6 +205,7 @@ FILE_LIMITS = {
     "config": 1 << 20,          # a YAML config, a run's config.json: a few kB in practice
     "annotations": 1 << 30,     # COCO/Karpathy JSON, CSV, JSON Lines, a feature cache's manifest (dataset_coco.json
                                 # is 0.13 GB); give a larger dataset as several --data files
+    "vocabulary": 64 << 20,     # a run's vocab.json (COCO's is about 0.1 MB)
     "image": 512 << 20,         # one picture file (an RGB TIFF of the default data.max_image_pixels is 0.27 GB)
 }
 

@@ -25,7 +25,7 @@ from itertools import chain
 from pathlib import Path
 
 from .errors import ConfigError, RunError
-from .fileio import atomic_write_text
+from .fileio import FILE_LIMITS, atomic_write_text, read_bounded
 
 PAD, START, END, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
@@ -106,10 +106,12 @@ class Vocabulary:
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = json.loads(read_bounded(path, FILE_LIMITS["vocabulary"], "a vocabulary").decode("utf-8"))
             return cls(data["words"], int(data.get("min_word_count", 1)))
         except FileNotFoundError:
             raise RunError(f"{path}: vocabulary file not found") from None
+        except RecursionError:
+            raise RunError(f"{path}: nested too deeply to be a showtell vocabulary") from None
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise RunError(f"{path}: not a showtell vocabulary ({error.__class__.__name__})") from None
 

@@ -82,9 +82,10 @@ def _read_source(source, label: str) -> bytes:
         return bytes(source)
     if hasattr(source, "read"):
         try:
-            data = source.read(limit + 1)
-        except TypeError:   # a file-like object whose read() takes no size
-            data = source.read()
+            try:
+                data = source.read(limit + 1)
+            except TypeError:   # a file-like object whose read() takes no size
+                data = source.read()
         except (OSError, ValueError) as error:
             raise ImageError(label, f"cannot read file object ({error})", "missing") from None
         if isinstance(data, str):

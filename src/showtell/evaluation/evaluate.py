@@ -22,7 +22,7 @@ from ..data.features import FeatureCache
 from ..data.formats import ImageRecord, load_dataset, parse_data_spec
 from ..decoding.captions import CaptionResult, result_from
 from ..decoding.options import DecodeOptions, whole_number
-from ..device import check_threads
+from ..device import check_threads, ensure_threads
 from ..errors import DataError, RunError, ShowtellError
 from ..fileio import shown_in, write_json
 from ..inference.captioner import Captioner
@@ -80,6 +80,7 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
     if results_file is not None:
         check_output_file(results_file, "--results", runs=[run, *others])
     whole_number(max_images, "max_images", allow_none=True)
+    ensure_threads()   # as Captioner.load does, for a caller from Python (the CLI has configured it)
     captioner = Captioner(TorchRuntime.load([run, *others], device, setting))
     beam = whole_number(beam_size, "beam_size", allow_none=True) or captioner.config.decode.beam_size
     options = captioner.options(beam_size=beam, n_best=beam, return_attention=captioner.has_attention)

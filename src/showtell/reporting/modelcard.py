@@ -34,9 +34,22 @@ HF_METRIC = {"Bleu_1": "bleu", "Bleu_4": "bleu", "METEOR": "meteor", "ROUGE_L": 
 def markdown_text(value) -> str:
     """Anything from the run's files (file names, captions, references, paths, split names) as
     Markdown that shows it as it is: hubs render a card's HTML, so &, < and > become entities; a |
-    would end a table cell and a line break a table row, so | is escaped and line breaks are spaces."""
-    escaped = html.escape(str(value), quote=False).replace("|", "\\|")
+    would end a table cell and a line break a table row, so | is escaped and line breaks are spaces;
+    Markdown's own marks (` * _ [ ] ! and \\) are escaped too, so no name opens a code span or
+    becomes a link or an image that the hub would fetch."""
+    escaped = html.escape(str(value), quote=False)
+    escaped = "".join("\\" + c if c in MARKDOWN_MARKS else c for c in escaped)
     return " ".join(escaped.splitlines())
+
+
+MARKDOWN_MARKS = set("\\`*_[]!|")
+
+
+def _code(value) -> str:
+    """A setting as a code span (which shows HTML and Markdown as text), or as escaped text when a
+    backtick or a line break in it would end the span."""
+    text = str(value)
+    return markdown_text(text) if any(c in text for c in "`\r\n") else f"`{text}`"
 
 
 def _history(run: Run) -> list[dict]:
@@ -163,7 +176,7 @@ def _model_section(f: RunFiles) -> list[str]:
     params = parameter_count(f.model_file)
     vocab_size = len(f.vocab.get("words", [])) or f.training.get("vocab_size")
     return ["## Model", "",
-            f"- Encoder: `{model.get('encoder')}`, weights `{model.get('encoder_weights')}`"
+            f"- Encoder: {_code(model.get('encoder'))}, weights {_code(model.get('encoder_weights'))}"
             f"{', frozen' if model.get('freeze_encoder') else ', trained'}; pictures resized to "
             f"{data.get('image_size') or 'the encoder default'} px",
             f"- Decoder: {card_decoder(model).describe(model)}",

@@ -80,15 +80,15 @@ def _refused(name: str, error: ImageError) -> ImageCaption:
 
 
 # --- the stages of POST /v1/captions ---------------------------------------------------------------
-def decoding_options(captioner, limits: Limits, **asked):
+def decoding_options(captioner, limits: Limits, spelling=HTTP, **asked):
     """The request's decoding options by the library's rule within the service's beam limit, or
-    422 naming the parameter."""
+    422 naming the parameter as the route's clients spell it."""
     for name in ("beam_size", "n_best"):
         value = asked.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > limits.max_beam:
-            raise HTTPException(422, f"{name}: at most {limits.max_beam} on this service, got {value}")
+            raise HTTPException(422, f"{spelling.name(name)}: at most {limits.max_beam} on this service, got {value}")
     try:
-        return captioner.options(HTTP, **asked)
+        return captioner.options(spelling, **asked)
     except ArgumentError as error:
         raise HTTPException(422, str(error)) from None
 
@@ -271,7 +271,7 @@ def create_app(captioner, limits: Limits | None = None, max_batch: int = 32, max
     async def image_to_text(request: Request) -> list[dict]:
         blobs, asked = compat.image_to_text_request(request.headers.get("content-type", ""),
                                                     await read_body(request, limits), limits)
-        options = decoding_options(captioner, limits, **asked)
+        options = decoding_options(captioner, limits, compat.HF_SPELLING, **asked)
         return compat.image_to_text_response(await caption_all(blobs, options))
 
     @app.post("/v1/chat/completions", openapi_extra=compat.chat_schema(limits, MAX_LENGTH),
@@ -281,10 +281,13 @@ def create_app(captioner, limits: Limits | None = None, max_batch: int = 32, max
     async def chat_completions(request: Request):
         try:
             blobs, asked, stream = compat.chat_request(await read_body(request, limits), limits)
-            options = decoding_options(captioner, limits, **asked)
+            options = decoding_options(captioner, limits, compat.CHAT_SPELLING, **asked)
             hyps = await caption_all(blobs, options)
         except HTTPException as error:
             return JSONResponse(compat.openai_error(error.status_code, error.detail), status_code=error.status_code)
+        except BodyTooLarge:
+            return JSONResponse(compat.openai_error(413, f"request body too large (over {limits.max_request_bytes:,} "
+                                                         "bytes)"), status_code=413)
         if stream:
             return StreamingResponse(compat.chat_stream(model_name, hyps, options.n_best), media_type="text/event-stream")
         return compat.chat_response(model_name, hyps, options.n_best)

@@ -23,12 +23,15 @@ import time
 
 from fastapi import HTTPException
 
-from ..decoding.options import MAX_LENGTH, whole_number
+from ..decoding.options import MAX_LENGTH, Spelling, whole_number
 from ..errors import ArgumentError
 from .limits import Limits
 
 # Hugging Face's generation names -> showtell's decoding options
 HF_PARAMETERS = {"num_beams": "beam_size", "num_return_sequences": "n_best", "max_new_tokens": "max_length"}
+# how each route's clients spell the options, so a refusal names what they sent (decoding/options.Spelling)
+HF_SPELLING = Spelling(tuple((ours, theirs) for theirs, ours in HF_PARAMETERS.items()))
+CHAT_SPELLING = Spelling((("beam_size", "n"), ("n_best", "n"), ("max_length", "max_tokens")))
 RAW_TYPES = ("image/", "application/octet-stream")
 FINGERPRINT = "showtell: pictures only; text parts of the messages are read and ignored"
 
@@ -65,7 +68,8 @@ def _decoding_names(parameters, where: str) -> dict:
     for key, value in parameters.items():
         if key not in HF_PARAMETERS:
             raise HTTPException(422, f"{where}: unknown parameter {key!r} (expected {', '.join(sorted(HF_PARAMETERS))})")
-        asked[HF_PARAMETERS[key]] = _number(value)
+        if value is not None:   # null: the default, as the schema says
+            asked[HF_PARAMETERS[key]] = _number(value)
     return asked
 
 
@@ -75,6 +79,8 @@ def image_to_text_request(content_type: str, body: bytes, limits: Limits) -> tup
     if not content_type or content_type.startswith(RAW_TYPES):   # InferenceClient sends raw bytes with no type
         if not body:
             raise HTTPException(422, "empty body: send the picture's bytes")
+        if len(body) > limits.max_file_bytes:
+            raise HTTPException(413, f"image: file too large (over {limits.max_file_bytes:,} bytes)")
         return [("image", body, None)], {}
     if content_type != "application/json":
         raise HTTPException(415, "send the picture as the body (image/* or application/octet-stream) or as JSON "
