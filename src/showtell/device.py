@@ -192,10 +192,6 @@ def configure_threads(setting="auto", announce: bool = True) -> int:
     return _policy.start(announce)
 
 
-def threads_configured() -> bool:
-    return _policy is not None
-
-
 def ensure_threads(setting="auto") -> None:
     """The library's entry points (the first `train`/`resume` or `Captioner.load` of a process used
     from Python) configure the policy unless the process already has one: the CLI's `main`
