@@ -4,7 +4,7 @@ Each mutation is a text substitution inside one function of a temporary copy of 
 named for it run against that copy (PYTHONPATH) and must fail. The unmutated copy runs first and
 must pass, so a "caught" mutation is one the tests tell apart from the real code.
 
-    python scripts/mutation_check.py            # about 20 minutes on 2 cores (85 mutations)
+    python scripts/mutation_check.py            # about 20 minutes on 2 cores (86 mutations)
     python scripts/mutation_check.py -k sign    # only mutations whose name contains "sign"
     python scripts/mutation_check.py --ci       # the CI_SUBSET below (about two minutes): make test runs it
 """
@@ -301,6 +301,10 @@ MUTATIONS = [
     Mutation("a data spec is split at its last '=' (val=a=b.json reads b.json)", SRC + "data/formats.py",
              "parse_data_spec", 'split, sep, path = str(spec).partition("=")', 'split, sep, path = str(spec).rpartition("=")',
              ["tests/test_data_spec.py"]),
+    # exact resume (tests/test_reliability.py): a resumed run is an uninterrupted one, bit for bit
+    Mutation("a resume forgets where torch's random generator was", SRC + "training/state.py", "set_rng_state",
+             '    torch.set_rng_state(saved["torch"])\n', "\n",
+             ["tests/test_reliability.py::test_stopped_killed_and_resumed_runs_end_bitwise_identical"]),
     # threads: --threads 1 is what runs (tests/test_threads_cli.py, with OMP_NUM_THREADS unset)
     Mutation("the training loop never looks at the thread policy", SRC + "training/loop.py", "train_step",
              "    check_threads()\n", "\n", [TH + "test_train"]),

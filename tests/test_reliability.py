@@ -50,6 +50,23 @@ def same(a, b) -> bool:
     return a == b
 
 
+def assert_uninterrupted(run: Path, whole: Path, data: list[str], why: str, names=None) -> None:
+    """`run` holds what an uninterrupted training writes, bit for bit. One CI machine once trained
+    an uninterrupted run whose first epoch's loss differed from every other run's in the 7th digit
+    (a kernel that is not bitwise repeatable there). So a mismatch trains a second uninterrupted
+    run, and `run` must equal that one exactly: a resume bug differs from both."""
+    a, b = files(whole), files(run)
+    names = names or list(a)
+    if all(same(a[name], b[name]) for name in names):
+        return
+    again = whole.with_name(whole.name + "-again")
+    done = run_cli("train", *data, "--out", str(again), *ARGS)
+    assert done.returncode == 0, done.stderr[-2000:]
+    c = files(again)
+    for name in names:
+        assert same(c[name], b[name]), f"{name} differs from two uninterrupted runs {why}"
+
+
 @pytest.mark.slow
 def test_stopped_killed_and_resumed_runs_end_bitwise_identical(tmp_path, synth_dir):
     """A time-budget stop, a SIGTERM (a clean stop: checkpoint, exit 143), then SIGKILLs at random
@@ -82,9 +99,7 @@ def test_stopped_killed_and_resumed_runs_end_bitwise_identical(tmp_path, synth_d
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err.decode()[-2000:]
     assert kills >= 2
-    a, b = files(tmp_path / "whole"), files(run)
-    for name in a:
-        assert same(a[name], b[name]), f"{name} differs after {kills} kills"
+    assert_uninterrupted(run, tmp_path / "whole", data, f"after {kills} kills")
 
 
 @pytest.mark.slow
@@ -102,7 +117,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, sy
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "is damaged" in resumed.stderr and "trying the previous one" in resumed.stderr
     # resuming from an earlier checkpoint replays the same steps: still the uninterrupted result
-    assert same(files(tmp_path / "whole")["last"], files(run)["last"])
+    assert_uninterrupted(run, tmp_path / "whole", data, "after the fallback", names=["last"])
 
 
 def test_resume_refuses_changed_data_and_unchangeable_settings(tmp_path, trained_run, synth_dir):
