@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import ShowtellError
+from ..errors import ArgumentError, ShowtellError
 from ..progress import progress_bar
 
 
@@ -156,6 +156,10 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.onnxruntime_web is not None and not args.web:
+        raise ArgumentError("--onnxruntime-web: only with --web (it names the files the web page runs on)")
+    if args.web:
+        return _export_web(args)
     if args.onnx:
         try:
             from ..inference.export import export_onnx
@@ -171,6 +175,19 @@ def cmd_export(args) -> int:
     out = export_package(args.run, args.out)
     card = f" and the model card {CARD}" if Run(out).card.is_file() else ""
     print(f"exported {', '.join(PACKAGE_FILES)}{card} to {out}")
+    return 0
+
+
+def _export_web(args) -> int:
+    try:
+        from ..inference.web_export import export_web, folder_size
+    except ImportError as error:
+        raise ShowtellError(f"export --web needs PyTorch ({error.name} is not installed)") from None
+    out = export_web(args.run, args.out, args.onnxruntime_web)
+    where = "onnxruntime-web copied in: works offline" if (out / "onnxruntime-web").is_dir() else \
+        "onnxruntime-web from the pinned CDN copy (give --onnxruntime-web DIR to work offline)"
+    print(f"exported the web page to {out} ({folder_size(out) / 1e6:.1f} MB; {where}); "
+          f"serve it with: python -m http.server -d {out}")
     return 0
 
 

@@ -168,6 +168,11 @@ def _export(sub) -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--onnx", action="store_true", help="also write the encoder and one decoder step as ONNX "
                                                        "graphs, to caption and serve with onnxruntime and no PyTorch")
+    p.add_argument("--web", action="store_true", help="write a static web page that captions in the browser "
+                                                      "(the ONNX graphs run by onnxruntime-web; no server needed)")
+    p.add_argument("--onnxruntime-web", metavar="DIR", dest="onnxruntime_web",
+                   help="with --web: copy onnxruntime-web's files from DIR (its dist folder) so the page works "
+                        "offline (default: node_modules/onnxruntime-web when present, else the pinned CDN copy)")
 
 
 def _serve(sub) -> None:
