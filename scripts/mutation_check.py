@@ -29,6 +29,7 @@ HUB = SRC + "models/hub_encoders.py"
 D, T, H = "tests/test_decode.py::", "tests/test_training_core.py::", "tests/test_hub_encoders.py::"
 TH, R, C = "tests/test_threads_cli.py::", "tests/test_reference_runs.py::", "tests/test_clients.py::"
 P, PI = "tests/test_probe3_outputs.py::", "tests/test_probe3_inputs.py::"
+WEBJS, W = SRC + "inference/web/showtell.js", "tests/test_web_export.py::"
 G = "tests/test_gpu_check.py::test_the_gpu_check_runs_every_stage_on_the_cpu"
 
 
@@ -322,6 +323,31 @@ MUTATIONS = [
     Mutation("caption, evaluate and score ignore --threads", SRC + "cli/main.py", "main",
              "configure_threads(thread_setting(args),", "configure_threads('auto',",
              [TH + "test_captioning_commands"]),
+    # the browser's port of search.py and of the picture geometry (tests/test_web_export.py, Chromium)
+    Mutation("web: beam search forgets the length penalty", WEBJS, "normalise",
+             "alpha === 0 ? logprob :", "true ? logprob :", [W + "test_decoding_equals_search_py_on_a_table_model"]),
+    Mutation("web: beam search ends every live hypothesis at max_length (forced <end>)", WEBJS, "beamSearch",
+             "isEnd = topWord.map((x, i) => x === END && valid[i])",
+             "isEnd = topWord.map((x, i) => (x === END || t === opts.maxLength) && valid[i])",
+             [W + "test_decoding_equals_search_py_on_a_table_model"]),
+    Mutation("web: greedy ignores the special-token mask", WEBJS, "greedy",
+             "const lp = logprobs[v] + mask[v];", "const lp = logprobs[v];",
+             [W + "test_decoding_equals_search_py_on_a_table_model"]),
+    Mutation("web: beam search drops the hypotheses cut at max_length", WEBJS, "withUnfinished",
+             "if (Number.isFinite(h.score)) out.push(h);", "if (h.finished) out.push(h);",
+             [W + "test_decoding_equals_search_py_on_a_table_model"]),
+    Mutation("web: beam search forgets to reorder the decoder state", WEBJS, "beamSearch",
+             "state = model.selectRows(next, beams);", "state = next;",
+             [W + "test_browser_captions_equal_pytorch"]),
+    Mutation("web: preprocessing resizes without antialiasing", WEBJS, "precomputeCoeffs",
+             "const filterscale = Math.max(scale, 1);", "const filterscale = 1;",
+             [W + "test_preprocessing_equals_pillow"]),
+    Mutation("web: the centre crop rounds half up (JavaScript's Math.round, not Python's round)", WEBJS, "centerCrop",
+             "roundHalfEven((img.width - side) / 2)", "Math.round((img.width - side) / 2)",
+             [W + "test_preprocessing_equals_pillow"]),
+    Mutation("web: pixels fed channels-last to the encoder", WEBJS, "prepare",
+             "chw[c * s + i] = out.data[i * 3 + c]", "chw[i * 3 + c] = out.data[i * 3 + c]",
+             [W + "test_preprocessing_equals_pillow", W + "test_browser_captions_equal_pytorch"]),
     # encoders
     Mutation("a ViT's grid keeps its class token", HUB, "TimmTrunk",
              "features[:, self.prefix:]", "features[:, :-self.prefix or None]",
@@ -361,18 +387,23 @@ CI_SUBSET = [
 ]
 
 
-def _function_span(text: str, name: str) -> tuple[int, int]:
-    """Start and end of the top-level def/class `name` (up to the next top-level statement)."""
-    start = re.search(rf"^(?:def|class) {re.escape(name)}\b", text, re.M)
+def _function_span(text: str, name: str, javascript: bool = False) -> tuple[int, int]:
+    """Start and end of the top-level def/class `name` (up to the next top-level statement); in
+    JavaScript, of the top-level function/class `name` (up to its closing brace in column 0)."""
+    keyword = r"(?:export\s+)?(?:async\s+)?(?:function|class)" if javascript else "(?:def|class)"
+    start = re.search(rf"^{keyword} {re.escape(name)}\b", text, re.M)
     if start is None:
         raise SystemExit(f"mutation_check: no function {name} (the source changed: update the mutation)")
+    if javascript:
+        end = re.search(r"^}", text[start.end():], re.M)
+        return start.start(), start.end() + end.end() if end else len(text)
     body_start = text.index("\n", start.end()) + 1
     following = re.search(r"^(?:def|class|@)", text[body_start:], re.M)
     return start.start(), body_start + following.start() if following else len(text)
 
 
 def apply(mutation: Mutation, pristine: str) -> str:
-    a, b = _function_span(pristine, mutation.function)
+    a, b = _function_span(pristine, mutation.function, javascript=mutation.file.endswith(".js"))
     body = pristine[a:b]
     if body.count(mutation.old) != 1:
         raise SystemExit(f"mutation_check: {mutation.name!r}: expected the text once in {mutation.function}, "

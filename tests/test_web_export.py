@@ -211,3 +211,71 @@ def test_bad_onnxruntime_web_folders_are_one_line_errors(trained_run, tmp_path, 
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     _one_line([run, str(tmp_path / "busy"), "--web"], capsys, "holds other files")
     assert not any((tmp_path / x).exists() for x in "abcd")
+
+
+class _Table:
+    """A decoder whose log-probabilities are a table (previous word, time step) -> next word: the
+    same model for search.py (NumPy) and for showtell.js, so the two searches can be compared."""
+
+    def __init__(self, table: np.ndarray):
+        self.table = table   # (V, T, V) float32 log-probabilities
+
+    def init_state(self, features):
+        return {"t": np.zeros(1, dtype=np.int64)}
+
+    def step(self, words, state):
+        return self.table[words, state["t"]], {"t": state["t"] + 1}, None
+
+
+def _table(seed: int, words: int = 7, steps: int = 7) -> np.ndarray:
+    """Random log-probabilities, <end> likelier as the caption grows (some end early, some never)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, (words, steps, words))
+    logits[:, :, 2] += np.linspace(-3, 1.5, steps)[None, :] + rng.normal(0, 1, (words, 1))
+    logits[:, :, 3] += seed % 3          # <unk> is sometimes the likeliest word
+    top = logits.max(-1, keepdims=True)
+    return (logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))).astype(np.float32)
+
+
+def test_decoding_equals_search_py_on_a_table_model(browser):
+    """showtell.js's greedy and beam search choose, score and rank as decoding/search.py does:
+    finished and cut hypotheses, the length penalty, the max-length rule, the word mask."""
+    from showtell.decoding.search import decode
+
+    folder = Folder(Path(web_export.__file__).parent / "web")
+    page = browser.new_page()
+    page.goto(folder.url + "/onnxruntime-web.json")
+    cases, expected = [], []
+    for seed in range(24):
+        table = _table(seed)
+        beam, alpha, block = 1 + seed % 4, (0.0, 0.7, 2.0)[seed % 3], seed % 5 != 0
+        out = decode(_Table(table), None, beam, 5, alpha, block, n_best=beam)
+        expected.append([{"words": out.sequences[0, k, :out.lengths[0, k]].tolist(), "logprob": float(out.logprobs[0, k]),
+                          "score": float(out.scores[0, k]), "finished": bool(out.finished[0, k])}
+                         for k in range(out.scores.shape[1]) if np.isfinite(out.scores[0, k])])
+        cases.append([table.ravel().tolist(), list(table.shape), {"beamSize": beam, "nBest": beam, "maxLength": 5,
+                                                                  "lengthPenalty": alpha, "blockUnk": block}])
+    got = page.evaluate("""async (cases) => {
+        const m = await import('./showtell.js');
+        const out = [];
+        for (const [flat, [V, T], opts] of cases) {
+            const table = Float32Array.from(flat);
+            const fake = {
+                async initState() { return { t: [0] }; },
+                selectRows(state, rows) { return { t: rows.map((r) => state.t[r]) }; },
+                async step(words, state) {
+                    const lp = new Float32Array(words.length * V);
+                    words.forEach((w, i) => lp.set(table.subarray((w * T + state.t[i]) * V, (w * T + state.t[i] + 1) * V), i * V));
+                    return [lp, { t: state.t.map((x) => x + 1) }];
+                },
+            };
+            out.push(opts.beamSize === 1 ? await m.greedy(fake, null, opts) : await m.beamSearch(fake, null, opts));
+        }
+        return out; }""", cases)
+    folder.stop()
+    assert any(h["finished"] for e in expected for h in e) and any(not h["finished"] for e in expected for h in e)
+    for seed, (g, e) in enumerate(zip(got, expected, strict=True)):
+        assert [h["words"] for h in g] == [h["words"] for h in e], seed
+        assert [h["finished"] for h in g] == [h["finished"] for h in e], seed
+        assert np.allclose([h["logprob"] for h in g], [h["logprob"] for h in e], rtol=0, atol=1e-6), seed
+        assert np.allclose([h["score"] for h in g], [h["score"] for h in e], rtol=0, atol=1e-6), seed
