@@ -109,6 +109,8 @@ def exported(request, ort_dist, tmp_path_factory):
     folder.stop()
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_browser_captions_equal_pytorch(browser, exported, synth_dir, tmp_path):
     run, out, folder = exported
     pictures = sorted((synth_dir / "images").glob("*.png"))[:N_PICTURES]
@@ -147,6 +149,7 @@ CASES = [  # (width, height), transform: every branch of ImageTransform.to_array
 # Pillow 13.0 build takes the two passes in an order showtell.js does not know; a few bytes differ by 1.
 
 
+@pytest.mark.browser
 def test_preprocessing_equals_pillow(browser):
     """showtell.js's port of the picture geometry gives ImageTransform.to_array's bytes exactly."""
     folder = Folder(Path(web_export.__file__).parent / "web")   # the module as shipped; no model needed
@@ -237,6 +240,7 @@ def _table(seed: int, words: int = 7, steps: int = 7) -> np.ndarray:
     return (logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))).astype(np.float32)
 
 
+@pytest.mark.browser
 def test_decoding_equals_search_py_on_a_table_model(browser):
     """showtell.js's greedy and beam search choose, score and rank as decoding/search.py does:
     finished and cut hypotheses, the length penalty, the max-length rule, the word mask."""
@@ -279,3 +283,28 @@ def test_decoding_equals_search_py_on_a_table_model(browser):
         assert [h["finished"] for h in g] == [h["finished"] for h in e], seed
         assert np.allclose([h["logprob"] for h in g], [h["logprob"] for h in e], rtol=0, atol=1e-6), seed
         assert np.allclose([h["score"] for h in g], [h["score"] for h in e], rtol=0, atol=1e-6), seed
+
+
+def test_a_transformer_run_is_refused_as_its_onnx_export_is(tmp_path, capsys):
+    """An untrained Transformer run (its key/value cache grows each word): the same line as --onnx."""
+    import torch
+
+    from showtell.cli import main
+    from showtell.config import load_config
+    from showtell.models.caption_model import build_model
+    from showtell.run import Run
+    from showtell.vocab import Vocabulary
+
+    torch.manual_seed(0)
+    config = load_config("synth", ["model.decoder=transformer", "model.hidden_dim=32", "model.embed_dim=32",
+                                   "model.transformer_heads=2", "data.image_size=32"])
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle"])
+    run = Run.create(tmp_path / "run", config, vocab, {})
+    run.save_model(build_model(config, vocab, pretrained=False), {"step": 0})
+    lines = []
+    for flag in ("--onnx", "--web"):
+        assert main(["export", str(run.path), str(tmp_path / flag.strip("-")), flag]) == 2
+        lines.append(capsys.readouterr().err.strip())
+    assert lines[0] == lines[1] and len(lines[1].splitlines()) == 1, lines
+    assert "cannot be exported to ONNX" in lines[1]
+    assert not (tmp_path / "web").exists()
