@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -31,6 +33,7 @@ from showtell.data.synthetic import write_dataset
 from showtell.inference.web_export import ORT_FOLDER, export_web, find_onnxruntime_web, folder_size
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("SHOWTELL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 
 
@@ -70,7 +73,7 @@ def main(images: int = 32) -> str:
         raise SystemExit("bench_web: onnxruntime-web is not installed (run `npm ci` in web/)")
     rows, sizes = [], []
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         folder = Path(tmp)
         write_dataset(folder / "data", n_images=images, seed=0, side=128)
         files = sorted(str(x) for x in (folder / "data" / "images").glob("*.png"))
@@ -107,7 +110,7 @@ def main(images: int = 32) -> str:
 def chromium_version() -> str:
     import subprocess
 
-    done = subprocess.run(["/usr/bin/chromium", "--version"], capture_output=True, text=True)
+    done = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True)
     return done.stdout.split()[1] if done.stdout.split()[1:] else "?"
 
 

@@ -308,3 +308,20 @@ def test_a_transformer_run_is_refused_as_its_onnx_export_is(tmp_path, capsys):
     assert lines[0] == lines[1] and len(lines[1].splitlines()) == 1, lines
     assert "cannot be exported to ONNX" in lines[1]
     assert not (tmp_path / "web").exists()
+
+
+@pytest.mark.browser
+def test_a_tampered_onnxruntime_web_is_refused_with_a_message(browser, exported, tmp_path):
+    """The integrity hashes are checked: a changed byte in onnxruntime-web stops the page, which says so."""
+    import shutil
+
+    _, out, _ = exported
+    copy = Path(shutil.copytree(out, tmp_path / "site"))
+    with open(copy / web_export.ORT_FOLDER / web_export.pinned()["module"], "a") as module:
+        module.write("\n// changed\n")
+    folder = Folder(copy)
+    page = browser.new_page()
+    page.goto(folder.url + "/")
+    page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30000)
+    assert "could not be loaded" in page.inner_text("#error") and page.evaluate("document.body.dataset.ready") is None
+    folder.stop()

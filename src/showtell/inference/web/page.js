@@ -1,5 +1,4 @@
 // The page: load the model, read the pictures the user gives, show their captions.
-import * as ort from "onnxruntime-web";
 import { Model, caption, prepare, toRGB } from "./showtell.js";
 
 const $ = (id) => document.getElementById(id);
@@ -9,6 +8,8 @@ let queue = Promise.resolve();   // pictures are captioned one after another, in
 async function load() {
   const info = await (await fetch("model.json")).json();
   const rt = info.runtime;
+  // imported here, not at the top, so that a copy refused by its integrity hash is a message on the page
+  const ort = await import("onnxruntime-web");
   // a plain static server is not cross-origin isolated, so wasm threads are off; the .wasm file is
   // fetched here, with its integrity hash, rather than by onnxruntime-web
   ort.env.wasm.numThreads = 1;
