@@ -19,7 +19,7 @@ def test_ci_installs_java_and_chromium_when_absent_and_runs_make_test_under_ci(t
     log = tmp_path / "calls.log"
     for tool in ("id", "dirname"):  # the only real tools the script needs; no java, no chromium
         os.symlink(shutil.which(tool), bin_dir / tool)
-    for fake in ("apt-get", "make"):
+    for fake in ("apt-get", "make", "npm"):
         (bin_dir / fake).write_text(f'#!/bin/sh\necho "{fake} $* CI=$CI" >> {log}\n')
         (bin_dir / fake).chmod(0o755)
     (bin_dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
@@ -30,4 +30,6 @@ def test_ci_installs_java_and_chromium_when_absent_and_runs_make_test_under_ci(t
     calls = log.read_text().splitlines()
     assert any(c.startswith("apt-get install") and "default-jre-headless" in c for c in calls), calls
     assert any(c.startswith("apt-get install") and "chromium" in c for c in calls), calls
+    npm = [i for i, c in enumerate(calls) if c.startswith("npm ci")]   # onnxruntime-web from web/'s lock file
+    assert npm and npm[0] < len(calls) - 1, calls
     assert calls[-1] == "make test CI=true"
