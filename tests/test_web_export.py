@@ -20,7 +20,7 @@ from PIL import Image
 from test_browser import ARGS, chromium
 
 from showtell import Captioner
-from showtell.data.images import ImageTransform
+from showtell.data.images import LONG_SIDE_LIMIT, ImageTransform
 from showtell.inference import web_export
 
 DIST = ROOT / "web" / "node_modules" / "onnxruntime-web" / "dist"
@@ -164,7 +164,8 @@ def test_preprocessing_equals_pillow(browser):
             const m = await import('./showtell.js');
             return Array.from(m.prepare({width: w, height: h, data: Uint8Array.from(data)}, t)); }""",
                             [w, h, pixels.ravel().tolist(), {"crop": t.crop, "resize": t.resize, "mode": t.mode,
-                                                             "interpolation": t.interpolation}])
+                                                             "interpolation": t.interpolation,
+                                                             "long_side_limit": LONG_SIDE_LIMIT}])
         assert np.array_equal(np.asarray(got, dtype=np.uint8).reshape(expected.shape), expected), ((w, h), t)
     folder.stop()
 

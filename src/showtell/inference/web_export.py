@@ -25,9 +25,11 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from ..data.images import LONG_SIDE_LIMIT
 from ..errors import ArgumentError, RunError
 from ..fileio import atomic_write_text
 from ..run import Run
+from ..vocab import END, PAD, START, UNK
 from .export import GRAPHS, export_onnx
 from .onnx_runtime import MANIFEST
 
@@ -132,7 +134,8 @@ def export_web(run: str | Path, out: str | Path, ort_dir: str | Path | None = No
     runtime = _runtime(pinned(), local)
     d = config.decode
     info = {"format": "showtell-web-1", "decoder": manifest["decoder"], "state": manifest["state"],
-            "transform": transform, "vocabulary": list(vocab.words), "runtime": runtime,
+            "transform": {**transform, "long_side_limit": LONG_SIDE_LIMIT}, "vocabulary": list(vocab.words),
+            "special": {"pad": PAD, "start": START, "end": END, "unk": UNK}, "runtime": runtime,
             "decode": {"beam_size": d.beam_size, "max_length": d.max_length, "length_penalty": d.length_penalty,
                        "block_unk": d.block_unk}}
     atomic_write_text(out / "model.json", json.dumps(info) + "\n")

@@ -1,5 +1,5 @@
 // The page: load the model, read the pictures the user gives, show their captions.
-import { Model, caption, prepare, toRGB } from "./showtell.js";
+import { END, Model, PAD, START, UNK, caption, prepare, toRGB } from "./showtell.js";
 
 const $ = (id) => document.getElementById(id);
 let model = null;
@@ -7,6 +7,8 @@ let queue = Promise.resolve();   // pictures are captioned one after another, in
 
 async function load() {
   const info = await (await fetch("model.json")).json();
+  const s = info.special;   // vocab.py's ids, which showtell.js's search masks and stops on
+  if (s.pad !== PAD || s.start !== START || s.end !== END || s.unk !== UNK) throw new Error("model.json's special word ids differ from showtell.js's");
   const rt = info.runtime;
   // imported here, not at the top, so that a copy refused by its integrity hash is a message on the page
   const ort = await import("onnxruntime-web");

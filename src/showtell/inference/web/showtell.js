@@ -146,8 +146,6 @@ function centerCrop(img, side) {
   return crop(img, roundHalfEven((img.width - side) / 2), roundHalfEven((img.height - side) / 2), side);
 }
 
-const LONG_SIDE_LIMIT = 8;   // data/images.py: past this aspect ratio the crop is resized from its source box
-
 export function prepare(img, t) {
   // ImageTransform.to_array: an RGB picture -> uint8 (3, crop, crop), channels first
   const { width, height } = img;
@@ -158,7 +156,7 @@ export function prepare(img, t) {
     const short = Math.min(width, height), long = Math.max(width, height);
     const newLong = Math.floor((t.resize * long) / short);
     const [w, h] = width <= height ? [t.resize, newLong] : [newLong, t.resize];
-    if (newLong > LONG_SIDE_LIMIT * t.resize && t.resize >= t.crop) {
+    if (newLong > t.long_side_limit * t.resize && t.resize >= t.crop) {   // data/images.py's _long_shortcut
       const top = roundHalfEven((h - t.crop) / 2), left = roundHalfEven((w - t.crop) / 2);
       const sx = width / w, sy = height / h;
       out = resize(img, t.crop, t.crop, t.interpolation,
