@@ -4,7 +4,7 @@ Each mutation is a text substitution inside one function of a temporary copy of 
 named for it run against that copy (PYTHONPATH) and must fail. The unmutated copy runs first and
 must pass, so a "caught" mutation is one the tests tell apart from the real code.
 
-    python scripts/mutation_check.py            # about 25 minutes on 2 cores (95 mutations)
+    python scripts/mutation_check.py            # about 25 minutes on 2 cores (96 mutations)
     python scripts/mutation_check.py -k sign    # only mutations whose name contains "sign"
     python scripts/mutation_check.py --ci       # the CI_SUBSET below (about two minutes): make test runs it
 """
@@ -348,6 +348,9 @@ MUTATIONS = [
     Mutation("web: pixels fed channels-last to the encoder", WEBJS, "prepare",
              "chw[c * s + i] = out.data[i * 3 + c]", "chw[i * 3 + c] = out.data[i * 3 + c]",
              [W + "test_preprocessing_equals_pillow", W + "test_browser_captions_equal_pytorch"]),
+    Mutation("web: the page reads the canvas's pixels as BGR", WEBJS, "toRGB",
+             "data[3 * i + c] = a === 255 ? rgba[4 * i + c]", "data[3 * i + c] = a === 255 ? rgba[4 * i + 2 - c]",
+             [W + "test_browser_captions_equal_pytorch"]),
     Mutation("web: the page's import map pins no integrity hash for onnxruntime-web", SRC + "inference/web_export.py",
              "_page", '"integrity": {runtime["module"]: runtime["integrity"][runtime["module"]]}', '"integrity": {}',
              [W + "test_a_tampered_onnxruntime_web_is_refused_with_a_message"]),

@@ -83,7 +83,10 @@ async function captionFile(file, beamSize) {
 }
 
 function take(files) {
-  if (!model) return;
+  if (!model) {
+    $("error").textContent = "the model is still loading (or could not be loaded): try again in a moment";
+    return;
+  }
   $("error").textContent = "";
   const beamSize = Number($("beam").value);
   for (const file of files) {
