@@ -4,7 +4,7 @@ Each mutation is a text substitution inside one function of a temporary copy of 
 named for it run against that copy (PYTHONPATH) and must fail. The unmutated copy runs first and
 must pass, so a "caught" mutation is one the tests tell apart from the real code.
 
-    python scripts/mutation_check.py            # about 20 minutes on 2 cores (86 mutations)
+    python scripts/mutation_check.py            # about 20 minutes on 2 cores (88 mutations)
     python scripts/mutation_check.py -k sign    # only mutations whose name contains "sign"
     python scripts/mutation_check.py --ci       # the CI_SUBSET below (about two minutes): make test runs it
 """
@@ -316,12 +316,18 @@ MUTATIONS = [
     Mutation("evaluate's decode loop never looks at the thread policy", SRC + "evaluation/evaluate.py", "decode_split",
              "            check_threads()   # the loop", "            pass   # the loop",
              [TH + "test_captioning_commands"]),
+    Mutation("the service's batcher never looks at the thread policy", SRC + "serve/microbatch.py", "MicroBatcher",
+             "                check_threads()   # the batcher", "                pass   # the batcher",
+             [TH + "test_serve"]),
+    Mutation("evaluate names the device as Python does whoever calls it", SRC + "evaluation/evaluate.py", "evaluate_run",
+             'TorchRuntime.load([run, *others], device, spelling.name("device"))', 'TorchRuntime.load([run, *others], device)',
+             ["tests/test_arguments.py::test_evaluate_names_arguments_as_its_caller_spells_them"]),
     Mutation("train ignores --threads", SRC + "cli/commands.py", "thread_setting",
              "    if args.threads is not None or", "    if False or",
              [TH + "test_train"]),
     Mutation("caption, evaluate and score ignore --threads", SRC + "cli/main.py", "main",
              "configure_threads(thread_setting(args),", "configure_threads('auto',",
-             [TH + "test_captioning_commands"]),
+             [TH + "test_captioning_commands", TH + "test_serve"]),
     # encoders
     Mutation("a ViT's grid keeps its class token", HUB, "TimmTrunk",
              "features[:, self.prefix:]", "features[:, :-self.prefix or None]",

@@ -71,11 +71,12 @@ class Captioner:
 
     @classmethod
     def load(cls, paths: str | Path | Sequence[str | Path], device: str = "cpu", backend: str = "auto",
-             setting: str = "device") -> "Captioner":
+             spelling: Spelling = PYTHON) -> "Captioner":
         """One run directory (or exported package), or several to decode as an ensemble.
         `backend`: 'auto' runs ONNX packages on onnxruntime and runs on PyTorch; 'torch' or 'onnx'
-        to choose (an ONNX export also holds the PyTorch weights). `setting` names the device
-        argument in messages (`--device` for the CLI)."""
+        to choose (an ONNX export also holds the PyTorch weights). Messages name the device
+        argument as `spelling` does (`--device` for the CLI)."""
+        setting = spelling.name("device")
         paths = _run_paths(paths)
         if backend not in BACKENDS:
             raise ArgumentError(f"backend: expected 'auto', 'torch' or 'onnx', got {backend!r}")
