@@ -56,7 +56,8 @@ class ModelConfig:
         None, "keep the CNN fixed; empty (auto) freezes pretrained weights (their features can then be "
         "cached) and trains random ones. A frozen random CNN is refused: it would caption every picture alike")
     decoder: str = setting("nic", "sentence model: 'nic' (Show and Tell LSTM), 'attention' (Show, Attend and Tell) "
-                           "or 'transformer' (a Transformer decoder attending to the encoder's grid)",
+                           "'transformer' (a Transformer decoder attending to the encoder's grid) or 'prefix-lm' (the picture as "
+                           "a prefix to a pretrained language model, ClipCap; see model.language_model)",
                            choices=tuple(DECODERS))
     image_injection: str = setting(
         "init_state", "how the image conditions the LSTM: as its initial hidden/cell state "
@@ -90,6 +91,20 @@ class ModelConfig:
     word_embeddings: str = setting(
         "", "initialise word vectors from 'glove:PATH', 'word2vec:PATH' or 'spacy:PACKAGE' (empty: random)")
     freeze_embeddings: bool = setting(False, "keep pretrained word vectors fixed instead of fine-tuning them")
+    language_model: str = setting(
+        "", "model.decoder=prefix-lm: a causal language model, as a local folder with config.json, safetensors "
+        "weights and tokenizer files, or a hub name (gpt2) already in your Hugging Face cache; its tokenizer "
+        "replaces the word vocabulary (showtell[lm])")
+    prefix_length: int = setting(
+        10, "prefix-lm: how many language-model input vectors the picture becomes (ClipCap uses 10)", min=1, max=64)
+    mapper: str = setting(
+        "mlp", "prefix-lm: what maps the image vector to the prefix, ClipCap's two: 'mlp' (one hidden layer; "
+        "train it with the language model) or 'transformer' (learned constants read the image through "
+        "model.transformer_layers self-attention layers of model.transformer_heads heads; suits a frozen language model)",
+        choices=("mlp", "transformer"))
+    freeze_language_model: bool = setting(
+        False, "prefix-lm: keep the language model's weights fixed and train only the mapper (ClipCap's "
+        "Transformer-mapper recipe); false fine-tunes it too")
 
 
 @dataclass
