@@ -4,7 +4,7 @@ Each mutation is a text substitution inside one function of a temporary copy of 
 named for it run against that copy (PYTHONPATH) and must fail. The unmutated copy runs first and
 must pass, so a "caught" mutation is one the tests tell apart from the real code.
 
-    python scripts/mutation_check.py            # about 20 minutes on 2 cores (86 mutations)
+    python scripts/mutation_check.py            # about 20 minutes on 2 cores (90 mutations)
     python scripts/mutation_check.py -k sign    # only mutations whose name contains "sign"
     python scripts/mutation_check.py --ci       # the CI_SUBSET below (about two minutes): make test runs it
 """
@@ -30,6 +30,7 @@ D, T, H = "tests/test_decode.py::", "tests/test_training_core.py::", "tests/test
 TH, R, C = "tests/test_threads_cli.py::", "tests/test_reference_runs.py::", "tests/test_clients.py::"
 P, PI = "tests/test_probe3_outputs.py::", "tests/test_probe3_inputs.py::"
 G = "tests/test_gpu_check.py::test_the_gpu_check_runs_every_stage_on_the_cpu"
+PLM, PL = SRC + "models/prefix_lm.py", "tests/test_prefix_lm.py::"
 
 
 @dataclass
@@ -342,6 +343,18 @@ MUTATIONS = [
     Mutation("OpenAI's CLIP weights built without QuickGELU", HUB, "_tag_variant",
              "trained_quick, built = True, base + \"-quickgelu\"", "trained_quick, built = False, base",
              [H + "test_quickgelu_and_tags"]),
+    Mutation("prefix-lm: the prefix is zeroed (the picture never reaches the language model)", PLM, "PrefixLMDecoder",
+             'return self.mapper(features["global"])', 'return 0 * self.mapper(features["global"])',
+             [PL + "test_a_prefix_captioner_learns_a_small_batch"]),
+    Mutation("prefix-lm: the first step feeds the start id to the LM instead of the prefix's prediction", PLM,
+             "PrefixLMDecoder", 'if "first" in state:', "if False:",
+             [PL + "test_greedy_equals_generate_token_for_token", PL + "test_teacher_forced_logprobs_equal_the_lms_own_loss"]),
+    Mutation("prefix-lm: a frozen language model still trains", PLM, "PrefixLMDecoder",
+             "lm.requires_grad_(False)", "lm.requires_grad_(True)",
+             [PL + "test_a_frozen_language_model_stays_bit_identical"]),
+    Mutation("prefix-lm: decoding masks the end id where it doubles as start and pad (GPT-2's eos)", SRC + "vocab.py",
+             "Specials", "return tuple(sorted(ids - {self.end}))", "return tuple(sorted(ids))",
+             [PL + "test_greedy_equals_generate_token_for_token", PL + "test_beam_equals_generate_with_three_beams_when_captions_end"]),
 ]
 
 
