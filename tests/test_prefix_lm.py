@@ -158,6 +158,32 @@ def test_beam_equals_generate_at_the_length_limit(lm_dir):
     assert ours.sequences[:, 0].tolist() == theirs.tolist()
 
 
+def test_sampling_ensembles_and_scoring_need_no_special_case(pretrained_lm_dir):
+    """Samples report the LM's own log-probability (the one scoring gives them back), and an
+    ensemble of one prefix-LM decodes as the decoder itself."""
+    from showtell.decoding.ensemble import Ensemble
+    from showtell.decoding.sampling import sample
+
+    decoder, features = _decoder(pretrained_lm_dir), _features(4, seed=7)
+    eos = decoder.specials.end
+    with torch.no_grad():
+        drawn, _, _ = sample(decoder, features, max_length=16, generator=torch.Generator().manual_seed(0),
+                             samples_per_image=2)
+        rows = torch.arange(4).repeat_interleave(2)
+        finished = drawn.finished[:, 0]
+        assert bool(finished.any())
+        targets = torch.full((8, 17), eos)
+        for i in range(8):
+            n = int(drawn.lengths[i, 0])
+            targets[i, :n] = drawn.sequences[i, 0, :n]
+        table = word_logprobs(decoder, {"global": features["global"][rows]}, targets)
+        for i in range(8):
+            n = int(drawn.lengths[i, 0]) + int(finished[i])         # <end> counts when the sample ended
+            assert float(table[i, :n].sum()) == pytest.approx(float(drawn.logprobs[i, 0]), abs=1e-4)
+        alone, together = greedy(decoder, features, 16), greedy(Ensemble([decoder]), [features], 16)
+    assert torch.equal(alone.sequences, together.sequences)
+
+
 def test_teacher_forced_logprobs_equal_the_lms_own_loss(lm_dir):
     decoder, tok = _decoder(lm_dir), HFTokenizer.load(str(lm_dir))
     captions = [tok.encode(c.split()) for c in CAPTIONS[:4]]
