@@ -45,6 +45,7 @@ class Decoder:
     card_tag: str                  # the model card's tag
     card_line: str                 # the model card's description, formatted with the model settings
     check: Callable | None = None  # check(model_config, where): rules over several settings, ConfigError
+    lm_tokenizer: bool = False     # its tokens come from model.language_model's tokenizer, not a word vocabulary
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -103,7 +104,7 @@ DECODERS = {d.name: d for d in (
             card_tag="clipcap",
             card_line="a pretrained language model ({language_model}) continuing the picture given as {prefix_length} "
                       "input vectors by a {mapper} mapper (ClipCap); language model frozen: {freeze_language_model}",
-            check=_check_prefix_lm),
+            check=_check_prefix_lm, lm_tokenizer=True),
 )}
 
 

@@ -438,14 +438,29 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
                 text = read_bounded(path, FILE_LIMITS["config"], "a config file", ConfigError).decode("utf-8")
             except (OSError, UnicodeDecodeError) as error:
                 raise ConfigError(f"{config_file}: cannot read config file ({error.__class__.__name__})") from None
-            config = apply(config, _read_yaml(text, config_file), where=f"{config_file}: ")
+            values = _read_yaml(text, config_file)
+            config = _no_word_settings(apply(config, values, where=f"{config_file}: "), values, f"{config_file}: ")
         elif config_file in preset_names():
             text = resources.files("showtell.presets").joinpath(f"{config_file}.yaml").read_text(encoding="utf-8")
             config = apply(config, _read_yaml(text, f"preset {config_file}"), where=f"preset {config_file}: ")
         else:
             raise ConfigError(f"{config_file}: no such config file or preset (presets: {', '.join(preset_names())})")
     values = parse_overrides(overrides or [])
-    return resolve(apply(config, values, where="--set ") if values else config)
+    return resolve(_no_word_settings(apply(config, values, where="--set "), values, "--set ") if values else config)
+
+
+WORD_SETTINGS = ("data.min_word_count",)   # model.word_embeddings: the decoder row's own check
+
+
+def _no_word_settings(config: Config, values: dict, where: str) -> Config:
+    """A user's file or --set that gives a word-vocabulary setting for a decoder with its own
+    tokenizer is refused (a run's saved config.json, which holds every setting, is not checked)."""
+    if decoder_traits(config.model.decoder).lm_tokenizer:
+        for name in WORD_SETTINGS:
+            if name in values:
+                raise ConfigError(f"{where}{name}: a word-vocabulary setting, but model.decoder="
+                                  f"{config.model.decoder} uses the language model's own tokenizer; leave it out")
+    return config
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

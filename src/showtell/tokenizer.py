@@ -23,8 +23,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .errors import ConfigError
-from .vocab import WORD_SPECIALS, Specials
+import json
+
+from .architectures import decoder as decoder_traits
+from .errors import ConfigError, RunError
+from .fileio import FILE_LIMITS, atomic_write_text, read_bounded
+from .vocab import WORD_SPECIALS, Specials, Vocabulary, build_vocabulary
+
+HF_FORMAT = "showtell-hf-tokenizer-1"   # a run's vocab.json that names the language model's tokenizer
 
 LM_EXTRA = "pip install showtell[lm]"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model")   # any one of them
@@ -65,8 +71,9 @@ class HFTokenizer:
     """A Hugging Face tokenizer behind showtell's interface. Captions arrive as words (the data
     stage's tokens) and are joined with spaces before subword tokenisation."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, name: str = ""):
+        self.tokenizer, self.name = tokenizer, name
+        self._words = None
         end = tokenizer.eos_token_id
         if end is None:
             raise ConfigError("model.language_model: its tokenizer has no end-of-text token (eos) to end captions with")
@@ -82,13 +89,27 @@ class HFTokenizer:
                               "save the tokenizer beside the model (tokenizer.save_pretrained)")
         transformers = require_transformers()
         try:
-            return cls(transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
+            return cls(transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True), name)
         except (OSError, ValueError) as error:
             raise ConfigError(f"model.language_model: {folder}: cannot read its tokenizer "
                               f"({str(error).splitlines()[0][:200]})") from None
 
     def __len__(self) -> int:
         return len(self.tokenizer)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, HFTokenizer) and self.name == other.name
+
+    @property
+    def words(self) -> list[str]:
+        """Each id's token as the tokenizer spells it (what `score` shows)."""
+        if self._words is None:
+            self._words = self.tokenizer.convert_ids_to_tokens(list(range(len(self))))
+        return self._words
+
+    def save(self, path) -> None:
+        """A run's vocab.json names the language model whose tokenizer it uses (its files stay there)."""
+        atomic_write_text(path, json.dumps({"format": HF_FORMAT, "language_model": self.name}) + "\n")
 
     @property
     def max_length(self) -> int | None:
@@ -116,3 +137,24 @@ class HFTokenizer:
             if i not in (self.specials.start, self.specials.pad):
                 kept.append(i)
         return self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+
+
+def make_tokenizer(config, train_captions) -> Vocabulary | HFTokenizer:
+    """What a new run tokenises with: the language model's tokenizer for a decoder that has one
+    (its row says so), else a word vocabulary of the training captions."""
+    if decoder_traits(config.model.decoder).lm_tokenizer:
+        return HFTokenizer.load(config.model.language_model)
+    return build_vocabulary(train_captions, config.data.min_word_count)
+
+
+def load_tokenizer(path) -> Vocabulary | HFTokenizer:
+    """A run's (or feature cache's) vocab.json: a word vocabulary, or the name of an LM's tokenizer."""
+    try:
+        data = json.loads(read_bounded(path, FILE_LIMITS["vocabulary"], "a vocabulary").decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        data = None                      # Vocabulary.load names what is wrong
+    if isinstance(data, dict) and data.get("format") == HF_FORMAT:
+        if not isinstance(data.get("language_model"), str):
+            raise RunError(f"{path}: names no language model")
+        return HFTokenizer.load(data["language_model"])
+    return Vocabulary.load(path)

@@ -106,6 +106,7 @@ class PrefixLMDecoder(nn.Module):
             self.mapper = TransformerMapper(feature_dim, width, prefix_length, mapper_layers, mapper_heads)
         # transformers 5 renamed the forward's past_key_values to cache
         self._cache_arg = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        self.context = getattr(lm.config, "max_position_embeddings", None)    # the LM's positions; None: any
         self.freeze_language_model = freeze_language_model
         if freeze_language_model:
             lm.requires_grad_(False)
@@ -126,6 +127,10 @@ class PrefixLMDecoder(nn.Module):
         """Teacher forcing: inputs (B, T) = <start> t1 .. -> logits (B, T, V), or (N, V) at the N true
         `positions`; penalty 0. The <start> column is replaced by the prefix."""
         x = torch.cat([self.prefix(features), self.embed(inputs[:, 1:])], dim=1)      # (B, P+T-1, W)
+        if self.context and x.shape[1] > self.context:
+            raise ConfigError(f"data.max_caption_length: a caption of {inputs.shape[1] - 1} tokens after the "
+                              f"{self.prefix_length}-vector prefix passes the language model's {self.context} positions; "
+                              "lower data.max_caption_length or model.prefix_length")
         hidden = self.lm.base_model(inputs_embeds=x).last_hidden_state[:, self.prefix_length - 1:]   # (B, T, W)
         if positions is not None:
             hidden = hidden[positions]                  # (N, W): the vocabulary layer on real tokens only
@@ -141,6 +146,9 @@ class PrefixLMDecoder(nn.Module):
         """One token (B,) -> log-probabilities of the next (B, V), the new state, no attention."""
         if "first" in state:                            # the start id: the prefix already predicted this step
             return state["first"], {k: v for k, v in state.items() if k != "first"}, None
+        if self.context and state["cache_k"].shape[3] >= self.context:
+            raise ConfigError(f"decode.max_length: captions this long pass the language model's {self.context} "
+                              f"positions after its {self.prefix_length}-vector prefix; lower decode.max_length")
         cache = _cache(state["cache_k"], state["cache_v"])
         out = self.lm(input_ids=words[:, None], use_cache=True, **{self._cache_arg: cache})
         keys, values = _cache_arrays(_returned_cache(out))
