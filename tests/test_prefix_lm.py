@@ -45,14 +45,14 @@ def _save_tokenizer(folder) -> None:
     fast.save_pretrained(folder)
 
 
-def _save_lm(folder, pretrain_steps: int = 0):
+def _save_lm(folder, pretrain_steps: int = 0, positions: int = 64):
     """A 2-layer, 32-wide GPT-2 with the tokenizer beside it; `pretrain_steps` of language modelling
     on the captions' text (eos caption eos) teach it to end its sentences."""
     _save_tokenizer(folder)
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     # a wide initialisation: peaked distributions, so argmax ties cannot decide a comparison
-    config = transformers.GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+    config = transformers.GPT2Config(vocab_size=len(tok), n_positions=positions, n_embd=32, n_layer=2, n_head=2,
                                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                                      initializer_range=0.3)
     lm = transformers.GPT2LMHeadModel(config)
