@@ -51,6 +51,7 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, synth_dir, capsys):
         "data.min_word_count: a word-vocabulary setting": [f"model.language_model={lm}", "data.min_word_count=2"],
         "data.max_caption_length: a caption of": [f"model.language_model={lm}"],   # 4 + caption > 6 positions
         "model.language_model: model.decoder=prefix-lm needs a language model": [],
+        "model.word_embeddings: word vectors do not apply": [f"model.language_model={lm}", "model.word_embeddings=glove:x"],
     }
     for expected, extra in cases.items():
         args = [a for x in extra for a in ("--set", x)]

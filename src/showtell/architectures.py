@@ -75,9 +75,8 @@ def _check_transformer(m, where: str = "") -> None:
 
 
 def _check_prefix_lm(m, where: str = "") -> None:
-    if not m.language_model:
-        raise ConfigError(f"{where}model.language_model: model.decoder=prefix-lm needs a language model (a local "
-                          "folder with config.json, safetensors weights and tokenizer files, or a cached hub name)")
+    # an empty model.language_model is refused where it is read (tokenizer.resolve_language_model), so that
+    # --set model.decoder=prefix-lm alone still reads as a config
     if m.word_embeddings:   # the LM brings its own token vectors
         raise ConfigError(f"{where}model.word_embeddings: word vectors do not apply to model.decoder=prefix-lm "
                           "(the language model has its own token embeddings); leave it empty")

@@ -53,8 +53,9 @@ def resolve_language_model(name: str) -> Path:
     """model.language_model -> a local folder: the folder itself, or a hub name resolved through the
     user's own Hugging Face cache (never downloaded here)."""
     if not name:
-        raise ConfigError("model.language_model: name a folder with config.json, weights and tokenizer files "
-                          "(or a hub name such as gpt2 already in your Hugging Face cache)")
+        raise ConfigError("model.language_model: model.decoder=prefix-lm needs a language model: a folder with "
+                          "config.json, safetensors weights and tokenizer files, or a hub name such as gpt2 already "
+                          "in your Hugging Face cache")
     folder = Path(name).expanduser()
     if folder.is_dir():
         return folder
