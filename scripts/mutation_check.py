@@ -372,6 +372,7 @@ CI_SUBSET = [
     "an output file may be one of the run's own files (--results RUN/model.safetensors)",
     "training: a non-finite loss is trained on",
     "CLIP's grid is read in reverse token order",
+    "prefix-lm: the prefix is zeroed (the picture never reaches the language model)",
 ]
 
 
