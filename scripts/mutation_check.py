@@ -4,7 +4,7 @@ Each mutation is a text substitution inside one function of a temporary copy of 
 named for it run against that copy (PYTHONPATH) and must fail. The unmutated copy runs first and
 must pass, so a "caught" mutation is one the tests tell apart from the real code.
 
-    python scripts/mutation_check.py            # about 20 minutes on 2 cores (90 mutations)
+    python scripts/mutation_check.py            # about 20 minutes on 2 cores (91 mutations)
     python scripts/mutation_check.py -k sign    # only mutations whose name contains "sign"
     python scripts/mutation_check.py --ci       # the CI_SUBSET below (about two minutes): make test runs it
 """
@@ -352,6 +352,10 @@ MUTATIONS = [
     Mutation("prefix-lm: a frozen language model still trains", PLM, "PrefixLMDecoder",
              "lm.requires_grad_(False)", "lm.requires_grad_(True)",
              [PL + "test_a_frozen_language_model_stays_bit_identical"]),
+    Mutation("prefix-lm: the loss skips GPT-2's end (real positions read as the targets that are not pad)",
+             SRC + "models/caption_model.py", "CaptionModel",
+             "positions = real_positions(targets, self.specials.end)", "positions = targets != self.specials.pad",
+             [PL + "test_teacher_forced_logprobs_equal_the_lms_own_loss"]),
     Mutation("prefix-lm: decoding masks the end id where it doubles as start and pad (GPT-2's eos)", SRC + "vocab.py",
              "Specials", "return tuple(sorted(ids - {self.end}))", "return tuple(sorted(ids))",
              [PL + "test_greedy_equals_generate_token_for_token", PL + "test_beam_equals_generate_with_three_beams_when_captions_end"]),
