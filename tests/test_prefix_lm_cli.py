@@ -29,6 +29,8 @@ def test_train_caption_score_evaluate_through_the_cli(tmp_path, synth_dir, capsy
     assert main(["--quiet", "train", "--data", data, "--out", str(run), *SETTINGS,
                  "--set", f"model.language_model={lm}"]) == 0
     assert json.loads((run / "vocab.json").read_text())["language_model"] == str(lm)
+    card = (run / "README.md").read_text()
+    assert "- Tokens: the tokenizer of the language model" in card and "min_word_count" not in card
     pictures = sorted((synth_dir / "images").iterdir())[:2]
     capsys.readouterr()
     assert main(["--quiet", "caption", str(run), *map(str, pictures), "--beam-size", "3"]) == 0
