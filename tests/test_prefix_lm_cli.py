@@ -10,8 +10,9 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from showtell.cli import main  # noqa: E402
 from test_prefix_lm import _save_lm  # noqa: E402
+
+from showtell.cli import main  # noqa: E402
 
 SETTINGS = ["--config", "synth", "--set", "model.decoder=prefix-lm", "--set", "model.prefix_length=4",
             "--set", "train.epochs=1", "--set", "train.batch_size=16", "--set", "data.image_size=32",

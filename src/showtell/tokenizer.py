@@ -20,10 +20,9 @@ only when a Hugging Face tokenizer is loaded (the optional extra showtell[lm]).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-import json
 
 from .architectures import decoder as decoder_traits
 from .errors import ConfigError, RunError
