@@ -13,7 +13,7 @@ import sys
 # import-linter are commands: their modules import too)
 MODULES = ["pytest", "pytest_timeout", "hypothesis", "httpx", "playwright.sync_api", "schemathesis", "spacy",
            "pycocotools.coco", "tensorboard", "onnx", "onnxscript", "onnxruntime", "importlinter", "timm",
-           "open_clip", "ruff", "huggingface_hub", "openai"]
+           "open_clip", "ruff", "huggingface_hub", "openai", "transformers"]
 
 
 def main() -> int:

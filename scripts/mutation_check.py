@@ -4,7 +4,7 @@ Each mutation is a text substitution inside one function of a temporary copy of 
 named for it run against that copy (PYTHONPATH) and must fail. The unmutated copy runs first and
 must pass, so a "caught" mutation is one the tests tell apart from the real code.
 
-    python scripts/mutation_check.py            # about 25 minutes on 2 cores (96 mutations)
+    python scripts/mutation_check.py            # about 25 minutes on 2 cores (103 mutations)
     python scripts/mutation_check.py -k sign    # only mutations whose name contains "sign"
     python scripts/mutation_check.py --ci       # the CI_SUBSET below (about two minutes): make test runs it
 """
@@ -31,6 +31,7 @@ TH, R, C = "tests/test_threads_cli.py::", "tests/test_reference_runs.py::", "tes
 P, PI = "tests/test_probe3_outputs.py::", "tests/test_probe3_inputs.py::"
 WEBJS, W = SRC + "inference/web/showtell.js", "tests/test_web_export.py::"
 G = "tests/test_gpu_check.py::test_the_gpu_check_runs_every_stage_on_the_cpu"
+PLM, PL = SRC + "models/prefix_lm.py", "tests/test_prefix_lm.py::"
 
 
 @dataclass
@@ -58,7 +59,8 @@ MUTATIONS = [
              "candidates = beams.alive_lp[:, :, None] + xp.reshape(", "candidates = beams.alive_lp[:, :, None] - xp.reshape(",
              [D + "test_large_beam_equals_exhaustive_search", D + "test_beam_size_one_is_greedy"]),
     Mutation("beam ends every hypothesis alive at max_length (forced <end>)", SEARCH, "beam_search",
-             "is_end = (top_word == END) & valid", "is_end = ((top_word == END) | (t == max_length)) & valid",
+             "is_end = (top_word == special.end) & valid",
+             "is_end = ((top_word == special.end) | (t == max_length)) & valid",
              [D + "test_beam_alive_at_max_length_is_unfinished_and_ranked_after_finished"]),
     Mutation("beam forgets to reorder the decoder state after pruning", SEARCH, "beam_search",
              "state = select_state(state, keep, within_pictures=True)", "state = state",
@@ -116,7 +118,7 @@ MUTATIONS = [
              "d.max_length, d.block_unk)", "d.max_length)",
              [T + "test_self_critical_encodes_each_batch_once_and_its_baseline_blocks_unk"]),
     Mutation("scheduled sampling feeds back <pad>/<start>/<unk>", SRC + "models/caption_model.py", "scheduled_sampling",
-             "feedable[:, [PAD, START, UNK]] = -math.inf", "pass",
+             "feedable[:, list(specials_of(decoder).never(block_unk=True))] = -math.inf", "pass",
              ["tests/test_attention.py::test_scheduled_sampling_feeds_back_only_words_that_decoding_could_write"]),
     Mutation("only rank 0 starts self-critical training from the best model", SRC + "training/phases.py",
              "start_self_critical", "if s.run is not None and s.run.has_model():",
@@ -317,12 +319,18 @@ MUTATIONS = [
     Mutation("evaluate's decode loop never looks at the thread policy", SRC + "evaluation/evaluate.py", "decode_split",
              "            check_threads()   # the loop", "            pass   # the loop",
              [TH + "test_captioning_commands"]),
+    Mutation("the service's batcher never looks at the thread policy", SRC + "serve/microbatch.py", "MicroBatcher",
+             "                check_threads()   # the batcher", "                pass   # the batcher",
+             [TH + "test_serve"]),
+    Mutation("evaluate names the device as Python does whoever calls it", SRC + "evaluation/evaluate.py", "evaluate_run",
+             'TorchRuntime.load([run, *others], device, spelling.name("device"))', 'TorchRuntime.load([run, *others], device)',
+             ["tests/test_arguments.py::test_evaluate_names_arguments_as_its_caller_spells_them"]),
     Mutation("train ignores --threads", SRC + "cli/commands.py", "thread_setting",
              "    if args.threads is not None or", "    if False or",
              [TH + "test_train"]),
     Mutation("caption, evaluate and score ignore --threads", SRC + "cli/main.py", "main",
              "configure_threads(thread_setting(args),", "configure_threads('auto',",
-             [TH + "test_captioning_commands"]),
+             [TH + "test_captioning_commands", TH + "test_serve"]),
     # the browser's port of search.py and of the picture geometry (tests/test_web_export.py, Chromium)
     Mutation("web: beam search forgets the length penalty", WEBJS, "normalise",
              "alpha === 0 ? logprob :", "true ? logprob :", [W + "test_decoding_equals_search_py_on_a_table_model"]),
@@ -373,6 +381,22 @@ MUTATIONS = [
     Mutation("OpenAI's CLIP weights built without QuickGELU", HUB, "_tag_variant",
              "trained_quick, built = True, base + \"-quickgelu\"", "trained_quick, built = False, base",
              [H + "test_quickgelu_and_tags"]),
+    Mutation("prefix-lm: the prefix is zeroed (the picture never reaches the language model)", PLM, "PrefixLMDecoder",
+             'return self.mapper(features["global"])', 'return 0 * self.mapper(features["global"])',
+             [PL + "test_a_prefix_captioner_learns_a_small_batch"]),
+    Mutation("prefix-lm: the first step feeds the start id to the LM instead of the prefix's prediction", PLM,
+             "PrefixLMDecoder", 'if "first" in state:', "if False:",
+             [PL + "test_greedy_equals_generate_token_for_token", PL + "test_teacher_forced_logprobs_equal_the_lms_own_loss"]),
+    Mutation("prefix-lm: a frozen language model still trains", PLM, "PrefixLMDecoder",
+             "lm.requires_grad_(False)", "lm.requires_grad_(True)",
+             [PL + "test_a_frozen_language_model_stays_bit_identical"]),
+    Mutation("prefix-lm: the loss skips GPT-2's end (real positions read as the targets that are not pad)",
+             SRC + "models/caption_model.py", "CaptionModel",
+             "positions = real_positions(targets, self.specials.end)", "positions = targets != self.specials.pad",
+             [PL + "test_teacher_forced_logprobs_equal_the_lms_own_loss"]),
+    Mutation("prefix-lm: decoding masks the end id where it doubles as start and pad (GPT-2's eos)", SRC + "vocab.py",
+             "Specials", "return tuple(sorted(ids - {self.end}))", "return tuple(sorted(ids))",
+             [PL + "test_greedy_equals_generate_token_for_token", PL + "test_beam_equals_generate_with_three_beams_when_captions_end"]),
 ]
 
 
@@ -390,6 +414,7 @@ CI_SUBSET = [
     "an output file may be one of the run's own files (--results RUN/model.safetensors)",
     "training: a non-finite loss is trained on",
     "CLIP's grid is read in reverse token order",
+    "prefix-lm: the prefix is zeroed (the picture never reaches the language model)",
 ]
 
 

@@ -21,14 +21,20 @@ def test_the_tables_config_and_onnx_runtime_import_without_torch():
 
 
 @pytest.mark.parametrize("name", list(DECODERS))
-def test_each_row_builds_a_decoder_that_does_what_the_row_says(name):
+def test_each_row_builds_a_decoder_that_does_what_the_row_says(name, tmp_path):
     from showtell.models.caption_model import build_model
     from showtell.vocab import build_vocabulary
 
     row = DECODERS[name]
+    extra = []
+    if name == "prefix-lm":   # a tiny GPT-2 made here (tests/test_prefix_lm.py)
+        pytest.importorskip("transformers")
+        from test_prefix_lm import _save_lm
+
+        extra = [f"model.language_model={_save_lm(tmp_path)}", "model.prefix_length=2"]
     config = load_config(None, ["model.encoder=small", f"model.decoder={name}", "model.hidden_dim=16",
                                 "model.embed_dim=8", "model.attention_dim=8", "model.transformer_ff_dim=16",
-                                "data.image_size=32"])
+                                "data.image_size=32", *extra])
     model = build_model(config, build_vocabulary([["a", "b"]], 1))
     assert model.decoder.uses_grid == row.uses_grid
     assert set(model.encode(__import__("torch").zeros(1, 3, 32, 32, dtype=__import__("torch").uint8))) >= set(row.features)

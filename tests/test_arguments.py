@@ -75,6 +75,25 @@ def test_evaluate_max_images_takes_exactly_that_many(trained_run, synth_dir):
         evaluate_run(trained_run, [str(synth_dir / "dataset.json")], None, "test", beam_size=0, write_html=False)
 
 
+@pytest.mark.parametrize("kwargs, python_words, cli_words", [
+    ({"device": "tpu"}, "device: unknown device 'tpu'", "--device: unknown device 'tpu'"),
+    ({"max_images": 0}, "max_images: expected 1 or more", "--max-images: expected 1 or more"),
+    ({"beam_size": 0}, "beam_size: expected 1 or more", "--beam-size: expected 1 or more"),
+])
+def test_evaluate_names_arguments_as_its_caller_spells_them(trained_run, synth_dir, kwargs, python_words, cli_words):
+    """One spelling object (decoding/options.py) says how a caller names each argument: Python's
+    keywords, the CLI's flags."""
+    from showtell.decoding.options import CLI
+    from showtell.evaluation.evaluate import evaluate_run
+
+    data = [str(synth_dir / "dataset.json")]
+    with pytest.raises(ShowtellError) as python:
+        evaluate_run(trained_run, data, None, "test", write_html=False, **kwargs)
+    with pytest.raises(ShowtellError) as cli:
+        evaluate_run(trained_run, data, None, "test", write_html=False, spelling=CLI, **kwargs)
+    assert str(python.value).startswith(python_words) and str(cli.value).startswith(cli_words)
+
+
 @pytest.fixture(scope="module")
 def captioner(trained_run):
     return Captioner.load(trained_run)

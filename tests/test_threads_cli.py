@@ -76,3 +76,29 @@ def test_captioning_commands(recorded, command, trained_run, synth_dir, tmp_path
         assert recorded.settings == ["1"] and torch.get_num_threads() == 1
     else:
         _ran_on_one_thread(recorded)
+
+
+def test_serve(recorded, trained_run, synth_dir, monkeypatch):
+    """`showtell serve --threads 1`: main configures the policy (as for every command), and the
+    batcher, which does the service's decoding, looks at it before each batch. The server itself is
+    stood in for by a test client on the same app."""
+    from fastapi.testclient import TestClient
+
+    from showtell.inference.captioner import Captioner
+    from showtell.serve import server
+    from showtell.serve.app import create_app
+
+    picture = sorted((synth_dir / "images").iterdir())[0]
+    answers = []
+
+    def serve_two_requests(run, *args, **kwargs):
+        app = create_app(Captioner.load(run), max_wait_ms=1.0)
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            for _ in range(2):
+                answers.append(client.post("/v1/captions", files={"images": (picture.name, picture.read_bytes(), "image/png")}))
+
+    monkeypatch.setattr(server, "serve", serve_two_requests)
+    assert main(["--quiet", "serve", str(trained_run), "--threads", "1"]) == 0
+    assert [a.status_code for a in answers] == [200, 200], answers[0].text
+    assert len(recorded.checks) >= 2, recorded.checks
+    _ran_on_one_thread(recorded)

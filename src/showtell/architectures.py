@@ -45,6 +45,7 @@ class Decoder:
     card_tag: str                  # the model card's tag
     card_line: str                 # the model card's description, formatted with the model settings
     check: Callable | None = None  # check(model_config, where): rules over several settings, ConfigError
+    lm_tokenizer: bool = False     # its tokens come from model.language_model's tokenizer, not a word vocabulary
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -73,6 +74,14 @@ def _check_transformer(m, where: str = "") -> None:
                           f"of {m.transformer_layers} (0 .. {m.transformer_layers - 1}, or -1 for the last)")
 
 
+def _check_prefix_lm(m, where: str = "") -> None:
+    # an empty model.language_model is refused where it is read (tokenizer.resolve_language_model), so that
+    # --set model.decoder=prefix-lm alone still reads as a config
+    if m.word_embeddings:   # the LM brings its own token vectors
+        raise ConfigError(f"{where}model.word_embeddings: word vectors do not apply to model.decoder=prefix-lm "
+                          "(the language model has its own token embeddings); leave it empty")
+
+
 _SIZES = "word embeddings {embed_dim}, dropout {dropout}"
 DECODERS = {d.name: d for d in (
     Decoder("nic", "showtell.models.nic:build", uses_grid=False, onnx=True, positions=None, card_tag="nic",
@@ -89,6 +98,12 @@ DECODERS = {d.name: d for d in (
                       + ", width {hidden_dim}, {transformer_layers} layers, {transformer_heads} heads, "
                       "feed-forward {transformer_ff_dim}",
             check=_check_transformer),
+    # the LM's context bounds its positions; it is checked against the LM itself, not here
+    Decoder("prefix-lm", "showtell.models.prefix_lm:build", uses_grid=False, onnx=False, positions=None,
+            card_tag="clipcap",
+            card_line="a pretrained language model ({language_model}) continuing the picture given as {prefix_length} "
+                      "input vectors by a {mapper} mapper (ClipCap); language model frozen: {freeze_language_model}",
+            check=_check_prefix_lm, lm_tokenizer=True),
 )}
 
 

@@ -56,7 +56,8 @@ class ModelConfig:
         None, "keep the CNN fixed; empty (auto) freezes pretrained weights (their features can then be "
         "cached) and trains random ones. A frozen random CNN is refused: it would caption every picture alike")
     decoder: str = setting("nic", "sentence model: 'nic' (Show and Tell LSTM), 'attention' (Show, Attend and Tell) "
-                           "or 'transformer' (a Transformer decoder attending to the encoder's grid)",
+                           "'transformer' (a Transformer decoder attending to the encoder's grid) or 'prefix-lm' (the picture as "
+                           "a prefix to a pretrained language model, ClipCap; see model.language_model)",
                            choices=tuple(DECODERS))
     image_injection: str = setting(
         "init_state", "how the image conditions the LSTM: as its initial hidden/cell state "
@@ -90,6 +91,20 @@ class ModelConfig:
     word_embeddings: str = setting(
         "", "initialise word vectors from 'glove:PATH', 'word2vec:PATH' or 'spacy:PACKAGE' (empty: random)")
     freeze_embeddings: bool = setting(False, "keep pretrained word vectors fixed instead of fine-tuning them")
+    language_model: str = setting(
+        "", "model.decoder=prefix-lm: a causal language model, as a local folder with config.json, safetensors "
+        "weights and tokenizer files, or a hub name (gpt2) already in your Hugging Face cache; its tokenizer "
+        "replaces the word vocabulary (showtell[lm])")
+    prefix_length: int = setting(
+        10, "prefix-lm: how many language-model input vectors the picture becomes (ClipCap uses 10)", min=1, max=64)
+    mapper: str = setting(
+        "mlp", "prefix-lm: what maps the image vector to the prefix, ClipCap's two: 'mlp' (one hidden layer; "
+        "train it with the language model) or 'transformer' (learned constants read the image through "
+        "model.transformer_layers self-attention layers of model.transformer_heads heads; suits a frozen language model)",
+        choices=("mlp", "transformer"))
+    freeze_language_model: bool = setting(
+        False, "prefix-lm: keep the language model's weights fixed and train only the mapper (ClipCap's "
+        "Transformer-mapper recipe); false fine-tunes it too")
 
 
 @dataclass
@@ -423,14 +438,29 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
                 text = read_bounded(path, FILE_LIMITS["config"], "a config file", ConfigError).decode("utf-8")
             except (OSError, UnicodeDecodeError) as error:
                 raise ConfigError(f"{config_file}: cannot read config file ({error.__class__.__name__})") from None
-            config = apply(config, _read_yaml(text, config_file), where=f"{config_file}: ")
+            values = _read_yaml(text, config_file)
+            config = _no_word_settings(apply(config, values, where=f"{config_file}: "), values, f"{config_file}: ")
         elif config_file in preset_names():
             text = resources.files("showtell.presets").joinpath(f"{config_file}.yaml").read_text(encoding="utf-8")
             config = apply(config, _read_yaml(text, f"preset {config_file}"), where=f"preset {config_file}: ")
         else:
             raise ConfigError(f"{config_file}: no such config file or preset (presets: {', '.join(preset_names())})")
     values = parse_overrides(overrides or [])
-    return resolve(apply(config, values, where="--set ") if values else config)
+    return resolve(_no_word_settings(apply(config, values, where="--set "), values, "--set ") if values else config)
+
+
+WORD_SETTINGS = ("data.min_word_count",)   # model.word_embeddings: the decoder row's own check
+
+
+def _no_word_settings(config: Config, values: dict, where: str) -> Config:
+    """A user's file or --set that gives a word-vocabulary setting for a decoder with its own
+    tokenizer is refused (a run's saved config.json, which holds every setting, is not checked)."""
+    if decoder_traits(config.model.decoder).lm_tokenizer:
+        for name in WORD_SETTINGS:
+            if name in values:
+                raise ConfigError(f"{where}{name}: a word-vocabulary setting, but model.decoder="
+                                  f"{config.model.decoder} uses the language model's own tokenizer; leave it out")
+    return config
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

@@ -37,6 +37,7 @@ from typing import Any
 from .config import Config, config_from_dict
 from .errors import RunError
 from .fileio import FILE_LIMITS, atomic_write_text, load_state, load_weights, read_bounded, save_state, save_weights, sha256_file
+from .tokenizer import load_tokenizer
 from .vocab import Vocabulary
 
 log = logging.getLogger("showtell")
@@ -199,7 +200,7 @@ class Run:
         return config_from_dict(tree, str(path))
 
     def vocab(self) -> Vocabulary:
-        return Vocabulary.load(self.need(VOCAB))
+        return load_tokenizer(self.need(VOCAB))
 
     def sources(self) -> dict[str, Any]:
         """Where the training data came from (data.json)."""

@@ -21,6 +21,7 @@ import logging
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
@@ -29,6 +30,32 @@ from .fileio import FILE_LIMITS, atomic_write_text, read_bounded
 
 PAD, START, END, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
+
+
+@dataclass(frozen=True)
+class Specials:
+    """The ids decoding must know: where a caption starts and ends, what pads it, what is unknown."""
+
+    start: int
+    end: int
+    pad: int
+    unk: int | None = None
+
+    def never(self, block_unk: bool) -> tuple[int, ...]:
+        """Ids decoding never chooses; `end` never among them even where it doubles as start or pad."""
+        ids = {self.pad, self.start} | ({self.unk} if block_unk and self.unk is not None else set())
+        return tuple(sorted(ids - {self.end}))
+
+
+WORD_SPECIALS = Specials(START, END, PAD, UNK)
+
+
+def real_positions(targets, end: int):
+    """(N, T) bool: the target positions up to and including each caption's first `end` (torch).
+    Equal to `targets != <pad>` for the word vocabulary; also right where pad == end (GPT-2)."""
+    ends = (targets == end).long()
+    return (ends.cumsum(dim=1) - ends) == 0
+
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -39,6 +66,8 @@ def tokenize(text: str) -> list[str]:
 
 
 class Vocabulary:
+    specials = WORD_SPECIALS   # the tokenizer interface (tokenizer.py): fixed ids
+
     def __init__(self, words: Sequence[str], min_word_count: int = 1):
         if tuple(words[: len(SPECIALS)]) != SPECIALS:
             raise ValueError("a vocabulary starts with the special tokens " + " ".join(SPECIALS))

@@ -108,7 +108,7 @@ def cmd_caption(args) -> int:
 
     if args.attention is not None and args.attention.exists() and not args.attention.is_dir():
         raise ShowtellError(f"--attention {args.attention}: exists and is not a folder")
-    captioner = Captioner.load([args.run] + args.ensemble, device=args.device, setting="--device")
+    captioner = Captioner.load([args.run] + args.ensemble, device=args.device, spelling=CLI)
     options = _options(args, captioner)
     files = expand_images(args.images)
     if not files:
@@ -160,7 +160,7 @@ def cmd_score(args) -> int:
     """Each caption's log-probability, perplexity and per-word log-probabilities, in the order given."""
     from ..inference.captioner import Captioner
 
-    captioner = Captioner.load([args.run] + args.ensemble, device=args.device, setting="--device")
+    captioner = Captioner.load([args.run] + args.ensemble, device=args.device, spelling=CLI)
     for result in captioner.logprob(args.picture, args.captions):
         if args.json:
             print(json.dumps({"image": shown(args.picture), **result.to_dict()}), flush=True)

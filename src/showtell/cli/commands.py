@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..decoding.options import CLI
 from ..errors import ArgumentError, ShowtellError
 from ..progress import progress_bar
 
@@ -114,7 +115,7 @@ def cmd_evaluate(args) -> int:
 
     evaluation = evaluate_run(args.run, args.data, args.images, args.split, args.beam_size, args.ensemble,
                               device=args.device, features_dir=args.features, max_images=args.max_images,
-                              objects=args.objects, results_file=args.results, setting="--device")
+                              objects=args.objects, results_file=args.results, spelling=CLI)
     check = None
     if args.check_metrics:
         from ..evaluation.check_metrics import check_report
@@ -204,7 +205,7 @@ def cmd_serve(args) -> int:
                     max_images=args.max_images, max_pixels=args.max_pixels, max_decoded_pixels=decoded,
                     body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout)
     serve(args.run, args.host, args.port, args.device, limits, args.max_batch, args.max_wait_ms,
-          allowed_hosts=args.allowed_hosts, setting="--device")
+          allowed_hosts=args.allowed_hosts, spelling=CLI)
     return 0
 
 

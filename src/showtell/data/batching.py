@@ -35,6 +35,13 @@ class CaptionTable:
         # array of word ids placed with one indexed write (a row-by-row loop takes seconds at COCO size)
         cut = max_words or None
         captions = [tokens if cut is None or len(tokens) <= cut else tokens[:cut] for r in records for tokens in r.tokens]
+        self.counts = [len(r.tokens) for r in records]
+        self.offsets = [0]
+        for c in self.counts[:-1]:
+            self.offsets.append(self.offsets[-1] + c)
+        if not isinstance(vocab, Vocabulary):   # a subword tokenizer (tokenizer.py): caption by caption
+            self._encode_each(captions, vocab)
+            return
         lengths = np.fromiter(map(len, captions), dtype=np.int64, count=len(captions))
         words = np.fromiter(map(vocab.index.get, chain.from_iterable(captions), repeat(UNK)),
                             dtype=np.int64, count=int(lengths.sum()))
@@ -47,10 +54,15 @@ class CaptionTable:
         ids[rows, columns] = words
         ids[np.arange(len(captions)), lengths + 1] = END
         self.ids = torch.from_numpy(ids)
-        self.counts = [len(r.tokens) for r in records]
-        self.offsets = [0]
-        for c in self.counts[:-1]:
-            self.offsets.append(self.offsets[-1] + c)
+        self.widths = torch.from_numpy(lengths + 2)   # <start> .. <end> per caption
+
+    def _encode_each(self, captions, tokenizer) -> None:
+        encoded = [tokenizer.encode(c) for c in captions]
+        widths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        ids = np.full((len(encoded), int(widths.max()) if len(encoded) else 2), tokenizer.specials.pad, dtype=np.int64)
+        for row, caption in enumerate(encoded):
+            ids[row, :len(caption)] = caption
+        self.ids, self.widths = torch.from_numpy(ids), torch.from_numpy(widths)
 
     def rows_for(self, image: int, chosen: Sequence[int]) -> list[int]:
         return [self.offsets[image] + c for c in chosen]
@@ -58,7 +70,7 @@ class CaptionTable:
     def batch(self, rows: Sequence[int]) -> torch.Tensor:
         """(len(rows), T') token ids, trimmed to the longest caption of the batch."""
         ids = self.ids[list(rows)]
-        length = int((ids != PAD).sum(dim=1).max())
+        length = int(self.widths[list(rows)].max())
         return ids[:, :length]
 
 

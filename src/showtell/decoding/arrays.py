@@ -12,7 +12,7 @@ from typing import Any
 from array_api_compat import array_namespace, is_numpy_array, is_torch_array
 from array_api_compat import device as device_of
 
-from ..vocab import PAD, START, UNK
+from ..vocab import WORD_SPECIALS, Specials
 
 NEG_INF = float("-inf")
 Array = Any  # a torch tensor or a NumPy array (anything array_api_compat knows)
@@ -59,11 +59,11 @@ def backend(state: dict[str, Array]):
     return array_namespace(first), first.shape[0], device_of(first)
 
 
-def mask_row(xp, like: Array, block_unk: bool) -> Array:
+def mask_row(xp, like: Array, block_unk: bool, specials: Specials = WORD_SPECIALS) -> Array:
     """Added to each step's log-probabilities (B, V): -inf for the words decoding never chooses,
     0 elsewhere, so the log-probabilities of the others stay exactly the model's."""
     row = xp.zeros(like.shape[-1], dtype=like.dtype, device=device_of(like))
-    for word in (PAD, START, UNK) if block_unk else (PAD, START):
+    for word in specials.never(block_unk):
         row[word] = NEG_INF
     return row
 

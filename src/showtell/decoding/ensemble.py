@@ -6,6 +6,7 @@ import math
 
 from array_api_compat import array_namespace
 
+from ..tokenizer import specials_of
 from .arrays import Array, logsumexp
 
 
@@ -16,6 +17,7 @@ class Ensemble:
 
     def __init__(self, models):
         self.models = list(models)
+        self.specials = specials_of(self.models[0]) if self.models else None   # models decoding as one share their tokenizer
 
     def init_state(self, features: list) -> dict[str, Array]:
         state = {}

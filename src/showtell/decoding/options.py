@@ -59,7 +59,8 @@ PYTHON = Spelling()
 HTTP = Spelling((("return_attention", "attention"),))
 CLI = Spelling((("beam_size", "--beam-size"), ("n_best", "--n-best"), ("max_length", "--max-length"),
                 ("return_attention", "--attention"), ("sampling", "--sample"), ("temperature", "--temperature"),
-                ("top_k", "--top-k"), ("top_p", "--top-p"), ("seed", "--seed"), ("batch_size", "--batch-size")),
+                ("top_k", "--top-k"), ("top_p", "--top-p"), ("seed", "--seed"), ("batch_size", "--batch-size"),
+                ("device", "--device"), ("max_images", "--max-images"), ("results_file", "--results")),
                with_value=True)
 
 

@@ -3,7 +3,7 @@ for self-critical training, which differentiates the log-probabilities of what i
 
 from __future__ import annotations
 
-from ..vocab import END, PAD, START
+from ..tokenizer import specials_of
 from .arrays import NEG_INF, mask_row, select_state
 from .search import Decoded
 
@@ -39,26 +39,27 @@ def sample(model, features, max_length: int = 20, temperature: float = 1.0, top_
     import torch
     import torch.nn.functional as F
 
+    special = specials_of(model)
     state = model.init_state(features)
     if samples_per_image > 1:
         rows = torch.arange(next(iter(state.values())).shape[0], device=next(iter(state.values())).device)
         state = select_state(state, rows.repeat_interleave(samples_per_image))
     b = next(iter(state.values())).shape[0]
     device = next(iter(state.values())).device
-    words = torch.full((b,), START, dtype=torch.long, device=device)
-    sequences = torch.full((b, max_length), PAD, dtype=torch.long, device=device)
+    words = torch.full((b,), special.start, dtype=torch.long, device=device)
+    sequences = torch.full((b, max_length), special.pad, dtype=torch.long, device=device)
     lengths = torch.zeros(b, dtype=torch.long, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     total = torch.zeros(b, device=device)
     token_lp, token_mask, mask = [], [], None
     for t in range(max_length + 1):
         logprobs, state, _ = model.step(words, state)
-        mask = mask_row(torch, logprobs, block_unk) if mask is None else mask
+        mask = mask_row(torch, logprobs, block_unk, special) if mask is None else mask
         dist = F.log_softmax(_filter((logprobs + mask) / temperature, top_k, top_p), dim=-1)
         drawn = torch.multinomial(dist.detach().exp(), 1, generator=generator).squeeze(1)
         active = ~finished
-        ends = active & (drawn == END)
-        grows = active & (drawn != END) & (t < max_length)   # a word after max_length that is not <end> is cut
+        ends = active & (drawn == special.end)
+        grows = active & (drawn != special.end) & (t < max_length)   # a word after max_length that is not <end> is cut
         counts = ends | grows
         token_lp.append(dist.gather(1, drawn.unsqueeze(1)).squeeze(1))
         token_mask.append(counts)
@@ -66,7 +67,7 @@ def sample(model, features, max_length: int = 20, temperature: float = 1.0, top_
         total = torch.where(counts, total + own, total)
         finished |= ends
         if t < max_length:
-            sequences[:, t] = torch.where(grows, drawn, torch.full_like(drawn, PAD))
+            sequences[:, t] = torch.where(grows, drawn, torch.full_like(drawn, special.pad))
         lengths = lengths + grows.long()
         if not bool(grows.any()):
             break

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from ..vocab import START
+from ..tokenizer import specials_of
 from .arrays import Array, backend
 
 
@@ -22,7 +22,7 @@ def word_logprobs(decoder, features, targets: Array) -> Array:
     positions hold the log-probability of <pad>, which callers leave out)."""
     state = decoder.init_state(features)
     xp, n, device = backend(state)
-    words = xp.full((n,), START, dtype=xp.int64, device=device)
+    words = xp.full((n,), specials_of(decoder).start, dtype=xp.int64, device=device)
     columns = []
     for t in range(targets.shape[1]):
         logprobs, state, _ = decoder.step(words, state)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from array_api_compat import device as device_of
 
-from ..vocab import END, PAD, START
+from ..tokenizer import specials_of
 from .arrays import NEG_INF, Array, backend, mask_row, max_with_index, pad_to, select_state, topk
 
 
@@ -53,28 +53,29 @@ class Decoded:
 
 def greedy(model, features, max_length: int = 20, block_unk: bool = True, return_attention: bool = False) -> Decoded:
     """Feed the most probable word back in until <end> or `max_length` words."""
+    special = specials_of(model)                             # the model's start/end/pad ids
     state = model.init_state(features)
     xp, b, device = backend(state)
-    words = xp.full((b,), START, dtype=xp.int64, device=device)
-    sequences = xp.full((b, max_length), PAD, dtype=xp.int64, device=device)
-    pad = xp.full((b,), PAD, dtype=xp.int64, device=device)
+    words = xp.full((b,), special.start, dtype=xp.int64, device=device)
+    sequences = xp.full((b, max_length), special.pad, dtype=xp.int64, device=device)
+    pad = xp.full((b,), special.pad, dtype=xp.int64, device=device)
     total = xp.zeros(b, dtype=xp.float32, device=device)
     lengths = xp.zeros(b, dtype=xp.int64, device=device)
     finished = xp.zeros(b, dtype=xp.bool, device=device)
     mask, attention = None, []
     for t in range(max_length + 1):
         logprobs, state, attn = model.step(words, state)
-        mask = mask_row(xp, logprobs, block_unk) if mask is None else mask
+        mask = mask_row(xp, logprobs, block_unk, special) if mask is None else mask
         if return_attention and attn is not None and t < max_length:
             attention.append(attn)
         best_lp, best = max_with_index(xp, logprobs + mask)
         active = ~finished & (lengths == t)                  # still writing
-        ends = active & (best == END) & xp.isfinite(best_lp)
+        ends = active & (best == special.end) & xp.isfinite(best_lp)
         if t == max_length:                                  # only <end> may follow now
             total = xp.where(ends, total + best_lp, total)
             finished = finished | ends
             break
-        grows = active & (best != END) & xp.isfinite(best_lp)
+        grows = active & (best != special.end) & xp.isfinite(best_lp)
         total = xp.where(ends | grows, total + best_lp, total)
         finished = finished | ends
         sequences[:, t] = xp.where(grows, best, pad)
@@ -101,18 +102,19 @@ class _Beams:
     fin_lp: Array                   # (B, n) their log-probability, <end> included
     fin_score: Array                # (B, n) their ranking score, best first
     fin_len: Array                  # (B, n) their lengths
+    pad: int = 0                    # the id written after a hypothesis's last word
     alive_attn: Array | None = None  # (B, K, t, L)
     fin_attn: Array | None = None    # (B, n, T, L)
 
 
-def _start(xp, b: int, k: int, n_best: int, max_length: int, device) -> _Beams:
+def _start(xp, b: int, k: int, n_best: int, max_length: int, device, pad: int) -> _Beams:
     alive_lp = xp.full((b, k), NEG_INF, dtype=xp.float32, device=device)
     alive_lp[:, 0] = 0.0                                      # one live hypothesis at the start
     return _Beams(alive_lp, xp.zeros((b, k, 0), dtype=xp.int64, device=device),
-                  xp.full((b, n_best, max_length), PAD, dtype=xp.int64, device=device),
+                  xp.full((b, n_best, max_length), pad, dtype=xp.int64, device=device),
                   xp.full((b, n_best), NEG_INF, dtype=xp.float32, device=device),
                   xp.full((b, n_best), NEG_INF, dtype=xp.float32, device=device),
-                  xp.zeros((b, n_best), dtype=xp.int64, device=device))
+                  xp.zeros((b, n_best), dtype=xp.int64, device=device), pad)
 
 
 def _pool_ends(xp, beams: _Beams, top_lp, is_end, t: int, w: int, max_length: int, length_penalty: float) -> None:
@@ -126,7 +128,7 @@ def _pool_ends(xp, beams: _Beams, top_lp, is_end, t: int, w: int, max_length: in
     from_new = pick >= n_best
     new_beam = end_beam[rows, xp.clip(pick - n_best, 0, kw - 1)]
     old = xp.clip(pick, 0, n_best - 1)
-    new_seq = pad_to(xp, beams.alive_seq, max_length, axis=2, value=PAD)[rows, new_beam]     # (B, n, T)
+    new_seq = pad_to(xp, beams.alive_seq, max_length, axis=2, value=beams.pad)[rows, new_beam]     # (B, n, T)
     beams.fin_seq = xp.where(from_new[:, :, None], new_seq, beams.fin_seq[rows, old])
     beams.fin_lp = xp.concat([beams.fin_lp, end_lp], axis=1)[rows, pick]
     beams.fin_len = xp.where(from_new, xp.full_like(beams.fin_len, t), beams.fin_len[rows, old])
@@ -164,13 +166,13 @@ def _with_unfinished(xp, beams: _Beams, max_length: int, length_penalty: float) 
     slot = xp.arange(n_best, device=device)[None, :]
     use_alive = slot >= n_done
     alive_pick = alive_order[rows, xp.clip(slot - n_done, 0, alive_order.shape[1] - 1)]
-    unfinished_seq = pad_to(xp, beams.alive_seq, max_length, axis=2, value=PAD)[rows, alive_pick]
+    unfinished_seq = pad_to(xp, beams.alive_seq, max_length, axis=2, value=beams.pad)[rows, alive_pick]
     sequences = xp.where(use_alive[:, :, None], unfinished_seq, beams.fin_seq)
     logprobs = xp.where(use_alive, beams.alive_lp[rows, alive_pick], beams.fin_lp)
     scores = xp.where(use_alive, alive_score[rows, alive_pick], beams.fin_score)
     lengths = xp.where(use_alive, xp.full_like(beams.fin_len, steps), beams.fin_len)
     found = xp.isfinite(scores)
-    sequences = xp.where(found[:, :, None], sequences, xp.full_like(sequences, PAD))
+    sequences = xp.where(found[:, :, None], sequences, xp.full_like(sequences, beams.pad))
     lengths = xp.where(found, lengths, xp.zeros_like(lengths))
     attention = None
     if beams.fin_attn is not None:
@@ -193,22 +195,23 @@ def beam_search(model, features, beam_size: int = 3, max_length: int = 20, lengt
     their log-probability has no <end> and their length is `max_length`."""
     k = beam_size
     n_best = min(n_best or k, k)
+    special = specials_of(model)                             # the model's start/end/pad ids
     state = model.init_state(features)
     xp, b, device = backend(state)
     state = select_state(state, xp.repeat(xp.arange(b, device=device), k))
-    beams = _start(xp, b, k, n_best, max_length, device)
-    words = xp.full((b * k,), START, dtype=xp.int64, device=device)
+    beams = _start(xp, b, k, n_best, max_length, device, special.pad)
+    words = xp.full((b * k,), special.start, dtype=xp.int64, device=device)
     mask = None
     for t in range(max_length + 1):
         logprobs, state, attn = model.step(words, state)
         v = logprobs.shape[-1]
         w = min(k, v)
-        mask = mask_row(xp, logprobs, block_unk) if mask is None else mask
+        mask = mask_row(xp, logprobs, block_unk, special) if mask is None else mask
         candidates = beams.alive_lp[:, :, None] + xp.reshape(logprobs + mask, (b, k, v))     # (B, K, V)
         top_lp, top_word = topk(candidates, w)                                               # (B, K, W)
         top_lp, top_word = xp.reshape(top_lp, (b, k * w)), xp.reshape(top_word, (b, k * w))
         valid = xp.isfinite(top_lp)
-        is_end = (top_word == END) & valid
+        is_end = (top_word == special.end) & valid
         if return_attention and attn is not None:
             step_attn = xp.reshape(attn, (b, k, 1, attn.shape[-1]))
             beams.alive_attn = step_attn if beams.alive_attn is None else xp.concat([beams.alive_attn, step_attn], axis=2)

@@ -21,7 +21,7 @@ from ..data.coco_results import check_output_file, record_image_id, write_result
 from ..data.features import FeatureCache
 from ..data.formats import ImageRecord, load_dataset, parse_data_spec
 from ..decoding.captions import CaptionResult, result_from
-from ..decoding.options import DecodeOptions, whole_number
+from ..decoding.options import PYTHON, DecodeOptions, Spelling, whole_number
 from ..device import check_threads, ensure_threads
 from ..errors import DataError, RunError, ShowtellError
 from ..fileio import shown_in, write_json
@@ -71,19 +71,20 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
                  beam_size: int | None = None, ensemble: list[str] = (), device: str = "cpu",
                  features_dir: str | None = None, max_images: int | None = None, batch_size: int = 32,
                  write_html: bool = True, show_progress: bool = True, metrics=METRICS,
-                 objects: str | None = None, results_file: str | Path | None = None, setting: str = "device") -> dict:
+                 objects: str | None = None, results_file: str | Path | None = None, spelling: Spelling = PYTHON) -> dict:
     """Decode a split and score it (the module docstring has the stages). `objects` (a COCO
     instances_*.json) adds CHAIR object hallucination; on the built-in scenes it is added from the
     shapes drawn, without asking. `results_file` also gets the captions as a COCO results file.
-    Each run is opened once, here, and passed down (to the output check, the runtime, the stages)."""
+    Each run is opened once, here, and passed down (to the output check, the runtime, the stages).
+    Messages name the arguments as `spelling` does (`--beam-size` for the CLI)."""
     run, others = Run(run_dir), [Run(path) for path in ensemble]
     if results_file is not None:
-        check_output_file(results_file, "--results", runs=[run, *others])
-    whole_number(max_images, "max_images", allow_none=True)
+        check_output_file(results_file, spelling.name("results_file"), runs=[run, *others])
+    whole_number(max_images, spelling.name("max_images"), allow_none=True)
     ensure_threads()   # as Captioner.load does, for a caller from Python (the CLI has configured it)
-    captioner = Captioner(TorchRuntime.load([run, *others], device, setting))
-    beam = whole_number(beam_size, "beam_size", allow_none=True) or captioner.config.decode.beam_size
-    options = captioner.options(beam_size=beam, n_best=beam, return_attention=captioner.has_attention)
+    captioner = Captioner(TorchRuntime.load([run, *others], device, spelling.name("device")))
+    beam = whole_number(beam_size, spelling.name("beam_size"), allow_none=True) or captioner.config.decode.beam_size
+    options = captioner.options(spelling, beam_size=beam, n_best=beam, return_attention=captioner.has_attention)
     chosen = load_split(run, captioner, data, images_dir, split, features_dir, bool(ensemble), max_images)
     decoded = decode_split(captioner, chosen, options, batch_size, show_progress)
     scored = score_split(chosen, decoded, metrics, objects, beam)

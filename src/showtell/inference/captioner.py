@@ -37,7 +37,6 @@ from ..decoding.scoring import perplexity, word_logprobs
 from ..decoding.search import decode
 from ..device import check_threads, ensure_threads
 from ..errors import ArgumentError, ImageError, RunError
-from ..vocab import END, PAD
 
 ImageInput = str | Path | bytes | Image.Image
 BACKENDS = ("auto", "torch", "onnx")
@@ -71,11 +70,12 @@ class Captioner:
 
     @classmethod
     def load(cls, paths: str | Path | Sequence[str | Path], device: str = "cpu", backend: str = "auto",
-             setting: str = "device") -> "Captioner":
+             spelling: Spelling = PYTHON) -> "Captioner":
         """One run directory (or exported package), or several to decode as an ensemble.
         `backend`: 'auto' runs ONNX packages on onnxruntime and runs on PyTorch; 'torch' or 'onnx'
-        to choose (an ONNX export also holds the PyTorch weights). `setting` names the device
-        argument in messages (`--device` for the CLI)."""
+        to choose (an ONNX export also holds the PyTorch weights). Messages name the device
+        argument as `spelling` does (`--device` for the CLI)."""
+        setting = spelling.name("device")
         paths = _run_paths(paths)
         if backend not in BACKENDS:
             raise ArgumentError(f"backend: expected 'auto', 'torch' or 'onnx', got {backend!r}")
@@ -184,7 +184,8 @@ class Captioner:
         through the same `init_state`/`step` calls decoding uses. Caption n belongs to the picture in
         row `rows[n]` of `features`."""
         width = max(len(ids) for ids in targets) + 1
-        padded = self.runtime.word_ids([ids + [END] + [PAD] * (width - len(ids) - 1) for ids in targets])
+        end, pad = self.vocab.specials.end, self.vocab.specials.pad
+        padded = self.runtime.word_ids([ids + [end] + [pad] * (width - len(ids) - 1) for ids in targets])
         which = self.runtime.word_ids(list(rows))
         with self.runtime.no_grad(), self._lock:
             picked = [{k: v[which] for k, v in feats.items()} for feats in features]

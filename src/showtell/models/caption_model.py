@@ -17,7 +17,8 @@ from torch import nn
 
 from ..architectures import decoder as decoder_traits
 from ..config import Config
-from ..vocab import PAD, START, UNK
+from ..tokenizer import specials_of
+from ..vocab import real_positions
 from .encoder import Encoder
 
 log = logging.getLogger("showtell")
@@ -46,6 +47,11 @@ class CaptionModel(nn.Module):
         self.decoder = decoder
 
     @property
+    def specials(self):
+        """The decoder's start/end/pad ids (the word vocabulary's unless it names its own)."""
+        return specials_of(self.decoder)
+
+    @property
     def transform(self):
         return self.encoder.transform
 
@@ -66,7 +72,7 @@ class CaptionModel(nn.Module):
             features = picture_features(features)
         features = repeat_features(features, repeats)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        positions = targets != PAD                                               # (B, T)
+        positions = real_positions(targets, self.specials.end)                  # (B, T): up to each <end>
         if sampling_probability > 0 and self.training:
             logits, penalty = scheduled_sampling(self.decoder, features, inputs, positions, sampling_probability)
         else:
@@ -102,7 +108,7 @@ def scheduled_sampling(decoder, features, inputs, positions, probability: float)
         outputs.append(logprobs)
         attentions.append(attention)
         feedable = logprobs.detach().float().clone()
-        feedable[:, [PAD, START, UNK]] = -math.inf
+        feedable[:, list(specials_of(decoder).never(block_unk=True))] = -math.inf
         previous = torch.multinomial(feedable.softmax(dim=-1), 1).squeeze(1)
     logits = torch.stack(outputs, dim=1)[positions]                          # (N, V)
     if attentions[0] is None:

@@ -175,14 +175,21 @@ def _model_section(f: RunFiles) -> list[str]:
     model, data = f.config.get("model", {}), f.config.get("data", {})
     params = parameter_count(f.model_file)
     vocab_size = len(f.vocab.get("words", [])) or f.training.get("vocab_size")
+    language_model = f.vocab.get("language_model")     # a prefix-LM run tokenises with its LM's tokenizer
+    if language_model:
+        vocabulary = f"- Tokens: the tokenizer of the language model {_code(language_model)} ({vocab_size or '?'} tokens)"
+    elif vocab_size:
+        vocabulary = (f"- Vocabulary: {vocab_size} words (training words seen at least {data.get('min_word_count')} "
+                      "times; others become `<unk>`, which is never generated)")
+    else:
+        vocabulary = "- Vocabulary: unknown"
     return ["## Model", "",
             f"- Encoder: {_code(model.get('encoder'))}, weights {_code(model.get('encoder_weights'))}"
             f"{', frozen' if model.get('freeze_encoder') else ', trained'}; pictures resized to "
             f"{data.get('image_size') or 'the encoder default'} px",
             f"- Decoder: {card_decoder(model).describe(model)}",
             f"- Parameters: {params:,}" if params is not None else f"- Parameters: unknown (no {MODEL})",
-            f"- Vocabulary: {vocab_size} words (training words seen at least {data.get('min_word_count')} times; "
-            "others become `<unk>`, which is never generated)" if vocab_size else "- Vocabulary: unknown"]
+            vocabulary]
 
 
 def _training_section(f: RunFiles) -> list[str]:

@@ -6,6 +6,7 @@ import logging
 import socket
 from pathlib import Path
 
+from ..decoding.options import PYTHON, Spelling
 from ..errors import ShowtellError
 from ..inference.captioner import Captioner
 from .app import LOOPBACK_HOSTS, create_app
@@ -53,15 +54,15 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", limits: Limits | None = None,
           max_batch: int = 32, max_wait_ms: float = 5.0, allowed_hosts: list[str] | None = None,
-          setting: str = "device") -> None:
-    """Load the run, bind host:port and serve until stopped (`setting` names the device option)."""
+          spelling: Spelling = PYTHON) -> None:
+    """Load the run, bind host:port and serve until stopped (messages name options as `spelling` does)."""
     import uvicorn
 
     limits = limits or Limits()
     names = host_names(host, allowed_hosts)
     sock = listen(host, port)  # bind first: a port in use is reported before the model loads or anything is announced
     try:
-        captioner = Captioner.load(run, device=device, setting=setting)
+        captioner = Captioner.load(run, device=device, spelling=spelling)
         app = create_app(captioner, limits, max_batch, max_wait_ms, allowed_hosts=names, model_name=Path(run).resolve().name or "showtell")
         if host not in LOOPBACK_HOSTS:
             log.warning("listening on %s: the service is reachable from other machines (Host header: %s)",

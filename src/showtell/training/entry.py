@@ -14,7 +14,8 @@ from ..errors import ConfigError, RunError
 from ..models.caption_model import build_model
 from ..reporting.modelcard import record_training, write_model_card
 from ..run import CONFIG, Run
-from ..vocab import Vocabulary, build_vocabulary
+from ..tokenizer import make_tokenizer
+from ..vocab import Vocabulary
 from . import distributed as dist
 from .loop import fit
 from .phases import FIRST, PHASES, encoder_should_train, make_phase
@@ -38,7 +39,7 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
     config = resolve(config)
     check_log(config)
     train_records, val_records = split_records(records)
-    vocab = build_vocabulary((t for r in train_records for t in r.tokens), config.data.min_word_count)
+    vocab = make_tokenizer(config, (t for r in train_records for t in r.tokens))
     seed_everything(config.train.seed)
     model = build_model(config, vocab, pretrained=True, encoder_state=features.encoder_state() if features else None)
     if config.model.word_embeddings:
@@ -130,7 +131,8 @@ def _resume(run: Run, records, max_minutes, show_progress, features, overrides) 
     state = TrainState.from_dict(saved["train_state"])
     changes = check_changes(saved_config, config, state)
     train_records, val_records = split_records(records)
-    if Vocabulary.build((t for r in train_records for t in r.tokens), config.data.min_word_count) != vocab:
+    if isinstance(vocab, Vocabulary) and Vocabulary.build((t for r in train_records for t in r.tokens),
+                                                          config.data.min_word_count) != vocab:
         raise RunError(f"{run.path}: the training data differs from the data this run started with")
     model = _restore_model(run, config, vocab, weights, state)
     if changes and dist.is_main():

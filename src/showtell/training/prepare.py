@@ -27,7 +27,7 @@ from ..errors import DataError
 from ..fileio import atomic_write_text
 from ..models.encoder import Encoder
 from ..progress import progress_bar
-from ..vocab import build_vocabulary
+from ..tokenizer import make_tokenizer
 from . import distributed as dist
 
 log = logging.getLogger("showtell")
@@ -71,7 +71,7 @@ def _open_cache(records, config: Config, out: Path, sources, device):
     shapes = {"global": (len(records), encoder.global_dim), "grid": (len(records), encoder.grid_size, encoder.grid_dim)}
     manifest["shapes"] = {k: list(shapes[k]) for k in outputs}
     if dist.is_main():
-        vocab = build_vocabulary((t for r in records if r.split == "train" for t in r.tokens), config.data.min_word_count)
+        vocab = make_tokenizer(config, (t for r in records if r.split == "train" for t in r.tokens))
         open_for_writing(out, manifest, shapes, vocab, encoder.state_dict())
     dist.barrier()
     return encoder, outputs
