@@ -259,14 +259,18 @@ def test_a_prefix_captioner_learns_a_small_batch(lm_dir):
     assert written == CAPTIONS[:4]
 
 
-def test_the_tokenizer_interface(lm_dir, tmp_path):
+def test_the_tokenizer_interface(lm_dir, tmp_path, monkeypatch):
     tok = HFTokenizer.load(str(lm_dir))
     eos = tok.specials.end
     assert tok.specials.start == eos and tok.specials.pad == eos    # GPT-2's one special token
     ids = tok.encode("a red circle".split())
     assert ids[0] == eos and ids[-1] == eos and len(ids) > 2
-    assert tok.decode(ids[1:]) == "a red circle"
-    assert tok.decode(tok.encode("one two three four".split(), max_words=2)[1:]) == "one two"
+    assert tok.decode(ids) == tok.decode(ids[1:]) == "a red circle"  # a leading start (== end) is skipped
+    assert tok.decode(tok.encode("one two three four".split(), max_words=2)) == "one two"
+    assert tok.words_of("A red, circle.") == ["a", "red", "circle"]   # as training text is tokenised
+    assert hash(tok) == hash(HFTokenizer.load(str(lm_dir))) and tok == HFTokenizer.load(str(lm_dir))
+    monkeypatch.chdir(lm_dir.parent)
+    assert HFTokenizer.load(lm_dir.name).name == str(lm_dir.resolve())   # a folder is recorded absolute
     assert tok.specials.never(block_unk=True) == ()                  # eos is end: never masked
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match="no tokenizer files") as error:

@@ -24,20 +24,27 @@ def _error(capsys) -> str:
     return lines[-1] if lines else ""
 
 
-def test_train_caption_score_evaluate_through_the_cli(tmp_path, synth_dir, capsys):
+def test_train_caption_score_evaluate_through_the_cli(tmp_path, synth_dir, capsys, monkeypatch):
     lm, run = _save_lm(tmp_path / "lm"), tmp_path / "run"
     data = str(synth_dir / "dataset.json")
+    monkeypatch.chdir(tmp_path)                 # the LM given as a relative folder, the run used from elsewhere
     assert main(["--quiet", "train", "--data", data, "--out", str(run), *SETTINGS,
-                 "--set", f"model.language_model={lm}"]) == 0
-    assert json.loads((run / "vocab.json").read_text())["language_model"] == str(lm)
+                 "--set", "model.language_model=lm"]) == 0
+    assert json.loads((run / "vocab.json").read_text())["language_model"] == str(lm.resolve())
+    assert json.loads((run / "config.json").read_text())["model"]["language_model"] == str(lm.resolve())
     card = (run / "README.md").read_text()
     assert "- Tokens: the tokenizer of the language model" in card and "min_word_count" not in card
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     pictures = sorted((synth_dir / "images").iterdir())[:2]
     capsys.readouterr()
     assert main(["--quiet", "caption", str(run), *map(str, pictures), "--beam-size", "3"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
-    assert main(["--quiet", "score", str(run), str(pictures[0]), "a red circle"]) == 0
-    assert capsys.readouterr().out.split()[-2:-1] == ["<end>"]          # subword tokens, then <end>
+    assert main(["--quiet", "score", "--json", str(run), str(pictures[0]), "a red circle", "A red circle."]) == 0
+    plain, written = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
+    assert plain["words"][-1] == "<end>" and len(plain["words"]) > 2 and "<end>" not in plain["words"][:-1]
+    assert written["words"] == plain["words"] and written["logprob"] == plain["logprob"]   # read as training text
     assert main(["--quiet", "evaluate", str(run), "--data", data, "--max-images", "8"]) == 0
     results = json.loads(next((run / "evaluations").glob("*.json")).read_text())
     assert results

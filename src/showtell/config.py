@@ -27,6 +27,7 @@ from .architectures import decoder as decoder_traits
 from .device import check_device_name, check_threads_setting
 from .errors import ConfigError
 from .fileio import FILE_LIMITS, read_bounded
+from .tokenizer import language_model_name
 
 # a YAML config is a few dozen settings; more values than this once aliases are expanded (a
 # "billion laughs" file of nested aliases: 1 kB as written, billions of values) is refused
@@ -476,15 +477,16 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def resolve(config: Config) -> Config:
-    """Fill in the settings left to follow others ('auto' encoder weights, empty freeze_encoder),
-    once every source has been applied, and refuse combinations that cannot learn."""
+    """Fill in the settings left to follow others ('auto' encoder weights, empty freeze_encoder; a
+    language model's folder made absolute), once every source has been applied, and refuse combinations that cannot learn."""
     m = config.model
     weights = parse_weights(m.encoder, m.encoder_weights).value     # 'auto' resolved by the encoder's family
     frozen = m.freeze_encoder if m.freeze_encoder is not None else weights != "none"
     if frozen and weights == "none":
         raise ConfigError("model.freeze_encoder: a frozen encoder with random weights (model.encoder_weights=none) "
                           "gives every picture nearly the same features; set model.freeze_encoder=false or give weights")
-    return dataclasses.replace(config, model=dataclasses.replace(m, encoder_weights=weights, freeze_encoder=frozen))
+    return dataclasses.replace(config, model=dataclasses.replace(m, encoder_weights=weights, freeze_encoder=frozen,
+                                                                language_model=language_model_name(m.language_model)))
 
 
 def config_from_dict(tree: dict[str, Any], source: str) -> Config:
