@@ -208,6 +208,19 @@ def test_teacher_forced_logprobs_equal_the_lms_own_loss(lm_dir):
     assert scored == pytest.approx(theirs, abs=1e-5)
 
 
+def test_training_and_decoding_read_the_lms_own_logits(lm_dir):
+    """An LM whose forward changes its logits (Gemma's softcap, a scale; here a forward hook) gives
+    teacher forcing the same log-probabilities as decoding's init_state/step."""
+    decoder, tok = _decoder(lm_dir), HFTokenizer.load(str(lm_dir))
+    decoder.lm.register_forward_hook(lambda module, args, out: out.__setitem__("logits", 0.25 * out.logits))
+    tokens = torch.tensor([tok.encode(CAPTIONS[4].split())])
+    features = _features(1)
+    with torch.no_grad():
+        out = CaptionModel(torch.nn.Identity(), decoder).eval()(tokens, features=features)
+        scored = float(word_logprobs(decoder, features, tokens[:, 1:]).sum())
+    assert -float(out.nll) == pytest.approx(scored, abs=1e-4)
+
+
 def _train(decoder, steps, lr=3e-3, zero=False):
     tok = decoder.specials
     model = CaptionModel(torch.nn.Identity(), decoder).train()

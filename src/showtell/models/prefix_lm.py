@@ -131,10 +131,11 @@ class PrefixLMDecoder(nn.Module):
             raise ConfigError(f"data.max_caption_length: a caption of {inputs.shape[1] - 1} tokens after the "
                               f"{self.prefix_length}-vector prefix passes the language model's {self.context} positions; "
                               "lower data.max_caption_length or model.prefix_length")
-        hidden = self.lm.base_model(inputs_embeds=x).last_hidden_state[:, self.prefix_length - 1:]   # (B, T, W)
+        # the LM's own forward, as init_state and step call it: whatever it does to its logits (a softcap,
+        # a scale) applies to training as to decoding
+        logits = self.lm(inputs_embeds=x).logits[:, self.prefix_length - 1:]            # (B, T, V)
         if positions is not None:
-            hidden = hidden[positions]                  # (N, W): the vocabulary layer on real tokens only
-        logits = self.lm.get_output_embeddings()(hidden)
+            logits = logits[positions]                  # (N, V): real tokens only
         return logits, logits.new_zeros(())
 
     def init_state(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
