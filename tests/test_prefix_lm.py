@@ -45,14 +45,15 @@ def _save_tokenizer(folder) -> None:
     fast.save_pretrained(folder)
 
 
-def _save_lm(folder, pretrain_steps: int = 0, positions: int = 64):
+def _save_lm(folder, pretrain_steps: int = 0, positions: int = 64, extra_rows: int = 0):
     """A 2-layer, 32-wide GPT-2 with the tokenizer beside it; `pretrain_steps` of language modelling
-    on the captions' text (eos caption eos) teach it to end its sentences."""
+    on the captions' text (eos caption eos) teach it to end its sentences; `extra_rows` embedding
+    rows beyond the tokenizer's ids (as Pythia, OPT and Qwen pad theirs)."""
     _save_tokenizer(folder)
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     # a wide initialisation: peaked distributions, so argmax ties cannot decide a comparison
-    config = transformers.GPT2Config(vocab_size=len(tok), n_positions=positions, n_embd=32, n_layer=2, n_head=2,
+    config = transformers.GPT2Config(vocab_size=len(tok) + extra_rows, n_positions=positions, n_embd=32, n_layer=2, n_head=2,
                                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                                      initializer_range=0.3)
     lm = transformers.GPT2LMHeadModel(config)
@@ -219,6 +220,25 @@ def test_training_and_decoding_read_the_lms_own_logits(lm_dir):
         out = CaptionModel(torch.nn.Identity(), decoder).eval()(tokens, features=features)
         scored = float(word_logprobs(decoder, features, tokens[:, 1:]).sum())
     assert -float(out.nll) == pytest.approx(scored, abs=1e-4)
+
+
+def test_ids_beyond_the_tokenizer_are_never_generated(tmp_path):
+    """An LM with more embedding rows than its tokenizer has tokens, made to favour those rows: greedy,
+    beam and sampling choose only ids the tokenizer can write."""
+    from showtell.decoding.sampling import sample
+
+    lm = _save_lm(tmp_path / "padded", extra_rows=20)
+    decoder, size = _decoder(lm), len(HFTokenizer.load(str(lm)))
+    assert decoder.lm.get_input_embeddings().num_embeddings == size + 20
+    def favour_extra_rows(module, args, out):
+        out.logits[..., size:] += 50.0
+    decoder.lm.register_forward_hook(favour_extra_rows)
+    features = _features(3)
+    with torch.no_grad():
+        written = [greedy(decoder, features, 6).sequences, beam_search(decoder, features, 3, 6).sequences,
+                   sample(decoder, features, 6, generator=torch.Generator().manual_seed(0))[0].sequences]
+    for sequences in written:
+        assert int(sequences.max()) < size
 
 
 def _train(decoder, steps, lr=3e-3, zero=False):

@@ -86,7 +86,7 @@ class HFTokenizer:
             raise ConfigError("model.language_model: its tokenizer has no end-of-text token (eos) to end captions with")
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else end
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
-        self.specials = Specials(start, end, pad, tokenizer.unk_token_id)
+        self.specials = Specials(start, end, pad, tokenizer.unk_token_id, size=len(tokenizer))
 
     @classmethod
     def load(cls, name: str) -> "HFTokenizer":
