@@ -21,7 +21,8 @@ SETTINGS = ["--config", "synth", "--set", "model.decoder=prefix-lm", "--set", "m
 
 def _error(capsys) -> str:
     lines = capsys.readouterr().err.strip().splitlines()
-    return lines[-1] if lines else ""
+    _error.last = lines[-1] if lines else ""
+    return _error.last
 
 
 def test_train_caption_score_evaluate_through_the_cli(tmp_path, synth_dir, capsys, monkeypatch):
@@ -45,6 +46,9 @@ def test_train_caption_score_evaluate_through_the_cli(tmp_path, synth_dir, capsy
     plain, written = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
     assert plain["words"][-1] == "<end>" and len(plain["words"]) > 2 and "<end>" not in plain["words"][:-1]
     assert written["words"] == plain["words"] and written["logprob"] == plain["logprob"]   # read as training text
+    long = " ".join(["red"] * 70)                # 70 tokens pass the 64 positions less the 4-vector prefix
+    assert main(["--quiet", "score", str(run), str(pictures[0]), long]) == 2
+    assert f"captions: '{long[:20]}" in _error(capsys) and "prefix-lm run scores captions of at most 60 tokens" in _error.last
     assert main(["--quiet", "evaluate", str(run), "--data", data, "--max-images", "8"]) == 0
     results = json.loads(next((run / "evaluations").glob("*.json")).read_text())
     assert results
@@ -53,13 +57,17 @@ def test_train_caption_score_evaluate_through_the_cli(tmp_path, synth_dir, capsy
 def test_bad_input_is_one_line_and_status_2(tmp_path, synth_dir, capsys):
     data = str(synth_dir / "dataset.json")
     lm = _save_lm(tmp_path / "lm", positions=6)
+    wide = _save_lm(tmp_path / "wide")            # 64 positions
     no_tokenizer = tmp_path / "bare"
     no_tokenizer.mkdir()
     (no_tokenizer / "config.json").write_text((lm / "config.json").read_text())
     cases = {
         "no tokenizer files": [f"model.language_model={no_tokenizer}"],
         "data.min_word_count: a word-vocabulary setting": [f"model.language_model={lm}", "data.min_word_count=2"],
-        "data.max_caption_length: a caption of": [f"model.language_model={lm}"],   # 4 + caption > 6 positions
+        # 4 + caption > 6 positions, found before the run folder is made (whatever the batch order)
+        "data.max_caption_length: the longest training caption is": [f"model.language_model={lm}"],
+        "decode.max_length: 61 tokens pass the 60 a prefix-lm decoder with these settings writes":
+            [f"model.language_model={wide}", "decode.max_length=61", "data.max_caption_length=5"],
         "model.language_model: model.decoder=prefix-lm needs a language model": [],
         "model.word_embeddings: word vectors do not apply": [f"model.language_model={lm}", "model.word_embeddings=glove:x"],
     }
@@ -69,6 +77,7 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, synth_dir, capsys):
         line = _error(capsys)
         assert code == 2 and expected in line, (expected, line)
         assert "Traceback" not in line
+        assert not (tmp_path / "r").exists(), expected
 
 
 def test_a_missing_transformers_names_the_extra(monkeypatch):

@@ -157,6 +157,15 @@ def make_tokenizer(config, train_captions) -> Vocabulary | HFTokenizer:
     return build_vocabulary(train_captions, config.data.min_word_count)
 
 
+def longest_caption(tokenizer, captions: Iterable[Sequence[str]], max_words: int | None) -> int:
+    """The most ids a training caption (its first max_words words) takes, <start> and <end> not counted."""
+    cut = [list(c)[:max_words] if max_words else list(c) for c in captions]
+    if isinstance(tokenizer, HFTokenizer):       # one batched call: caption by caption takes long at COCO size
+        texts = [" ".join(c) for c in cut]
+        return max(map(len, tokenizer.tokenizer(texts, add_special_tokens=False)["input_ids"]), default=0) if texts else 0
+    return max(map(len, cut), default=0)
+
+
 def load_tokenizer(path) -> Vocabulary | HFTokenizer:
     """A run's (or feature cache's) vocab.json: a word vocabulary, or the name of an LM's tokenizer."""
     try:
