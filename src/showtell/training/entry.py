@@ -8,13 +8,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from time import monotonic as clock
 
+from ..architectures import check_lengths
 from ..config import Config, apply, parse_overrides, resolve
 from ..data.formats import ImageRecord
 from ..errors import ConfigError, RunError
 from ..models.caption_model import build_model
 from ..reporting.modelcard import record_training, write_model_card
 from ..run import CONFIG, Run
-from ..architectures import check_lengths
 from ..tokenizer import longest_caption, make_tokenizer
 from ..vocab import Vocabulary
 from . import distributed as dist
