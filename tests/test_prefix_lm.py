@@ -241,12 +241,12 @@ def test_ids_beyond_the_tokenizer_are_never_generated(tmp_path):
         assert int(sequences.max()) < size
 
 
-def _train(decoder, steps, lr=3e-3, zero=False):
-    tok = decoder.specials
+def _trainer(decoder, lr=3e-3):
+    """The decoder in a model in training mode, and an optimiser of what trains."""
     model = CaptionModel(torch.nn.Identity(), decoder).train()
     params = [p for p in model.parameters() if p.requires_grad]    # as training's optimiser takes them
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=1e-4)
-    return model, optimizer, tok
+    return model, optimizer
 
 
 def _batch(lm_dir, n):
@@ -261,8 +261,12 @@ def test_a_frozen_language_model_stays_bit_identical(lm_dir, freeze):
     decoder = _decoder(lm_dir, freeze_language_model=freeze)
     before = {k: v.clone() for k, v in decoder.lm.state_dict().items()}
     mapper_before = [p.clone() for p in decoder.mapper.parameters()]
-    model, optimizer, _ = _train(decoder, 3)
+    model, optimizer = _trainer(decoder)
     _, tokens = _batch(lm_dir, 4)
+    assert decoder.lm.config.resid_pdrop > 0                       # the LM has dropout to switch off
+    with torch.no_grad():                                          # in training mode: a frozen LM has none
+        twice = [float(model(tokens, features=_features(4)).loss) for _ in range(2)]
+    assert (twice[0] == twice[1]) == freeze
     for _ in range(3):
         optimizer.zero_grad()
         model(tokens, features=_features(4)).loss.backward()
@@ -279,7 +283,7 @@ def test_a_prefix_captioner_learns_a_small_batch(lm_dir):
     decoder = _decoder(lm_dir, seed=3)
     tok, tokens = _batch(lm_dir, 4)
     features = _features(4, seed=5)
-    model, optimizer, _ = _train(decoder, 0, lr=3e-3)
+    model, optimizer = _trainer(decoder)
     for _ in range(120):
         optimizer.zero_grad()
         loss = model(tokens, features=features).loss
