@@ -117,7 +117,7 @@ MUTATIONS = [
              "d.max_length, d.block_unk)", "d.max_length)",
              [T + "test_self_critical_encodes_each_batch_once_and_its_baseline_blocks_unk"]),
     Mutation("scheduled sampling feeds back <pad>/<start>/<unk>", SRC + "models/caption_model.py", "scheduled_sampling",
-             "feedable[:, list(specials_of(decoder).never(block_unk=True))] = -math.inf", "pass",
+             "feedable[:, list(specials.never(block_unk=True))] = -math.inf", "pass",
              ["tests/test_attention.py::test_scheduled_sampling_feeds_back_only_words_that_decoding_could_write"]),
     Mutation("only rank 0 starts self-critical training from the best model", SRC + "training/phases.py",
              "start_self_critical", "if s.run is not None and s.run.has_model():",
