@@ -41,7 +41,7 @@ def test_each_row_builds_a_decoder_that_does_what_the_row_says(name, tmp_path):
     if name == "transformer":
         from showtell.models.transformer import MAX_POSITIONS
 
-        assert row.max_scored_words == MAX_POSITIONS - 2 == 254
+        assert row.max_scored_words(config.model) == MAX_POSITIONS - 2 == 254
     assert row.describe(config.to_dict()["model"]).count("None") == 0
 
 

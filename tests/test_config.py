@@ -67,3 +67,18 @@ def test_bad_config_files(tmp_path):
         load_config(str(unknown))
     with pytest.raises(ConfigError, match="no such config file or preset"):
         load_config("no-such-preset")
+
+
+def test_a_word_vocabulary_setting_is_refused_whichever_source_names_the_lm_decoder(tmp_path):
+    words = tmp_path / "words.yaml"
+    words.write_text("data:\n  min_word_count: 2\n")
+    lm = tmp_path / "lm.yaml"
+    lm.write_text("model:\n  decoder: prefix-lm\n")
+    refusals = {f"{words}: data.min_word_count": (words, ["model.decoder=prefix-lm"]),
+                "--set data.min_word_count": (lm, ["data.min_word_count=2"]),
+                "--set data.min_word_count: a word": (None, ["model.decoder=prefix-lm", "data.min_word_count=2"])}
+    for expected, (path, overrides) in refusals.items():
+        with pytest.raises(ConfigError, match="a word-vocabulary setting") as error:
+            load_config(str(path) if path else None, overrides)
+        assert str(error.value).startswith(expected), str(error.value)
+    assert load_config(str(words), []).data.min_word_count == 2       # a word decoder keeps it

@@ -45,14 +45,15 @@ def _save_tokenizer(folder) -> None:
     fast.save_pretrained(folder)
 
 
-def _save_lm(folder, pretrain_steps: int = 0, positions: int = 64):
+def _save_lm(folder, pretrain_steps: int = 0, positions: int = 64, extra_rows: int = 0):
     """A 2-layer, 32-wide GPT-2 with the tokenizer beside it; `pretrain_steps` of language modelling
-    on the captions' text (eos caption eos) teach it to end its sentences."""
+    on the captions' text (eos caption eos) teach it to end its sentences; `extra_rows` embedding
+    rows beyond the tokenizer's ids (as Pythia, OPT and Qwen pad theirs)."""
     _save_tokenizer(folder)
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     # a wide initialisation: peaked distributions, so argmax ties cannot decide a comparison
-    config = transformers.GPT2Config(vocab_size=len(tok), n_positions=positions, n_embd=32, n_layer=2, n_head=2,
+    config = transformers.GPT2Config(vocab_size=len(tok) + extra_rows, n_positions=positions, n_embd=32, n_layer=2, n_head=2,
                                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                                      initializer_range=0.3)
     lm = transformers.GPT2LMHeadModel(config)
@@ -208,12 +209,44 @@ def test_teacher_forced_logprobs_equal_the_lms_own_loss(lm_dir):
     assert scored == pytest.approx(theirs, abs=1e-5)
 
 
-def _train(decoder, steps, lr=3e-3, zero=False):
-    tok = decoder.specials
+def test_training_and_decoding_read_the_lms_own_logits(lm_dir):
+    """An LM whose forward changes its logits (Gemma's softcap, a scale; here a forward hook) gives
+    teacher forcing the same log-probabilities as decoding's init_state/step."""
+    decoder, tok = _decoder(lm_dir), HFTokenizer.load(str(lm_dir))
+    decoder.lm.register_forward_hook(lambda module, args, out: out.__setitem__("logits", 0.25 * out.logits))
+    tokens = torch.tensor([tok.encode(CAPTIONS[4].split())])
+    features = _features(1)
+    with torch.no_grad():
+        out = CaptionModel(torch.nn.Identity(), decoder).eval()(tokens, features=features)
+        scored = float(word_logprobs(decoder, features, tokens[:, 1:]).sum())
+    assert -float(out.nll) == pytest.approx(scored, abs=1e-4)
+
+
+def test_ids_beyond_the_tokenizer_are_never_generated(tmp_path):
+    """An LM with more embedding rows than its tokenizer has tokens, made to favour those rows: greedy,
+    beam and sampling choose only ids the tokenizer can write."""
+    from showtell.decoding.sampling import sample
+
+    lm = _save_lm(tmp_path / "padded", extra_rows=20)
+    decoder, size = _decoder(lm), len(HFTokenizer.load(str(lm)))
+    assert decoder.lm.get_input_embeddings().num_embeddings == size + 20
+    def favour_extra_rows(module, args, out):
+        out.logits[..., size:] += 50.0
+    decoder.lm.register_forward_hook(favour_extra_rows)
+    features = _features(3)
+    with torch.no_grad():
+        written = [greedy(decoder, features, 6).sequences, beam_search(decoder, features, 3, 6).sequences,
+                   sample(decoder, features, 6, generator=torch.Generator().manual_seed(0))[0].sequences]
+    for sequences in written:
+        assert int(sequences.max()) < size
+
+
+def _trainer(decoder, lr=3e-3):
+    """The decoder in a model in training mode, and an optimiser of what trains."""
     model = CaptionModel(torch.nn.Identity(), decoder).train()
     params = [p for p in model.parameters() if p.requires_grad]    # as training's optimiser takes them
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=1e-4)
-    return model, optimizer, tok
+    return model, optimizer
 
 
 def _batch(lm_dir, n):
@@ -228,8 +261,12 @@ def test_a_frozen_language_model_stays_bit_identical(lm_dir, freeze):
     decoder = _decoder(lm_dir, freeze_language_model=freeze)
     before = {k: v.clone() for k, v in decoder.lm.state_dict().items()}
     mapper_before = [p.clone() for p in decoder.mapper.parameters()]
-    model, optimizer, _ = _train(decoder, 3)
+    model, optimizer = _trainer(decoder)
     _, tokens = _batch(lm_dir, 4)
+    assert decoder.lm.config.resid_pdrop > 0                       # the LM has dropout to switch off
+    with torch.no_grad():                                          # in training mode: a frozen LM has none
+        twice = [float(model(tokens, features=_features(4)).loss) for _ in range(2)]
+    assert (twice[0] == twice[1]) == freeze
     for _ in range(3):
         optimizer.zero_grad()
         model(tokens, features=_features(4)).loss.backward()
@@ -246,7 +283,7 @@ def test_a_prefix_captioner_learns_a_small_batch(lm_dir):
     decoder = _decoder(lm_dir, seed=3)
     tok, tokens = _batch(lm_dir, 4)
     features = _features(4, seed=5)
-    model, optimizer, _ = _train(decoder, 0, lr=3e-3)
+    model, optimizer = _trainer(decoder)
     for _ in range(120):
         optimizer.zero_grad()
         loss = model(tokens, features=features).loss
@@ -259,14 +296,18 @@ def test_a_prefix_captioner_learns_a_small_batch(lm_dir):
     assert written == CAPTIONS[:4]
 
 
-def test_the_tokenizer_interface(lm_dir, tmp_path):
+def test_the_tokenizer_interface(lm_dir, tmp_path, monkeypatch):
     tok = HFTokenizer.load(str(lm_dir))
     eos = tok.specials.end
     assert tok.specials.start == eos and tok.specials.pad == eos    # GPT-2's one special token
     ids = tok.encode("a red circle".split())
     assert ids[0] == eos and ids[-1] == eos and len(ids) > 2
-    assert tok.decode(ids[1:]) == "a red circle"
-    assert tok.decode(tok.encode("one two three four".split(), max_words=2)[1:]) == "one two"
+    assert tok.decode(ids) == tok.decode(ids[1:]) == "a red circle"  # a leading start (== end) is skipped
+    assert tok.decode(tok.encode("one two three four".split(), max_words=2)) == "one two"
+    assert tok.words_of("A red, circle.") == ["a", "red", "circle"]   # as training text is tokenised
+    assert hash(tok) == hash(HFTokenizer.load(str(lm_dir))) and tok == HFTokenizer.load(str(lm_dir))
+    monkeypatch.chdir(lm_dir.parent)
+    assert HFTokenizer.load(lm_dir.name).name == str(lm_dir.resolve())   # a folder is recorded absolute
     assert tok.specials.never(block_unk=True) == ()                  # eos is end: never masked
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match="no tokenizer files") as error:

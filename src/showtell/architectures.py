@@ -2,7 +2,8 @@
 
 Everything that must know a decoder or an encoder family without building it reads it here: the
 config's choices and checks, `prepare` and the feature cache (which outputs to keep), the ONNX
-runtime (which decoders export), `Captioner.logprob` (the longest caption a decoder scores) and
+runtime (which decoders export), `train` and `Captioner.logprob` (the longest caption a decoder
+reads or scores, `check_lengths`) and
 the model card (its tag and its one-line description). The module that builds one is named by a
 dotted path and imported only when a model is built, so this file needs no torch. Adding a
 decoder is one model file with a `build` function plus one row of `DECODERS`; an encoder family
@@ -46,6 +47,8 @@ class Decoder:
     card_line: str                 # the model card's description, formatted with the model settings
     check: Callable | None = None  # check(model_config, where): rules over several settings, ConfigError
     lm_tokenizer: bool = False     # its tokens come from model.language_model's tokenizer, not a word vocabulary
+    positions_of: str | None = None   # 'module:function' giving `positions` for the model settings (an LM's context)
+    positions_note: str = ""       # what bounds its positions, for the refusals of check_lengths
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -53,9 +56,19 @@ class Decoder:
         return ("global", "grid") if self.uses_grid else ("global",)
 
     @property
-    def max_scored_words(self) -> int | None:
-        """The longest caption it scores, in words (its positions less <start> and <end>)."""
-        return None if self.positions is None else self.positions - 2
+    def unit(self) -> str:
+        """What its captions are counted in."""
+        return "tokens" if self.lm_tokenizer else "words"
+
+    def sequence_positions(self, model_config) -> int | None:
+        """Its positions with these model settings: `positions`, or what `positions_of` computes."""
+        return _load(self.positions_of)(model_config) if self.positions_of else self.positions
+
+    def max_scored_words(self, model_config) -> int | None:
+        """The longest caption it reads, writes or scores with these model settings, in words (tokens
+        for an LM's tokenizer): its positions less <start> and <end>; None: any."""
+        positions = self.sequence_positions(model_config)
+        return None if positions is None else positions - 2
 
     def build(self, model_config, vocab_size: int, encoder, embed_dim: int):
         return _load(self.builds)(model_config, vocab_size, encoder, embed_dim)
@@ -98,13 +111,32 @@ DECODERS = {d.name: d for d in (
                       + ", width {hidden_dim}, {transformer_layers} layers, {transformer_heads} heads, "
                       "feed-forward {transformer_ff_dim}",
             check=_check_transformer),
-    # the LM's context bounds its positions; it is checked against the LM itself, not here
+    # the LM's context bounds its positions: read from the LM's config.json by positions_of
     Decoder("prefix-lm", "showtell.models.prefix_lm:build", uses_grid=False, onnx=False, positions=None,
             card_tag="clipcap",
             card_line="a pretrained language model ({language_model}) continuing the picture given as {prefix_length} "
                       "input vectors by a {mapper} mapper (ClipCap); language model frozen: {freeze_language_model}",
-            check=_check_prefix_lm, lm_tokenizer=True),
+            check=_check_prefix_lm, lm_tokenizer=True, positions_of="showtell.models.prefix_lm:positions",
+            positions_note="the language model's positions less model.prefix_length"),
 )}
+
+
+def check_lengths(config, longest_caption: Callable[[], int]) -> None:
+    """Before a run is made: the decoder's positions hold the longest training caption (`longest_caption()`,
+    in its unit, computed only for a decoder with a bound) and decode.max_length words, else a ConfigError."""
+    traits = decoder(config.model.decoder)
+    most = traits.max_scored_words(config.model)
+    if most is None:
+        return
+    note = f" ({traits.positions_note})" if traits.positions_note else ""
+    longest = longest_caption()
+    if longest > most:
+        raise ConfigError(f"data.max_caption_length: the longest training caption is {longest} {traits.unit}, more than "
+                          f"the {max(most, 0)} a {traits.name} decoder with these settings reads{note}; lower "
+                          "data.max_caption_length" + (" or model.prefix_length" if traits.lm_tokenizer else ""))
+    if config.decode.max_length > most:
+        raise ConfigError(f"decode.max_length: {config.decode.max_length} {traits.unit} pass the {max(most, 0)} a "
+                          f"{traits.name} decoder with these settings writes{note}; lower decode.max_length")
 
 
 def decoder(name: str) -> Decoder:

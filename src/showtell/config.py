@@ -27,6 +27,7 @@ from .architectures import decoder as decoder_traits
 from .device import check_device_name, check_threads_setting
 from .errors import ConfigError
 from .fileio import FILE_LIMITS, read_bounded
+from .tokenizer import language_model_name
 
 # a YAML config is a few dozen settings; more values than this once aliases are expanded (a
 # "billion laughs" file of nested aliases: 1 kB as written, billions of values) is refused
@@ -428,7 +429,7 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
 
 def load_config(config_file: str | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then a YAML file (or a built-in preset name such as 'synth'), then KEY=VALUE overrides."""
-    config = Config()
+    config, given = Config(), {}     # given: the user's word-vocabulary settings and where each came from
     if config_file:
         path = Path(config_file)
         if path.suffix in (".yaml", ".yml", ".json") or path.exists():
@@ -439,27 +440,31 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
             except (OSError, UnicodeDecodeError) as error:
                 raise ConfigError(f"{config_file}: cannot read config file ({error.__class__.__name__})") from None
             values = _read_yaml(text, config_file)
-            config = _no_word_settings(apply(config, values, where=f"{config_file}: "), values, f"{config_file}: ")
+            config = apply(config, values, where=f"{config_file}: ")
+            given.update((name, f"{config_file}: ") for name in WORD_SETTINGS if name in values)
         elif config_file in preset_names():
             text = resources.files("showtell.presets").joinpath(f"{config_file}.yaml").read_text(encoding="utf-8")
             config = apply(config, _read_yaml(text, f"preset {config_file}"), where=f"preset {config_file}: ")
         else:
             raise ConfigError(f"{config_file}: no such config file or preset (presets: {', '.join(preset_names())})")
     values = parse_overrides(overrides or [])
-    return resolve(_no_word_settings(apply(config, values, where="--set "), values, "--set ") if values else config)
+    if values:
+        config = apply(config, values, where="--set ")
+        given.update((name, "--set ") for name in WORD_SETTINGS if name in values)
+    return resolve(_no_word_settings(config, given))
 
 
 WORD_SETTINGS = ("data.min_word_count",)   # model.word_embeddings: the decoder row's own check
 
 
-def _no_word_settings(config: Config, values: dict, where: str) -> Config:
-    """A user's file or --set that gives a word-vocabulary setting for a decoder with its own
-    tokenizer is refused (a run's saved config.json, which holds every setting, is not checked)."""
+def _no_word_settings(config: Config, given: dict[str, str]) -> Config:
+    """A word-vocabulary setting that a user's file or --set gave (`given`: name -> where) is refused
+    when the decoder, from whichever source, has its own tokenizer (a run's saved config.json, which
+    holds every setting, is not checked)."""
     if decoder_traits(config.model.decoder).lm_tokenizer:
-        for name in WORD_SETTINGS:
-            if name in values:
-                raise ConfigError(f"{where}{name}: a word-vocabulary setting, but model.decoder="
-                                  f"{config.model.decoder} uses the language model's own tokenizer; leave it out")
+        for name, where in given.items():
+            raise ConfigError(f"{where}{name}: a word-vocabulary setting, but model.decoder="
+                              f"{config.model.decoder} uses the language model's own tokenizer; leave it out")
     return config
 
 
@@ -476,15 +481,16 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def resolve(config: Config) -> Config:
-    """Fill in the settings left to follow others ('auto' encoder weights, empty freeze_encoder),
-    once every source has been applied, and refuse combinations that cannot learn."""
+    """Fill in the settings left to follow others ('auto' encoder weights, empty freeze_encoder; a
+    language model's folder made absolute), once every source has been applied, and refuse combinations that cannot learn."""
     m = config.model
     weights = parse_weights(m.encoder, m.encoder_weights).value     # 'auto' resolved by the encoder's family
     frozen = m.freeze_encoder if m.freeze_encoder is not None else weights != "none"
     if frozen and weights == "none":
         raise ConfigError("model.freeze_encoder: a frozen encoder with random weights (model.encoder_weights=none) "
                           "gives every picture nearly the same features; set model.freeze_encoder=false or give weights")
-    return dataclasses.replace(config, model=dataclasses.replace(m, encoder_weights=weights, freeze_encoder=frozen))
+    return dataclasses.replace(config, model=dataclasses.replace(m, encoder_weights=weights, freeze_encoder=frozen,
+                                                                language_model=language_model_name(m.language_model)))
 
 
 def config_from_dict(tree: dict[str, Any], source: str) -> Config:

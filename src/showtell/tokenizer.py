@@ -14,7 +14,7 @@ padding after it is eos too. Nothing reads padding by its id (a caption's real p
 up to its first end, `real_positions`), and the prefix-LM never feeds the start id to the LM: the
 picture's prefix plays its part, as in ClipCap.
 
-A basic: imports nothing of showtell but errors, fileio (through vocab) and vocab; `transformers`
+A basic: imports nothing of showtell but architectures, errors, fileio and vocab; `transformers`
 only when a Hugging Face tokenizer is loaded (the optional extra showtell[lm]).
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from .architectures import decoder as decoder_traits
 from .errors import ConfigError, RunError
 from .fileio import FILE_LIMITS, atomic_write_text, read_bounded
-from .vocab import WORD_SPECIALS, Specials, Vocabulary, build_vocabulary
+from .vocab import WORD_SPECIALS, Specials, Vocabulary, build_vocabulary, tokenize
 
 HF_FORMAT = "showtell-hf-tokenizer-1"   # a run's vocab.json that names the language model's tokenizer
 
@@ -46,6 +46,13 @@ def require_transformers():
     except ImportError:
         raise ConfigError(f"model.decoder=prefix-lm needs Hugging Face transformers: {LM_EXTRA}") from None
     return transformers
+
+
+def language_model_name(name: str) -> str:
+    """How a run records model.language_model: an existing folder as its absolute path (so the run
+    loads from any working directory), a hub name as given."""
+    folder = Path(name).expanduser() if name else None
+    return str(folder.resolve()) if folder is not None and folder.is_dir() else name
 
 
 def resolve_language_model(name: str) -> Path:
@@ -79,7 +86,7 @@ class HFTokenizer:
             raise ConfigError("model.language_model: its tokenizer has no end-of-text token (eos) to end captions with")
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else end
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
-        self.specials = Specials(start, end, pad, tokenizer.unk_token_id)
+        self.specials = Specials(start, end, pad, tokenizer.unk_token_id, size=len(tokenizer))
 
     @classmethod
     def load(cls, name: str) -> "HFTokenizer":
@@ -89,7 +96,8 @@ class HFTokenizer:
                               "save the tokenizer beside the model (tokenizer.save_pretrained)")
         transformers = require_transformers()
         try:
-            return cls(transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True), name)
+            return cls(transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True),
+                       language_model_name(name))
         except (OSError, ValueError) as error:
             raise ConfigError(f"model.language_model: {folder}: cannot read its tokenizer "
                               f"({str(error).splitlines()[0][:200]})") from None
@@ -99,6 +107,9 @@ class HFTokenizer:
 
     def __eq__(self, other) -> bool:
         return isinstance(other, HFTokenizer) and self.name == other.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
 
     @property
     def words(self) -> list[str]:
@@ -111,17 +122,12 @@ class HFTokenizer:
         """A run's vocab.json names the language model whose tokenizer it uses (its files stay there)."""
         atomic_write_text(path, json.dumps({"format": HF_FORMAT, "language_model": self.name}) + "\n")
 
-    @property
-    def max_length(self) -> int | None:
-        """The longest input the tokenizer declares (its model's context), None when it names none."""
-        n = self.tokenizer.model_max_length
-        return n if isinstance(n, int) and n < 1_000_000 else None
-
     def ids_of(self, words: Sequence[str]) -> list[int]:
         return list(self.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"])
 
     def words_of(self, text: str) -> list[str]:
-        return text.split()
+        """Text to score as the words training captions are (vocab.tokenize: lower-case, no punctuation)."""
+        return tokenize(text)
 
     def encode(self, tokens: Sequence[str], max_words: int | None = None) -> list[int]:
         """[start, t1 .. tn, end]: the first max_words words, subword-tokenised."""
@@ -129,9 +135,13 @@ class HFTokenizer:
         return [self.specials.start] + self.ids_of(words) + [self.specials.end]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Ids to text, stopping at end, dropping start and pad (as Vocabulary.decode)."""
+        """Ids to text, stopping at end, dropping start and pad (as Vocabulary.decode): one leading
+        start is skipped before looking for end, which GPT-2's start is too."""
+        ids = list(map(int, ids))
+        if ids and ids[0] == self.specials.start:
+            ids = ids[1:]
         kept = []
-        for i in map(int, ids):
+        for i in ids:
             if i == self.specials.end:
                 break
             if i not in (self.specials.start, self.specials.pad):
@@ -145,6 +155,15 @@ def make_tokenizer(config, train_captions) -> Vocabulary | HFTokenizer:
     if decoder_traits(config.model.decoder).lm_tokenizer:
         return HFTokenizer.load(config.model.language_model)
     return build_vocabulary(train_captions, config.data.min_word_count)
+
+
+def longest_caption(tokenizer, captions: Iterable[Sequence[str]], max_words: int | None) -> int:
+    """The most ids a training caption (its first max_words words) takes, <start> and <end> not counted."""
+    cut = [list(c)[:max_words] if max_words else list(c) for c in captions]
+    if isinstance(tokenizer, HFTokenizer):       # one batched call: caption by caption takes long at COCO size
+        texts = [" ".join(c) for c in cut]
+        return max(map(len, tokenizer.tokenizer(texts, add_special_tokens=False)["input_ids"]), default=0) if texts else 0
+    return max(map(len, cut), default=0)
 
 
 def load_tokenizer(path) -> Vocabulary | HFTokenizer:

@@ -40,6 +40,7 @@ class Specials:
     end: int
     pad: int
     unk: int | None = None
+    size: int | None = None   # the tokenizer's ids are 0 .. size-1; a model's rows beyond (an LM's padded embedding) are never chosen
 
     def never(self, block_unk: bool) -> tuple[int, ...]:
         """Ids decoding never chooses; `end` never among them even where it doubles as start or pad."""

@@ -65,6 +65,8 @@ def mask_row(xp, like: Array, block_unk: bool, specials: Specials = WORD_SPECIAL
     row = xp.zeros(like.shape[-1], dtype=like.dtype, device=device_of(like))
     for word in specials.never(block_unk):
         row[word] = NEG_INF
+    if specials.size is not None:    # the model has more rows than its tokenizer has tokens (Pythia, OPT, Qwen)
+        row[specials.size:] = NEG_INF
     return row
 
 

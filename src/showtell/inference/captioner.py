@@ -260,10 +260,13 @@ class Captioner:
                 raise error
         words = [self.vocab.words_of(text) for text in texts]
         ids = [self.vocab.ids_of(w) for w in words]
-        for traits in dict.fromkeys(decoder_traits(c.model.decoder) for c in self.runtime.configs):
-            if traits.max_scored_words is not None and max(map(len, ids)) > traits.max_scored_words:
-                raise ArgumentError(f"captions: a {traits.name} run scores captions of at most "
-                                    f"{traits.max_scored_words} words")
+        for c in self.runtime.configs:
+            traits = decoder_traits(c.model.decoder)
+            most = traits.max_scored_words(c.model)
+            for text, x in zip(texts, ids):
+                if most is not None and len(x) > most:
+                    raise ArgumentError(f"captions: {text[:80]!r} is {len(x)} {traits.unit}; a {traits.name} run "
+                                        f"scores captions of at most {most} {traits.unit}")
         rows = [0] * len(texts) if one_picture else list(range(len(texts)))
         table = self.score(self.encode(prepared), rows, ids)
         scores = []

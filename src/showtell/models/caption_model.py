@@ -108,7 +108,10 @@ def scheduled_sampling(decoder, features, inputs, positions, probability: float)
         outputs.append(logprobs)
         attentions.append(attention)
         feedable = logprobs.detach().float().clone()
-        feedable[:, list(specials_of(decoder).never(block_unk=True))] = -math.inf
+        specials = specials_of(decoder)
+        feedable[:, list(specials.never(block_unk=True))] = -math.inf
+        if specials.size is not None:
+            feedable[:, specials.size:] = -math.inf                          # ids the tokenizer has not
         previous = torch.multinomial(feedable.softmax(dim=-1), 1).squeeze(1)
     logits = torch.stack(outputs, dim=1)[positions]                          # (N, V)
     if attentions[0] is None:

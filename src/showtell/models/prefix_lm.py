@@ -106,7 +106,7 @@ class PrefixLMDecoder(nn.Module):
             self.mapper = TransformerMapper(feature_dim, width, prefix_length, mapper_layers, mapper_heads)
         # transformers 5 renamed the forward's past_key_values to cache
         self._cache_arg = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
-        self.context = getattr(lm.config, "max_position_embeddings", None)    # the LM's positions; None: any
+        self.context = _context(lm.config)              # the LM's positions; None: any
         self.freeze_language_model = freeze_language_model
         if freeze_language_model:
             lm.requires_grad_(False)
@@ -131,10 +131,11 @@ class PrefixLMDecoder(nn.Module):
             raise ConfigError(f"data.max_caption_length: a caption of {inputs.shape[1] - 1} tokens after the "
                               f"{self.prefix_length}-vector prefix passes the language model's {self.context} positions; "
                               "lower data.max_caption_length or model.prefix_length")
-        hidden = self.lm.base_model(inputs_embeds=x).last_hidden_state[:, self.prefix_length - 1:]   # (B, T, W)
+        # the LM's own forward, as init_state and step call it: whatever it does to its logits (a softcap,
+        # a scale) applies to training as to decoding
+        logits = self.lm(inputs_embeds=x).logits[:, self.prefix_length - 1:]            # (B, T, V)
         if positions is not None:
-            hidden = hidden[positions]                  # (N, W): the vocabulary layer on real tokens only
-        logits = self.lm.get_output_embeddings()(hidden)
+            logits = logits[positions]                  # (N, V): real tokens only
         return logits, logits.new_zeros(())
 
     def init_state(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -153,6 +154,24 @@ class PrefixLMDecoder(nn.Module):
         out = self.lm(input_ids=words[:, None], use_cache=True, **{self._cache_arg: cache})
         keys, values = _cache_arrays(_returned_cache(out))
         return F.log_softmax(out.logits[:, -1].float(), dim=-1), {"cache_k": keys, "cache_v": values}, None
+
+
+def _context(lm_config) -> int | None:
+    """The LM's positions (GPT-2's n_positions reads as max_position_embeddings); None: any."""
+    return getattr(lm_config, "max_position_embeddings", None)
+
+
+def positions(m) -> int | None:
+    """The decoder's positions for model settings `m` (architectures' `positions_of`): the LM's, less
+    the prefix, plus the <start> and <end> it never feeds; so its longest caption is context - prefix."""
+    folder = resolve_language_model(m.language_model)
+    transformers = require_transformers()
+    try:
+        context = _context(transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model.language_model: {folder}: cannot read its config.json "
+                          f"({str(error).splitlines()[0][:200]})") from None
+    return None if context is None else context - m.prefix_length + 2
 
 
 def load_language_model(name: str) -> nn.Module:

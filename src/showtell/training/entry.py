@@ -8,13 +8,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from time import monotonic as clock
 
+from ..architectures import check_lengths
 from ..config import Config, apply, parse_overrides, resolve
 from ..data.formats import ImageRecord
 from ..errors import ConfigError, RunError
 from ..models.caption_model import build_model
 from ..reporting.modelcard import record_training, write_model_card
 from ..run import CONFIG, Run
-from ..tokenizer import make_tokenizer
+from ..tokenizer import longest_caption, make_tokenizer
 from ..vocab import Vocabulary
 from . import distributed as dist
 from .loop import fit
@@ -40,6 +41,8 @@ def train(config: Config, records: list[ImageRecord], out: str | Path | None, so
     check_log(config)
     train_records, val_records = split_records(records)
     vocab = make_tokenizer(config, (t for r in train_records for t in r.tokens))
+    check_lengths(config, lambda: longest_caption(vocab, (t for r in train_records for t in r.tokens),
+                                                  config.data.max_caption_length))   # before the run folder is made
     seed_everything(config.train.seed)
     model = build_model(config, vocab, pretrained=True, encoder_state=features.encoder_state() if features else None)
     if config.model.word_embeddings:
