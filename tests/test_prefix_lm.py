@@ -31,29 +31,29 @@ CAPTIONS = ["a red circle above a blue square", "two green triangles on a white 
             "one red triangle below a green star"]
 
 
-def _save_tokenizer(folder) -> None:
-    """A byte-level BPE (GPT-2's kind) trained on the captions, eos doubling as bos and unk as in GPT-2."""
+def save_tokenizer(folder, texts=CAPTIONS * 3, vocab_size: int = 300) -> None:
+    """A byte-level BPE (GPT-2's kind) trained on `texts`, eos doubling as bos and unk as in GPT-2."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[EOS],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CAPTIONS * 3, trainer)
+    tok.train_from_iterator(texts, trainer)
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS)
     fast.save_pretrained(folder)
 
 
-def _save_lm(folder, pretrain_steps: int = 0, positions: int = 64, extra_rows: int = 0):
+def _save_lm(folder, pretrain_steps: int = 0, positions: int = 64, extra_rows: int = 0, width: int = 32):
     """A 2-layer, 32-wide GPT-2 with the tokenizer beside it; `pretrain_steps` of language modelling
     on the captions' text (eos caption eos) teach it to end its sentences; `extra_rows` embedding
     rows beyond the tokenizer's ids (as Pythia, OPT and Qwen pad theirs)."""
-    _save_tokenizer(folder)
+    save_tokenizer(folder)
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     # a wide initialisation: peaked distributions, so argmax ties cannot decide a comparison
-    config = transformers.GPT2Config(vocab_size=len(tok) + extra_rows, n_positions=positions, n_embd=32, n_layer=2, n_head=2,
+    config = transformers.GPT2Config(vocab_size=len(tok) + extra_rows, n_positions=positions, n_embd=width, n_layer=2, n_head=2,
                                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                                      initializer_range=0.3)
     lm = transformers.GPT2LMHeadModel(config)
