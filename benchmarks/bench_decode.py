@@ -11,6 +11,7 @@ from showtell.decoding.search import beam_search, greedy
 from showtell.models.attention import AttentionDecoder
 from showtell.models.nic import NICDecoder
 from showtell.models.transformer import TransformerDecoder
+from showtell.tokenizer import specials_of
 
 V, E, H, D, N, BEAM, MAX = 5000, 512, 512, 2048, 64, 3, 20
 L = 49   # grid cells (ResNet's 7x7x2048)
@@ -22,6 +23,7 @@ class Trained(torch.nn.Module):
     def __init__(self, decoder=None):
         super().__init__()
         self.decoder = (decoder or NICDecoder(V, D, E, H, dropout=0.0)).eval()
+        self.specials = specials_of(self.decoder)     # a prefix-LM's own end id; the word vocabulary's otherwise
 
     def init_state(self, features):
         state = self.decoder.init_state(features)
@@ -32,7 +34,7 @@ class Trained(torch.nn.Module):
         t = state.pop("t")
         logprobs, state, _ = self.decoder.step(words, state)
         bias = torch.zeros_like(logprobs)
-        bias[:, 2] = (t - 9).clamp(min=0) * 4.0
+        bias[:, self.specials.end] = (t - 9).clamp(min=0) * 4.0
         state["t"] = t + 1
         return torch.log_softmax(logprobs + bias, -1), state, None
 

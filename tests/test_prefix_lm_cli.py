@@ -4,6 +4,7 @@ made in the test, and the one-line refusals of bad input (exit status 2)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -41,7 +42,8 @@ def test_train_caption_score_evaluate_through_the_cli(tmp_path, synth_dir, capsy
     pictures = sorted((synth_dir / "images").iterdir())[:2]
     capsys.readouterr()
     assert main(["--quiet", "caption", str(run), *map(str, pictures), "--beam-size", "3"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    captions = capsys.readouterr().out
+    assert len(captions.strip().splitlines()) == 2
     assert main(["--quiet", "score", "--json", str(run), str(pictures[0]), "a red circle", "A red circle."]) == 0
     plain, written = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
     assert plain["words"][-1] == "<end>" and len(plain["words"]) > 2 and "<end>" not in plain["words"][:-1]
@@ -52,6 +54,21 @@ def test_train_caption_score_evaluate_through_the_cli(tmp_path, synth_dir, capsy
     assert main(["--quiet", "evaluate", str(run), "--data", data, "--max-images", "8"]) == 0
     results = json.loads(next((run / "evaluations").glob("*.json")).read_text())
     assert results
+    # the run holds its LM's config and tokenizer (its weights are in model.safetensors): the run and its
+    # exported package load and caption alike with the LM folder gone
+    assert sorted(p.name for p in (run / "language_model").iterdir()) == sorted(p.name for p in lm.iterdir()
+                                                                                 if p.suffix != ".safetensors")
+    assert main(["--quiet", "export", str(run), str(tmp_path / "package")]) == 0
+    shutil.rmtree(lm)
+    for source in (run, tmp_path / "package"):
+        capsys.readouterr()
+        assert main(["--quiet", "caption", str(source), *map(str, pictures), "--beam-size", "3"]) == 0
+        assert capsys.readouterr().out == captions.replace(str(run), str(source))
+    # a copy that no longer describes the weights (another LM's config): one line naming the setting
+    shutil.copyfile(_save_lm(tmp_path / "wide", width=48) / "config.json", run / "language_model" / "config.json")
+    assert main(["--quiet", "caption", str(run), str(pictures[0])]) == 2
+    own = (run / "language_model").resolve()
+    assert f"model.language_model ({own}) is not the language model this run was trained with" in _error(capsys)
 
 
 def test_bad_input_is_one_line_and_status_2(tmp_path, synth_dir, capsys):
@@ -89,3 +106,61 @@ def test_a_missing_transformers_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)    # import fails as if not installed
     with pytest.raises(ConfigError, match=r"pip install showtell\[lm\]"):
         require_transformers()
+
+
+@pytest.mark.slow
+def test_resume_and_self_critical_training_with_a_prefix_lm(tmp_path, synth_dir, monkeypatch):
+    """A run stopped inside its self-critical epoch and resumed ends as an uninterrupted one: the
+    prefix-LM's cache, sampling, CIDEr reward and the fine-tuned LM's optimiser state all go
+    through the same code as any decoder's."""
+    import showtell.training.loop as loop
+    from test_reliability import assert_uninterrupted
+
+    from showtell.config import load_config
+    from showtell.data.formats import read_annotations
+    from showtell.training.entry import resume, train
+
+    records = read_annotations(str(synth_dir / "dataset.json"), None)
+    config = load_config("synth", [*SETTINGS[3::2], f"model.language_model={_save_lm(tmp_path / 'lm', pretrain_steps=60)}",
+                                   "train.scst_epochs=1", "train.scst_samples=2", "train.checkpoint_every=3",
+                                   "train.seed=4"])
+    train(config, records, tmp_path / "whole", show_progress=False)
+    history = [json.loads(line) for line in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
+    assert [h["phase"] for h in history] == ["xe", "scst"]
+    per_epoch = history[0]["step"]
+    steps = iter(range(1000))        # stop inside the self-critical epoch, decided by counting steps
+    monkeypatch.setattr(loop, "should_stop", lambda deadline, requested, device: next(steps) == per_epoch + 1)
+    summary = train(config, records, tmp_path / "stopped", show_progress=False)
+    assert summary["stopped_early"] and summary["steps"] == per_epoch + 2
+    monkeypatch.undo()
+    resume(tmp_path / "stopped", records, show_progress=False)
+    assert_uninterrupted(tmp_path / "stopped", tmp_path / "whole", "after a resume in the self-critical epoch")
+
+
+@pytest.mark.slow
+def test_serve_captions_with_a_prefix_lm_as_the_captioner_does(tmp_path, synth_dir):
+    """`showtell serve` in its own process: /v1/captions and Hugging Face's POST / give the
+    Captioner's own beam-3 captions for a prefix-LM run."""
+    import httpx
+    from conftest import Server
+
+    from showtell.inference.captioner import Captioner
+
+    run = tmp_path / "run"
+    assert main(["--quiet", "train", "--data", str(synth_dir / "dataset.json"), "--out", str(run), *SETTINGS,
+                 "--set", f"model.language_model={_save_lm(tmp_path / 'lm', pretrain_steps=60)}"]) == 0
+    pictures = sorted((synth_dir / "images").iterdir())[:3]
+    expected = [r.caption for r in Captioner.load(run).caption(pictures, beam_size=3)]
+    server = Server(run)
+    try:
+        answer = httpx.post(server.url + "/v1/captions", params={"beam_size": 3}, timeout=60,
+                            files=[("images", (p.name, p.read_bytes(), "image/png")) for p in pictures])
+        assert answer.status_code == 200, answer.text
+        assert [r["caption"] for r in answer.json()["results"]] == expected
+        hf = httpx.post(server.url + "/", content=pictures[0].read_bytes(), timeout=60,
+                        headers={"Content-Type": "image/png"}, params={})
+        assert hf.status_code == 200, hf.text
+        assert len(expected) == 3 and all(expected), expected
+        assert hf.json()[0]["generated_text"] == Captioner.load(run).caption(pictures[0]).caption
+    finally:
+        assert "Traceback" not in server.stop()

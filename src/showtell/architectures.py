@@ -36,7 +36,9 @@ class _Missing(dict):
 # --- decoders --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Decoder:
-    """A decoder's traits. `builds` names `build(model_config, vocab_size, encoder, embed_dim) -> nn.Module`."""
+    """A decoder's traits. `builds` names `build(model_config, vocab_size, encoder, embed_dim, pretrained)
+    -> nn.Module`; `pretrained=False` (a saved run, whose model file holds every weight) fetches no
+    pretrained part (a language model is built from its config.json)."""
 
     name: str
     builds: str                    # "showtell.models.nic:build"
@@ -70,8 +72,8 @@ class Decoder:
         positions = self.sequence_positions(model_config)
         return None if positions is None else positions - 2
 
-    def build(self, model_config, vocab_size: int, encoder, embed_dim: int):
-        return _load(self.builds)(model_config, vocab_size, encoder, embed_dim)
+    def build(self, model_config, vocab_size: int, encoder, embed_dim: int, pretrained: bool = True):
+        return _load(self.builds)(model_config, vocab_size, encoder, embed_dim, pretrained)
 
     def describe(self, model: dict) -> str:
         """The card's line for a run's `model` settings (a config.json section)."""

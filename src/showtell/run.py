@@ -1,7 +1,8 @@
 """The run directory: a trained model package plus everything needed to resume its training.
 
     RUN/config.json          the fully resolved config (JSON, never pickle)
-    RUN/vocab.json           the vocabulary
+    RUN/vocab.json           the vocabulary (or, for a pretrained language model, the name of its tokenizer)
+    RUN/language_model/      a prefix-LM run's copy of its language model's config and tokenizer files
     RUN/model.safetensors    weights of the best checkpoint (what `caption`, `serve`, `evaluate` use)
     RUN/data.json            where the training data came from (so --resume needs nothing else)
     RUN/history.jsonl        one line of losses and validation scores per evaluation
@@ -37,7 +38,8 @@ from typing import Any
 from .config import Config, config_from_dict
 from .errors import RunError
 from .fileio import FILE_LIMITS, atomic_write_text, load_state, load_weights, read_bounded, save_state, save_weights, sha256_file
-from .tokenizer import load_tokenizer
+from .architectures import decoder as decoder_traits
+from .tokenizer import LM_COPY, load_tokenizer
 from .vocab import Vocabulary
 
 log = logging.getLogger("showtell")
@@ -50,7 +52,7 @@ CHECKPOINT_SUFFIXES = {"weights": ".safetensors", "state": ".state.pt"}
 LOCK, HOLDER = ".lock", ".lock.json"     # the run's lock, and who holds it
 CARD, TRAINING = "README.md", "training.json"
 REPORT, REPORT_FILES, EVALUATIONS = "report.html", "report_files", "evaluations"
-ENTRIES = (*PACKAGE_FILES, DATA, HISTORY, CHECKPOINTS, XE_MODEL, TRAINING, CARD, REPORT, REPORT_FILES,
+ENTRIES = (*PACKAGE_FILES, LM_COPY, DATA, HISTORY, CHECKPOINTS, XE_MODEL, TRAINING, CARD, REPORT, REPORT_FILES,
            EVALUATIONS, LOCK, HOLDER)   # every entry of a run folder (the module docstring says what each is)
 
 
@@ -197,7 +199,11 @@ class Run:
             raise RunError(f"{path}: unreadable config ({error.__class__.__name__})") from None
         except RecursionError:
             raise RunError(f"{path}: unreadable config (values nested too deeply)") from None
-        return config_from_dict(tree, str(path))
+        config = config_from_dict(tree, str(path))
+        own = self.path / LM_COPY
+        if decoder_traits(config.model.decoder).lm_tokenizer and (own / CONFIG).is_file():
+            config.model.language_model = str(own.resolve())   # built from its own copy: the LM folder may be gone
+        return config
 
     def vocab(self) -> Vocabulary:
         return load_tokenizer(self.need(VOCAB))
@@ -233,12 +239,17 @@ class Run:
         """Which file disagrees with which when weights (`state`) do not load into `model`: the
         vocabulary size is the usual culprit (another run's vocab.json), named with both numbers;
         otherwise the first tensor that differs, or torch's first line."""
+        own = model.state_dict()
+        for name, tensor in state.items():     # a prefix-LM run whose language model folder was replaced
+            if name.startswith("decoder.lm.") and name in own and own[name].shape != tensor.shape:
+                return (f"{self.path / CONFIG}: model.language_model ({self.config().model.language_model}) is not "
+                        f"the language model this run was trained with: {name} has shape {tuple(own[name].shape)} "
+                        f"there but {tuple(tensor.shape)} in {MODEL}")
         vocabulary = len(self.vocab())
         for name in ("decoder.output.weight", "decoder.embed.weight"):
             if name in state and state[name].shape[0] != vocabulary:
                 return (f"{self.path / VOCAB}: has {vocabulary} words but {MODEL} was trained with "
                         f"{state[name].shape[0]}; the folder mixes files of different runs")
-        own = model.state_dict()
         for name, tensor in state.items():
             if name in own and tuple(own[name].shape) != tuple(tensor.shape):
                 return (f"{self.model_file}: {name} has shape {tuple(tensor.shape)} but {CONFIG} "

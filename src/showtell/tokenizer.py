@@ -21,6 +21,7 @@ only when a Hugging Face tokenizer is loaded (the optional extra showtell[lm]).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -33,6 +34,12 @@ HF_FORMAT = "showtell-hf-tokenizer-1"   # a run's vocab.json that names the lang
 
 LM_EXTRA = "pip install showtell[lm]"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model")   # any one of them
+# Beside a run's vocab.json: its own copy of the LM's configuration and tokenizer (its weights are in
+# the run's model file), so a run or an exported package loads wherever the LM folder went.
+LM_COPY = "language_model"
+LM_SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
+                  *TOKENIZER_FILES[2:])
 
 
 def specials_of(model) -> Specials:
@@ -78,8 +85,8 @@ class HFTokenizer:
     """A Hugging Face tokenizer behind showtell's interface. Captions arrive as words (the data
     stage's tokens) and are joined with spaces before subword tokenisation."""
 
-    def __init__(self, tokenizer, name: str = ""):
-        self.tokenizer, self.name = tokenizer, name
+    def __init__(self, tokenizer, name: str = "", folder: Path | None = None):
+        self.tokenizer, self.name, self.folder = tokenizer, name, folder      # folder: where its files were read
         self._words = None
         end = tokenizer.eos_token_id
         if end is None:
@@ -89,15 +96,16 @@ class HFTokenizer:
         self.specials = Specials(start, end, pad, tokenizer.unk_token_id, size=len(tokenizer))
 
     @classmethod
-    def load(cls, name: str) -> "HFTokenizer":
-        folder = resolve_language_model(name)
+    def load(cls, name: str, folder: Path | None = None) -> "HFTokenizer":
+        """model.language_model's tokenizer, read from `folder` if given (a run's own copy) and named `name`."""
+        folder = Path(folder) if folder is not None else resolve_language_model(name)
         if not any((folder / f).is_file() for f in TOKENIZER_FILES):
             raise ConfigError(f"model.language_model: {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
                               "save the tokenizer beside the model (tokenizer.save_pretrained)")
         transformers = require_transformers()
         try:
             return cls(transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True),
-                       language_model_name(name))
+                       language_model_name(name), folder)
         except (OSError, ValueError) as error:
             raise ConfigError(f"model.language_model: {folder}: cannot read its tokenizer "
                               f"({str(error).splitlines()[0][:200]})") from None
@@ -119,7 +127,18 @@ class HFTokenizer:
         return self._words
 
     def save(self, path) -> None:
-        """A run's vocab.json names the language model whose tokenizer it uses (its files stay there)."""
+        """A run's vocab.json names the language model whose tokenizer it uses, and the LM's small files
+        (configuration, tokenizer) are copied beside it into `LM_COPY`."""
+        copy = Path(path).parent / LM_COPY
+        if self.folder is not None and self.folder.resolve() != copy.resolve():
+            staged = copy.with_name(f".{LM_COPY}.tmp")
+            shutil.rmtree(staged, ignore_errors=True)
+            staged.mkdir()
+            for name in LM_SMALL_FILES:
+                if (self.folder / name).is_file():
+                    shutil.copyfile(self.folder / name, staged / name)     # a hub cache's links followed
+            shutil.rmtree(copy, ignore_errors=True)
+            staged.rename(copy)
         atomic_write_text(path, json.dumps({"format": HF_FORMAT, "language_model": self.name}) + "\n")
 
     def ids_of(self, words: Sequence[str]) -> list[int]:
@@ -175,5 +194,7 @@ def load_tokenizer(path) -> Vocabulary | HFTokenizer:
     if isinstance(data, dict) and data.get("format") == HF_FORMAT:
         if not isinstance(data.get("language_model"), str):
             raise RunError(f"{path}: names no language model")
-        return HFTokenizer.load(data["language_model"])
+        copy = Path(path).parent / LM_COPY
+        own = copy if any((copy / name).is_file() for name in TOKENIZER_FILES) else None
+        return HFTokenizer.load(data["language_model"], own)   # the run's own copy when it has one
     return Vocabulary.load(path)

@@ -33,6 +33,7 @@ import torch
 from ..errors import RunError
 from ..fileio import atomic_write_text
 from ..run import CARD, PACKAGE_FILES, VOCAB, Run
+from ..tokenizer import LM_COPY
 from .onnx_runtime import DECODERS, FORMAT, MANIFEST, load_package
 from .torch_runtime import load_model
 
@@ -40,7 +41,7 @@ log = logging.getLogger("showtell")
 
 FEATURES = ("global", "grid")
 GRAPHS = ("encoder.onnx", "init_state.onnx", "step.onnx")
-EXPORT_FILES = {*PACKAGE_FILES, CARD, MANIFEST, *GRAPHS}
+EXPORT_FILES = {*PACKAGE_FILES, LM_COPY, CARD, MANIFEST, *GRAPHS}
 
 
 def _check_target(run: Run, out: Path) -> None:
@@ -74,6 +75,12 @@ def export_package(run_dir: str | Path, out: str | Path) -> Path:
         tmp = out / f".{name}.tmp"
         shutil.copyfile(run.path / name, tmp)
         tmp.replace(out / name)
+    if (run.path / LM_COPY).is_dir():     # a prefix-LM run's language model config and tokenizer
+        tmp = out / f".{LM_COPY}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(run.path / LM_COPY, tmp)
+        shutil.rmtree(out / LM_COPY, ignore_errors=True)
+        tmp.rename(out / LM_COPY)
     (out / MANIFEST).unlink(missing_ok=True)   # an earlier ONNX export's graphs no longer match
     return out
 

@@ -141,7 +141,7 @@ class AttentionDecoder(nn.Module):
         return self.regularization * ((1.0 - alphas.sum(dim=1)) ** 2).mean(dim=1).sum()
 
 
-def build(m, vocab_size: int, encoder, embed_dim: int) -> AttentionDecoder:
+def build(m, vocab_size: int, encoder, embed_dim: int, pretrained: bool = True) -> AttentionDecoder:
     """The decoder for `model` settings `m` over `encoder` (architectures.DECODERS names this function)."""
     return AttentionDecoder(vocab_size, encoder.grid_dim, embed_dim, m.hidden_dim, m.attention_dim, m.dropout,
                             m.attention_regularization)

@@ -143,7 +143,7 @@ def build_model(config: Config, vocab, pretrained: bool = True, encoder_state: d
         embed_dim = table.shape[1]  # the vectors decide the embedding size
         log.info("word vectors %s cover %.1f%% of the %d vocabulary words (%d-d); the rest start random",
                  m.word_embeddings, 100 * coverage, len(vocab) - 4, embed_dim)
-    decoder = decoder_traits(m.decoder).build(m, len(vocab), encoder, embed_dim)   # the row's model file
+    decoder = decoder_traits(m.decoder).build(m, len(vocab), encoder, embed_dim, pretrained)   # the row's model file
     model = CaptionModel(encoder, decoder)
     if table is not None:
         with torch.no_grad():

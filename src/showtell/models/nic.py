@@ -96,7 +96,7 @@ class NICDecoder(nn.Module):
         return logprobs, {"h": h.transpose(0, 1), "c": c.transpose(0, 1)}, None
 
 
-def build(m, vocab_size: int, encoder, embed_dim: int) -> NICDecoder:
+def build(m, vocab_size: int, encoder, embed_dim: int, pretrained: bool = True) -> NICDecoder:
     """The decoder for `model` settings `m` over `encoder` (architectures.DECODERS names this function)."""
     return NICDecoder(vocab_size, encoder.global_dim, embed_dim, m.hidden_dim, m.num_layers, m.dropout,
                       m.image_injection)

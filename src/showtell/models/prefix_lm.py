@@ -189,10 +189,23 @@ def load_language_model(name: str) -> nn.Module:
                           f"({str(error).splitlines()[0][:200]})") from None
 
 
-def build(m, vocab_size: int, encoder, embed_dim: int) -> PrefixLMDecoder:
-    """The decoder for `model` settings `m` over `encoder` (architectures.DECODERS names this function)."""
+def language_model_from_config(name: str) -> nn.Module:
+    """The LM's architecture from its config.json alone, for a saved run whose model file holds its weights."""
+    folder = resolve_language_model(name)
+    transformers = require_transformers()
+    try:
+        return transformers.AutoModelForCausalLM.from_config(
+            transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model.language_model: {folder}: cannot build a causal language model from its config.json "
+                          f"({str(error).splitlines()[0][:200]})") from None
+
+
+def build(m, vocab_size: int, encoder, embed_dim: int, pretrained: bool = True) -> PrefixLMDecoder:
+    """The decoder for `model` settings `m` over `encoder` (architectures.DECODERS names this function);
+    `pretrained=False` (a saved run) builds the LM from its config.json and reads no LM weights."""
     tokenizer = HFTokenizer.load(m.language_model)
-    lm = load_language_model(m.language_model)
+    lm = load_language_model(m.language_model) if pretrained else language_model_from_config(m.language_model)
     width = lm.get_input_embeddings().embedding_dim
     if m.mapper == "transformer" and width % m.transformer_heads:
         raise ConfigError(f"model.transformer_heads: the mapper's {m.transformer_heads} heads must divide the "

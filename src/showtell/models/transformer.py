@@ -226,7 +226,7 @@ class TransformerDecoder(nn.Module):
         return alphas.new_zeros(())
 
 
-def build(m, vocab_size: int, encoder, embed_dim: int) -> TransformerDecoder:
+def build(m, vocab_size: int, encoder, embed_dim: int, pretrained: bool = True) -> TransformerDecoder:
     """The decoder for `model` settings `m` over `encoder` (architectures.DECODERS names this function)."""
     return TransformerDecoder(vocab_size, encoder.grid_dim, encoder.global_dim, encoder.grid_size, embed_dim,
                               m.hidden_dim, m.transformer_layers, m.transformer_heads, m.transformer_ff_dim,
