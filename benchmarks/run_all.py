@@ -1,6 +1,6 @@
 """Run every benchmark and print its table; with --write, record them in BENCHMARKS.md.
 
-    python benchmarks/run_all.py [--write]      (about 3 minutes on 2 CPU cores)
+    python benchmarks/run_all.py [--write]      (about 4 minutes on 2 CPU cores)
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_decode  # noqa: E402
 import bench_features  # noqa: E402
 import bench_precision  # noqa: E402
+import bench_prefix_lm  # noqa: E402
 import bench_serve  # noqa: E402
 import bench_train  # noqa: E402
 from common import machine  # noqa: E402
 
 BENCHES = [("Training step", bench_train), ("Decoding", bench_decode), ("Feature extraction", bench_features),
-           ("bfloat16 against float32", bench_precision), ("Service", bench_serve)]
+           ("bfloat16 against float32", bench_precision), ("Service", bench_serve),
+           ("A pretrained language model as the decoder", bench_prefix_lm)]
 
 
 def main() -> None:

@@ -21,7 +21,9 @@ reorders it like any other decoder's):
 
 from __future__ import annotations
 
+import functools
 import inspect
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -164,14 +166,19 @@ def _context(lm_config) -> int | None:
 def positions(m) -> int | None:
     """The decoder's positions for model settings `m` (architectures' `positions_of`): the LM's, less
     the prefix, plus the <start> and <end> it never feeds; so its longest caption is context - prefix."""
-    folder = resolve_language_model(m.language_model)
+    context = _context_of(resolve_language_model(m.language_model))
+    return None if context is None else context - m.prefix_length + 2
+
+
+@functools.lru_cache(maxsize=16)
+def _context_of(folder: Path) -> int | None:
+    """The LM's positions from its config.json, read once per folder (`score` asks at every call)."""
     transformers = require_transformers()
     try:
-        context = _context(transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True))
+        return _context(transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True))
     except (OSError, ValueError) as error:
         raise ConfigError(f"model.language_model: {folder}: cannot read its config.json "
                           f"({str(error).splitlines()[0][:200]})") from None
-    return None if context is None else context - m.prefix_length + 2
 
 
 def load_language_model(name: str) -> nn.Module:
