@@ -52,3 +52,21 @@ def test_report_has_every_picture_caption_reference_and_plots(trained_run, synth
     assert (trained_run / "report_files" / "metrics.png").is_file()
     ciders = [float(x) for x in re.findall(r"CIDEr (\d+\.\d+)</div>", page)]
     assert ciders == sorted(ciders)  # worst first
+
+
+def test_sample_captions_stay_inside_their_own_column(tmp_path, synth_dir, monkeypatch):
+    """samples.png: the longest captions the scenes have, bold, wrap within the picture's column
+    (at 34 characters a line they ran into the next picture's caption)."""
+    import showtell.reporting.figures as figures
+
+    kept = []
+    monkeypatch.setattr(figures, "_save_figure", lambda fig, path: kept.append(fig))
+    long = "three shapes in a row on a white background: a small green square, a large yellow triangle and a small yellow triangle"
+    pictures = sorted((synth_dir / "images").iterdir())[:8]
+    figures.samples_figure(pictures, [long] * 8, [long] * 8, tmp_path / "samples.png")
+    fig = kept[0]
+    renderer = fig.canvas.get_renderer()
+    for ax, right in zip(fig.axes, [*fig.axes[1:4], None] * 2):
+        limit = right.get_window_extent(renderer).x0 if right is not None else fig.bbox.x1
+        for text in ax.texts:
+            assert text.get_window_extent(renderer).x1 < limit, text.get_text()[:40]

@@ -93,7 +93,7 @@ def samples_figure(paths: Sequence[str | Path], captions: Sequence[str], referen
             ax.imshow(load_image(path))
         except ImageError:
             continue
-        wrapped = _wrap(caption)
+        wrapped = _wrap(caption, 30)      # bold 9 pt: 34 characters ran into the next column
         ax.text(0, -0.03, wrapped, transform=ax.transAxes, fontsize=9, fontweight="bold", va="top")
         below = -0.05 - 0.075 * (wrapped.count("\n") + 1)
         ax.text(0, below, "ref: " + _wrap(reference, 38), transform=ax.transAxes, fontsize=7.5, va="top", color="#555")
