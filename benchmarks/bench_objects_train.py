@@ -1,0 +1,98 @@
+"""Which configuration names the shapes that are in the picture within the same CPU minutes (issue
+31)? Trains each arm on the built-in scenes for a fixed number of minutes (or, with --epochs, a
+fixed number of steps), arms alternating within each scene seed, then evaluates each greedily on
+the test split: CIDEr against the human bound, CHAIR_s, CHAIR_i, object recall, steps trained.
+
+    python benchmarks/bench_objects_train.py --out /tmp/objects [--minutes 8] [--seeds 0 1]
+        [--arms nic attention] [--image-size 96] [--images 3000] [--renamed] [--epochs N]
+        [--set KEY=VALUE ...]     (each arm's settings on top of the synth preset)
+
+`--renamed` rewrites every colour word of the captions (red -> crimson, ...), so a choice cannot
+be tuned to one set of words; CHAIR counts shapes, which keep their names. Times are the machine's,
+so the CPU (lscpu flags) and the load average are printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import machine, table  # noqa: E402
+
+RENAMED = {"red": "crimson", "green": "olive", "blue": "navy", "yellow": "amber"}
+ARMS = {"nic": ["model.decoder=nic"], "attention": ["model.decoder=attention"]}
+
+
+def scenes(out: Path, seed: int, images: int, renamed: bool) -> Path:
+    from showtell.data.synthetic import write_dataset
+
+    folder = out / f"scenes-{seed}{'-renamed' if renamed else ''}"
+    path = folder / "dataset.json"
+    if path.is_file():
+        return path
+    write_dataset(folder, images, seed=seed)
+    if renamed:
+        data = json.loads(path.read_text())
+        for image in data["images"]:
+            for sentence in image["sentences"]:
+                sentence["tokens"] = [RENAMED.get(t, t) for t in sentence["tokens"]]
+                sentence["raw"] = " ".join(RENAMED.get(w, w) for w in sentence["raw"].split())
+        path.write_text(json.dumps(data))
+    return path
+
+
+def run_arm(data: Path, run: Path, settings: list[str], minutes: float | None, epochs: int | None) -> dict:
+    from showtell.config import load_config
+    from showtell.data.formats import load_dataset
+    from showtell.evaluation.evaluate import evaluate_run
+    from showtell.training.entry import train
+
+    config = load_config("synth", [*settings, *([f"train.epochs={epochs}"] if epochs else [])])
+    records = load_dataset([str(data)], None, config.data)
+    started = time.monotonic()
+    summary = train(config, records, run, {"data": [str(data)], "images": None, "features": None},
+                    max_minutes=None if epochs else minutes, show_progress=False)
+    trained = time.monotonic() - started
+    report = evaluate_run(run, [str(data)], None, "test", beam_size=1, write_html=False, show_progress=False)
+    s, human = report["scores"], report["human"]
+    return {"steps": summary["steps"], "minutes": trained / 60, "cider_human": s["CIDEr"] / human["CIDEr"],
+            "CHAIR_s": s["CHAIR_s"], "CHAIR_i": s["CHAIR_i"], "recall": s["object_recall"],
+            "distinct": len({r.caption for r in report["results"]}), "images": len(report["results"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--epochs", type=int, help="train this many epochs (fixed steps) instead of --minutes")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--renamed", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    rows = []
+    for seed in args.seeds:
+        data = scenes(args.out, seed, args.images, args.renamed)
+        for arm in args.arms:       # alternating within a seed: a slower stretch of a shared machine hits both
+            settings = [*ARMS[arm], f"data.image_size={args.image_size}", f"train.seed={seed}", *args.set]
+            name = f"{arm}-{seed}{'-renamed' if args.renamed else ''}"
+            r = run_arm(data, args.out / name, settings, args.minutes, args.epochs)
+            rows.append((name, r["steps"], f"{r['minutes']:.1f}", f"{r['cider_human']:.2f}", f"{r['CHAIR_s']:.3f}",
+                         f"{r['CHAIR_i']:.3f}", f"{r['recall']:.3f}", f"{r['distinct']}/{r['images']}"))
+            print(json.dumps({"arm": name, **r}), flush=True)
+    budget = f"{args.epochs} epochs" if args.epochs else f"{args.minutes:g} minutes"
+    print(f"\nsynth preset at {args.image_size} px, {args.images} scenes, {budget} per arm, greedy on the test split; "
+          f"settings {args.set or 'preset'}; {machine()}; load average {os.getloadavg()[0]:.1f}\n")
+    print(table(rows, ("arm", "steps", "minutes", "CIDEr/human", "CHAIR_s", "CHAIR_i", "recall", "distinct")))
+
+
+if __name__ == "__main__":
+    main()
