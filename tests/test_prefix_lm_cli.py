@@ -164,3 +164,30 @@ def test_serve_captions_with_a_prefix_lm_as_the_captioner_does(tmp_path, synth_d
         assert hf.json()[0]["generated_text"] == Captioner.load(run).caption(pictures[0]).caption
     finally:
         assert "Traceback" not in server.stop()
+
+
+def test_prepare_then_train_and_evaluate_from_the_feature_cache(tmp_path, synth_dir, capsys):
+    """`prepare` caches a frozen encoder's vectors and the LM's tokenizer; a prefix-LM trains from the
+    cache, and evaluating from the cache equals evaluating from the pictures."""
+    import torch
+    from safetensors.torch import save_file
+
+    from showtell.models.encoder import Encoder
+
+    torch.manual_seed(11)
+    weights = tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    lm, cache, run = _save_lm(tmp_path / "lm", pretrain_steps=60), tmp_path / "cache", tmp_path / "run"
+    common = [*SETTINGS, "--set", f"model.language_model={lm}", "--set", f"model.encoder_weights={weights}",
+              "--set", "model.freeze_encoder=true"]
+    data = str(synth_dir / "dataset.json")
+    assert main(["--quiet", "prepare", "--data", data, "--out", str(cache), *common]) == 0
+    assert json.loads((cache / "vocab.json").read_text())["language_model"] == str(lm)
+    assert main(["--quiet", "train", "--features", str(cache), "--out", str(run), *common]) == 0
+    capsys.readouterr()
+    scores = []
+    for source in (["--features", str(cache)], ["--data", data]):
+        assert main(["--quiet", "evaluate", str(run), *source, "--json"]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    for key in ("Bleu_4", "CIDEr", "perplexity"):
+        assert scores[0][key] == pytest.approx(scores[1][key], abs=1e-6), key
