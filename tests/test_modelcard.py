@@ -77,6 +77,9 @@ def test_evaluate_rewrites_the_card_with_scores_and_export_copies_it(trained_run
     human = kept["human"]["CIDEr"]
     assert f"| test | beam 3 | {scores['n_images']} | CIDEr | {scores['CIDEr']:.4f} | {human:.4f} |" in text
     assert kept["predictions"][0]["caption"] in text
+    # object hallucination beside the n-gram scores (the built-in scenes have their objects)
+    assert f"| test | beam 3 | {scores['n_images']} | CHAIR_s (captions naming an absent object) | {scores['CHAIR_s']:.4f} |" in text
+    assert f"| object recall | {scores['object_recall']:.4f} |" in text
 
     out = tmp_path / "package"
     assert main(["--quiet", "export", str(trained_run), str(out)]) == 0

@@ -27,6 +27,9 @@ from ..fileio import atomic_write_text
 from ..run import CONFIG, DATA, HISTORY, MODEL, TRAINING, VOCAB, Run
 
 SCORE_NAMES = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+# object hallucination (evaluation/chair.py): no human bound; CHAIR lower is better, recall higher
+OBJECT_NAMES = {"CHAIR_s": "CHAIR_s (captions naming an absent object)",
+                "CHAIR_i": "CHAIR_i (objects named that are absent)", "object_recall": "object recall"}
 HF_METRIC = {"Bleu_1": "bleu", "Bleu_4": "bleu", "METEOR": "meteor", "ROUGE_L": "rouge", "CIDEr": "cider",
              "SPICE": "spice"}
 
@@ -230,6 +233,10 @@ def _scores_section(f: RunFiles) -> list[str]:
                 human, ratio = ("" if h is None else f"{h:.4f}"), (f"{value / h:.2f}" if h else "")
                 lines.append(f"| {markdown_text(e['split'])} | {_label(e)} | {e['scores'].get('n_images')} | {m} | "
                              f"{value:.4f} | {human} | {ratio} |")
+            for m, name in OBJECT_NAMES.items():
+                if isinstance(e["scores"].get(m), (int, float)):
+                    lines.append(f"| {markdown_text(e['split'])} | {_label(e)} | {e['scores'].get('n_images')} | {name} | "
+                                 f"{e['scores'][m]:.4f} |  |  |")
     elif best:
         lines.append(f"Validation (decoded captions, epoch {best['epoch']}): "
                      + ", ".join(f"{k[4:]} {_fmt(best[k])}" for k in ("val_Bleu_4", "val_CIDEr", "val_perplexity") if k in best)
