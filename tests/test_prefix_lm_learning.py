@@ -13,7 +13,8 @@ at equal steps (issue 32, item 5):
 Expected and asserted: (a) and (c) well above (b) in CIDEr and in distinct captions, and (c) above
 a floor that a caption chosen without looking at the picture cannot reach (a zeroed prefix, a
 mutation in scripts/mutation_check.py, writes one caption for every picture). Measured here (2-core
-Intel Xeon, avx512 + amx; see docs/decoders.md): CIDEr 0.59 / 0.00 / 1.09, distinct captions 6 / 1 / 12.
+Intel Xeon, avx512 + amx; see docs/decoders.md): CIDEr 0.56 / 0.00 / 1.02, distinct captions 6 / 1 / 12
+of 60 (the test prints them).
 """
 
 from __future__ import annotations
