@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ ARMS = {"nic": ["model.decoder=nic"], "attention": ["model.decoder=attention"]}
 def scenes(out: Path, seed: int, images: int, renamed: bool) -> Path:
     from showtell.data.synthetic import write_dataset
 
-    folder = out / f"scenes-{seed}{'-renamed' if renamed else ''}"
+    folder = out / f"scenes-{seed}-{images}{'-renamed' if renamed else ''}"
     path = folder / "dataset.json"
     if path.is_file():
         return path
@@ -53,6 +54,7 @@ def run_arm(data: Path, run: Path, settings: list[str], minutes: float | None, e
     from showtell.evaluation.evaluate import evaluate_run
     from showtell.training.entry import train
 
+    shutil.rmtree(run, ignore_errors=True)       # this benchmark's own arm folder from an earlier run
     config = load_config("synth", [*settings, *([f"train.epochs={epochs}"] if epochs else [])])
     records = load_dataset([str(data)], None, config.data)
     started = time.monotonic()

@@ -79,6 +79,7 @@ def test_evaluate_rewrites_the_card_with_scores_and_export_copies_it(trained_run
     assert kept["predictions"][0]["caption"] in text
     # object hallucination beside the n-gram scores (the built-in scenes have their objects)
     assert f"| test | beam 3 | {scores['n_images']} | CHAIR_s (captions naming an absent object) | {scores['CHAIR_s']:.4f} |" in text
+    assert f"| CHAIR_i (objects named that are absent) | {scores['CHAIR_i']:.4f} |" in text
     assert f"| object recall | {scores['object_recall']:.4f} |" in text
 
     out = tmp_path / "package"

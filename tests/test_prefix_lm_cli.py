@@ -67,8 +67,8 @@ def test_train_caption_score_evaluate_through_the_cli(tmp_path, synth_dir, capsy
     # a copy that no longer describes the weights (another LM's config): one line naming the setting
     shutil.copyfile(_save_lm(tmp_path / "wide", width=48) / "config.json", run / "language_model" / "config.json")
     assert main(["--quiet", "caption", str(run), str(pictures[0])]) == 2
-    own = (run / "language_model").resolve()
-    assert f"model.language_model ({own}) is not the language model this run was trained with" in _error(capsys)
+    own = (run / "language_model" / "config.json").resolve()
+    assert f"{own}: does not describe the language model in model.safetensors" in _error(capsys)
 
 
 def test_bad_input_is_one_line_and_status_2(tmp_path, synth_dir, capsys):
@@ -135,6 +135,15 @@ def test_resume_and_self_critical_training_with_a_prefix_lm(tmp_path, synth_dir,
     monkeypatch.undo()
     resume(tmp_path / "stopped", records, show_progress=False)
     assert_uninterrupted(tmp_path / "stopped", tmp_path / "whole", "after a resume in the self-critical epoch")
+    # with the LM folder gone the run resumes from its own copy; a changed setting rewrites config.json,
+    # which still names the language model the run was trained from
+    lm = config.model.language_model
+    shutil.rmtree(lm)
+    resume(tmp_path / "whole", records, show_progress=False, overrides=["train.scst_epochs=2"])
+    saved = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert saved["train"]["scst_epochs"] == 2 and saved["model"]["language_model"] == lm
+    history = [json.loads(line) for line in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
+    assert [h["phase"] for h in history] == ["xe", "scst", "scst"]
 
 
 @pytest.mark.slow

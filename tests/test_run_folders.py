@@ -210,3 +210,22 @@ def test_two_trainings_into_one_new_folder_do_not_both_run(tmp_path, synth_dir, 
             first.kill()
             first.wait()
     assert Run(out).has_model() and [h["epoch"] for h in Run(out).history()] == [1]
+
+
+def test_what_a_killed_write_left_is_cleaned_files_and_folders_alike(tmp_path):
+    """A file half written (.NAME.XXXX.tmp) and a folder half replaced (fileio.replace_folder's
+    .language_model.tmp and .language_model.old.tmp) are removed before a run is used again."""
+    from showtell.fileio import replace_folder
+    from showtell.run import Run
+
+    run = tmp_path / "run"
+    (run / ".language_model.tmp").mkdir(parents=True)
+    (run / ".language_model.tmp" / "config.json").write_text("{}")
+    (run / ".language_model.old.tmp").mkdir()
+    (run / ".config.json.abc.tmp").write_text("half")
+    Run(run).clean_temporary_files()
+    assert sorted(p.name for p in run.iterdir()) == []
+    replace_folder(run / "language_model", lambda staged: (staged / "a").write_text("1"))
+    replace_folder(run / "language_model", lambda staged: (staged / "b").write_text("2"))
+    assert sorted(p.name for p in run.iterdir()) == ["language_model"]
+    assert sorted(p.name for p in (run / "language_model").iterdir()) == ["b"]

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import tempfile
 import threading
@@ -111,6 +112,22 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def replace_folder(target: str | Path, fill: Callable[[Path], None]) -> None:
+    """Make folder `target` anew: `fill` writes into a staging folder (.NAME.tmp), which then takes
+    the old one's place; the old is set aside first (.NAME.old.tmp), so a crash never leaves no folder.
+    Leftovers match a run's `.*.tmp` cleaning."""
+    target = Path(target)
+    staged, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old.tmp")
+    for stale in (staged, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    staged.mkdir()
+    fill(staged)
+    if target.exists():
+        target.rename(old)
+    staged.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -2,7 +2,7 @@
 
     RUN/config.json          the fully resolved config (JSON, never pickle)
     RUN/vocab.json           the vocabulary (or, for a pretrained language model, the name of its tokenizer)
-    RUN/language_model/      a prefix-LM run's copy of its language model's config and tokenizer files
+    RUN/language_model/      a prefix-LM run's copy of its language model's folder but the weights
     RUN/model.safetensors    weights of the best checkpoint (what `caption`, `serve`, `evaluate` use)
     RUN/data.json            where the training data came from (so --resume needs nothing else)
     RUN/history.jsonl        one line of losses and validation scores per evaluation
@@ -25,6 +25,7 @@ file, so a damaged checkpoint is detected and resume falls back to the previous 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from .config import Config, config_from_dict
 from .errors import RunError
 from .fileio import FILE_LIMITS, atomic_write_text, load_state, load_weights, read_bounded, save_state, save_weights, sha256_file
 from .architectures import decoder as decoder_traits
-from .tokenizer import LM_COPY, load_tokenizer
+from .tokenizer import LM_COPY, lm_copy, load_tokenizer
 from .vocab import Vocabulary
 
 log = logging.getLogger("showtell")
@@ -121,7 +122,13 @@ class Run:
         return run
 
     def save_config(self, config: Config) -> None:
-        """Write the run's config.json: at its creation, and again when a resume changes a setting."""
+        """Write the run's config.json: at its creation, and again when a resume changes a setting
+        (keeping the language model it was trained from, not the run's own copy `config()` reads)."""
+        own = lm_copy(self.path)
+        if own is not None and getattr(config.model, "language_model", None) == str(own.resolve()):
+            saved = json.loads(read_bounded(self.need(CONFIG), FILE_LIMITS["config"], "a run's config", RunError))
+            config = copy.deepcopy(config)
+            config.model.language_model = saved["model"]["language_model"]
         atomic_write_text(self.path / CONFIG, config.to_json())
 
     def never_trained(self) -> bool:
@@ -200,8 +207,8 @@ class Run:
         except RecursionError:
             raise RunError(f"{path}: unreadable config (values nested too deeply)") from None
         config = config_from_dict(tree, str(path))
-        own = self.path / LM_COPY
-        if decoder_traits(config.model.decoder).lm_tokenizer and (own / CONFIG).is_file():
+        own = lm_copy(self.path)
+        if own is not None and decoder_traits(config.model.decoder).lm_tokenizer:
             config.model.language_model = str(own.resolve())   # built from its own copy: the LM folder may be gone
         return config
 
@@ -242,9 +249,9 @@ class Run:
         own = model.state_dict()
         for name, tensor in state.items():     # a prefix-LM run whose language model folder was replaced
             if name.startswith("decoder.lm.") and name in own and own[name].shape != tensor.shape:
-                return (f"{self.path / CONFIG}: model.language_model ({self.config().model.language_model}) is not "
-                        f"the language model this run was trained with: {name} has shape {tuple(own[name].shape)} "
-                        f"there but {tuple(tensor.shape)} in {MODEL}")
+                where = self.config().model.language_model
+                return (f"{Path(where) / CONFIG}: does not describe the language model in {MODEL} (model.language_model "
+                        f"of this run): {name} has shape {tuple(own[name].shape)} there but {tuple(tensor.shape)} in {MODEL}")
         vocabulary = len(self.vocab())
         for name in ("decoder.output.weight", "decoder.embed.weight"):
             if name in state and state[name].shape[0] != vocabulary:
@@ -306,7 +313,10 @@ class Run:
         """Remove what an atomic write killed half-way left behind (.NAME.XXXX.tmp)."""
         for folder in (self.path, self.checkpoint_dir):
             for stale in folder.glob(".*.tmp") if folder.is_dir() else ():
-                stale.unlink(missing_ok=True)
+                if stale.is_dir() and not stale.is_symlink():     # a folder being replaced (fileio.replace_folder)
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
 
     # --- resumable checkpoints -------------------------------------------------------------------
     @property

@@ -27,19 +27,24 @@ from pathlib import Path
 
 from .architectures import decoder as decoder_traits
 from .errors import ConfigError, RunError
-from .fileio import FILE_LIMITS, atomic_write_text, read_bounded
+from .fileio import FILE_LIMITS, atomic_write_text, read_bounded, replace_folder
 from .vocab import WORD_SPECIALS, Specials, Vocabulary, build_vocabulary, tokenize
 
 HF_FORMAT = "showtell-hf-tokenizer-1"   # a run's vocab.json that names the language model's tokenizer
 
 LM_EXTRA = "pip install showtell[lm]"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model")   # any one of them
-# Beside a run's vocab.json: its own copy of the LM's configuration and tokenizer (its weights are in
-# the run's model file), so a run or an exported package loads wherever the LM folder went.
+# Beside a run's vocab.json: its own copy of the LM folder's files but its weights (those are in the
+# run's model file), so a run or an exported package loads wherever the LM folder went.
 LM_COPY = "language_model"
-LM_SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                  "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
-                  *TOKENIZER_FILES[2:])
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
+
+
+def lm_copy(folder) -> Path | None:
+    """`folder`/language_model if it holds a usable copy (config.json and a tokenizer file), else None."""
+    copy = Path(folder) / LM_COPY
+    usable = (copy / "config.json").is_file() and any((copy / name).is_file() for name in TOKENIZER_FILES)
+    return copy if usable else None
 
 
 def specials_of(model) -> Specials:
@@ -131,14 +136,11 @@ class HFTokenizer:
         (configuration, tokenizer) are copied beside it into `LM_COPY`."""
         copy = Path(path).parent / LM_COPY
         if self.folder is not None and self.folder.resolve() != copy.resolve():
-            staged = copy.with_name(f".{LM_COPY}.tmp")
-            shutil.rmtree(staged, ignore_errors=True)
-            staged.mkdir()
-            for name in LM_SMALL_FILES:
-                if (self.folder / name).is_file():
-                    shutil.copyfile(self.folder / name, staged / name)     # a hub cache's links followed
-            shutil.rmtree(copy, ignore_errors=True)
-            staged.rename(copy)
+            def fill(staged: Path) -> None:
+                for file in self.folder.iterdir():
+                    if file.is_file() and not file.name.endswith(WEIGHT_SUFFIXES):
+                        shutil.copyfile(file, staged / file.name)     # a hub cache's links followed
+            replace_folder(copy, fill)
         atomic_write_text(path, json.dumps({"format": HF_FORMAT, "language_model": self.name}) + "\n")
 
     def ids_of(self, words: Sequence[str]) -> list[int]:
@@ -194,7 +196,5 @@ def load_tokenizer(path) -> Vocabulary | HFTokenizer:
     if isinstance(data, dict) and data.get("format") == HF_FORMAT:
         if not isinstance(data.get("language_model"), str):
             raise RunError(f"{path}: names no language model")
-        copy = Path(path).parent / LM_COPY
-        own = copy if any((copy / name).is_file() for name in TOKENIZER_FILES) else None
-        return HFTokenizer.load(data["language_model"], own)   # the run's own copy when it has one
+        return HFTokenizer.load(data["language_model"], lm_copy(Path(path).parent))   # the run's own copy if any
     return Vocabulary.load(path)

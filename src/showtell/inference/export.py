@@ -1,7 +1,7 @@
 """Exporting a trained run: its model package, and optionally ONNX graphs for onnx_runtime.py.
 
 `export_package(RUN, OUT)` copies what a user of the model needs (config, vocabulary, best
-weights, the model card) into OUT, which must be a new or empty folder, or one that holds an
+weights, the model card, a prefix-LM run's language_model/ folder) into OUT, which must be a new or empty folder, or one that holds an
 earlier export of the same run (only package files, the same vocabulary): an export never
 replaces another run's files. `export_onnx(RUN, OUT)` does the same, then adds
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RunError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, replace_folder
 from ..run import CARD, PACKAGE_FILES, VOCAB, Run
 from ..tokenizer import LM_COPY
 from .onnx_runtime import DECODERS, FORMAT, MANIFEST, load_package
@@ -76,11 +76,9 @@ def export_package(run_dir: str | Path, out: str | Path) -> Path:
         shutil.copyfile(run.path / name, tmp)
         tmp.replace(out / name)
     if (run.path / LM_COPY).is_dir():     # a prefix-LM run's language model config and tokenizer
-        tmp = out / f".{LM_COPY}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(run.path / LM_COPY, tmp)
+        replace_folder(out / LM_COPY, lambda staged: shutil.copytree(run.path / LM_COPY, staged, dirs_exist_ok=True))
+    else:                                 # an earlier export's copy would be read as this run's
         shutil.rmtree(out / LM_COPY, ignore_errors=True)
-        tmp.rename(out / LM_COPY)
     (out / MANIFEST).unlink(missing_ok=True)   # an earlier ONNX export's graphs no longer match
     return out
 

@@ -166,13 +166,20 @@ def _context(lm_config) -> int | None:
 def positions(m) -> int | None:
     """The decoder's positions for model settings `m` (architectures' `positions_of`): the LM's, less
     the prefix, plus the <start> and <end> it never feeds; so its longest caption is context - prefix."""
-    context = _context_of(resolve_language_model(m.language_model))
+    folder = resolve_language_model(m.language_model)
+    try:
+        seen = (folder / "config.json").stat()
+        stamp = (seen.st_mtime_ns, seen.st_size)
+    except OSError:
+        stamp = None                                   # _context_of names the problem
+    context = _context_of(folder, stamp)
     return None if context is None else context - m.prefix_length + 2
 
 
 @functools.lru_cache(maxsize=16)
-def _context_of(folder: Path) -> int | None:
-    """The LM's positions from its config.json, read once per folder (`score` asks at every call)."""
+def _context_of(folder: Path, stamp) -> int | None:
+    """The LM's positions from its config.json, read once per folder and version of the file
+    (`stamp`: its time and size; `score` asks at every call)."""
     transformers = require_transformers()
     try:
         return _context(transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True))
