@@ -180,9 +180,14 @@ def positions(m) -> int | None:
 def _context_of(folder: Path, stamp) -> int | None:
     """The LM's positions from its config.json, read once per folder and version of the file
     (`stamp`: its time and size; `score` asks at every call)."""
+    return _context(_lm_config(folder))
+
+
+def _lm_config(folder: Path):
+    """The LM's own configuration from `folder`/config.json, or one line naming the folder."""
     transformers = require_transformers()
     try:
-        return _context(transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True))
+        return transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as error:
         raise ConfigError(f"model.language_model: {folder}: cannot read its config.json "
                           f"({str(error).splitlines()[0][:200]})") from None
@@ -206,11 +211,9 @@ def load_language_model(name: str) -> nn.Module:
 def language_model_from_config(name: str) -> nn.Module:
     """The LM's architecture from its config.json alone, for a saved run whose model file holds its weights."""
     folder = resolve_language_model(name)
-    transformers = require_transformers()
     try:
-        return transformers.AutoModelForCausalLM.from_config(
-            transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True))
-    except (OSError, ValueError) as error:
+        return require_transformers().AutoModelForCausalLM.from_config(_lm_config(folder))
+    except ValueError as error:                     # a config with no causal-LM class
         raise ConfigError(f"model.language_model: {folder}: cannot build a causal language model from its config.json "
                           f"({str(error).splitlines()[0][:200]})") from None
 
