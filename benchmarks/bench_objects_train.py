@@ -4,7 +4,7 @@ fixed number of steps), arms alternating within each scene seed, then evaluates 
 the test split: CIDEr against the human bound, CHAIR_s, CHAIR_i, object recall, steps trained.
 
     python benchmarks/bench_objects_train.py --out /tmp/objects [--minutes 8] [--seeds 0 1]
-        [--arms nic attention] [--image-size 96] [--images 3000] [--renamed] [--epochs N]
+        [--arms nic attention demo] [--image-size 96] [--images 3000] [--renamed] [--epochs N]
         [--set KEY=VALUE ...]     (each arm's settings on top of the synth preset)
 
 `--renamed` rewrites every colour word of the captions (red -> crimson, ...), so a choice cannot
@@ -26,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import machine, table  # noqa: E402
 
+from showtell.cli.demo import DEMO_SETTINGS  # noqa: E402
+
 RENAMED = {"red": "crimson", "green": "olive", "blue": "navy", "yellow": "amber"}
-ARMS = {"nic": ["model.decoder=nic"], "attention": ["model.decoder=attention"]}
+ARMS = {"nic": ["model.decoder=nic"], "attention": ["model.decoder=attention"], "demo": list(DEMO_SETTINGS)}
 
 
 def scenes(out: Path, seed: int, images: int, renamed: bool) -> Path:
@@ -74,7 +76,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=8.0)
     parser.add_argument("--epochs", type=int, help="train this many epochs (fixed steps) instead of --minutes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=["nic", "attention"], choices=list(ARMS),
+                        help="demo: the demo's settings (showtell.cli.demo.DEMO_SETTINGS)")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--renamed", action="store_true")

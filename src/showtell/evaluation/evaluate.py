@@ -91,8 +91,9 @@ def evaluate_run(run_dir: str | Path, data: list[str], images_dir: str | None, s
     models = [str(run_dir), *map(str, ensemble)]
     paths = write_outputs(run, captioner, chosen, decoded, scored, options, models, max_images, write_html,
                           results_file)
+    hallucinated = scored.hallucination["hallucinated"] if scored.hallucination else {}
     return {"scores": scored.summary, "human": scored.human, "results": decoded.results, "records": chosen.records,
-            "per_image": scored.per_image, **paths}
+            "per_image": scored.per_image, "hallucinated": hallucinated, **paths}
 
 
 # --- load ------------------------------------------------------------------------------------------------

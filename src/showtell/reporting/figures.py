@@ -82,13 +82,15 @@ def _wrap(text: str, width: int = 34) -> str:
 
 
 def samples_figure(paths: Sequence[str | Path], captions: Sequence[str], references: Sequence[str],
-                   out: Path, columns: int = 4) -> Path:
-    """A grid of pictures with the model's caption (bold) and one reference under each."""
+                   out: Path, columns: int = 4, wrong: Sequence[Sequence[str]] | None = None) -> Path:
+    """A grid of pictures with the model's caption (bold) and one reference under each; where
+    `wrong` gives a picture's hallucinated objects (CHAIR), a red line names them under its caption."""
     rows = math.ceil(len(paths) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 4.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, path, caption, reference in zip(axes.flat, paths, captions, references):
+    wrong = wrong if wrong is not None else [()] * len(paths)
+    for ax, path, caption, reference, absent in zip(axes.flat, paths, captions, references, wrong):
         try:
             ax.imshow(load_image(path))
         except ImageError:
@@ -96,6 +98,10 @@ def samples_figure(paths: Sequence[str | Path], captions: Sequence[str], referen
         wrapped = _wrap(caption, 30)      # bold 9 pt: 34 characters ran into the next column
         ax.text(0, -0.03, wrapped, transform=ax.transAxes, fontsize=9, fontweight="bold", va="top")
         below = -0.05 - 0.075 * (wrapped.count("\n") + 1)
+        if absent:
+            ax.text(0, below, "not in the picture: " + ", ".join(absent), transform=ax.transAxes, fontsize=8,
+                    fontweight="bold", va="top", color="#c0392b")
+            below -= 0.075
         ax.text(0, below, "ref: " + _wrap(reference, 38), transform=ax.transAxes, fontsize=7.5, va="top", color="#555")
     fig.subplots_adjust(hspace=0.55, wspace=0.08)
     _save_figure(fig, out)
