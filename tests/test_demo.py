@@ -11,11 +11,11 @@ import json
 import pytest
 from conftest import run_cli
 
-# 16 epochs of 13 steps (800 training pictures, 64 a step), about 90 s: when measured, CHAIR_s 0.51,
-# object recall 0.50, 86 distinct captions for 100 test pictures. That is before the model tells
-# circles, squares and triangles apart (the demo's 760 steps do: docs/evaluation.md), so the object
-# floor is one no caption that ignores the picture can pass: naming one shape for every picture
-# scores recall 0.33, two shapes CHAIR_s 0.78, three 0.95 (the scenes' shape statistics).
+# 16 epochs of 13 steps (800 training pictures, 64 a step), about 90 s: when measured, 86 distinct
+# captions for 100 test pictures and the colours right. It is too early for the shapes: the model tells
+# circles, squares and triangles apart between about 450 and 750 steps of the 3,000 scenes (CHAIR_s
+# 0.51 and recall 0.50 here, no better than naming "triangle" for every picture: 0.31 and 0.44), so
+# object hallucination is measured by benchmarks/bench_objects_train.py, not asserted here.
 EPOCHS = 16
 STEPS = EPOCHS * 13
 
@@ -33,11 +33,6 @@ def test_demo_trains_a_captioner_that_looks_at_the_pictures(tmp_path):
         assert expected in text
     for name in ("model.safetensors", "config.json", "vocab.json", "samples.png", "report.html"):
         assert (out / "run" / name).is_file(), name
-
-    scores = json.loads((out / "run" / "evaluations" / "test-greedy.json").read_text())["scores"]
-    assert scores["CHAIR_s"] <= 0.65 and scores["object_recall"] >= 0.42, (
-        f"CHAIR_s {scores['CHAIR_s']:.3f}, recall {scores['object_recall']:.3f}: no better than a caption that "
-        "ignores the picture")
 
     # the count under samples.png is that of its eight pictures whose caption names an absent shape
     predictions = json.loads((out / "run" / "evaluations" / "test-greedy.json").read_text())["predictions"]
@@ -64,7 +59,7 @@ def test_demo_trains_a_captioner_that_looks_at_the_pictures(tmp_path):
 
 def test_demo_trains_its_fixed_epochs_unless_given_minutes(tmp_path):
     """No flag: the demo's fixed steps, not a time budget (a slow machine gets the same captioner);
-    --epochs wins over --minutes."""
+    --minutes: a time budget, at most --epochs."""
     from showtell.cli.demo import DEMO_EPOCHS
 
     out = tmp_path / "demo"
@@ -72,10 +67,10 @@ def test_demo_trains_its_fixed_epochs_unless_given_minutes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     history = [json.loads(line) for line in (out / "run" / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(1, DEMO_EPOCHS + 1))
-    assert f"for {DEMO_EPOCHS} epochs" in done.stdout
+    assert f"for {DEMO_EPOCHS} epochs" in done.stdout and f"({DEMO_EPOCHS} training steps" in done.stdout
 
-    done = run_cli("demo", "--out", str(out), "--epochs", "2", "--images", "40", "--minutes", "0.0001", timeout=900)
+    # a budget too short for a second step: one step of the 3 epochs allowed, then the demo goes on
+    done = run_cli("demo", "--out", str(out), "--epochs", "3", "--images", "80", "--minutes", "0.0001", timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
-    history = [json.loads(line) for line in (out / "run" / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [1, 2]
-    assert "for 2 epochs" in done.stdout
+    assert "for up to 0.0001 minutes" in done.stdout and "(1 training steps" in done.stdout
+    assert "results on the test split" in done.stdout

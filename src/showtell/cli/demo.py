@@ -1,17 +1,18 @@
-"""`showtell demo`: the whole job on the built-in data, in about five minutes on two CPU cores.
+"""`showtell demo`: the whole job on the built-in data, in a few minutes on two CPU cores.
 
 Draws synthetic scenes, trains a Show, Attend and Tell captioner (a small CNN from scratch + an
 LSTM that attends over its grid), captions the held-out test pictures greedily and with beam
 search, and shows the scores and object hallucination (CHAIR) next to the human bound, some
 pictures' captions next to their references, and where everything was saved.
 
-The decoder is soft attention, not NIC's single picture vector: at the same 3.5 minutes it names
-the shapes that are there far more often, although it trains fewer steps (docs/evaluation.md).
+The decoder is soft attention, not NIC's single picture vector: in the same minutes it names the
+shapes that are there far more often, although it trains fewer steps (docs/evaluation.md).
 
 It trains a fixed number of steps (DEMO_EPOCHS), not for a time budget: the model gets colours right
 early and learns to tell circles, squares and triangles apart between about 450 and 750 steps, so a
 budget gave a slower machine (an AVX2-only CPU) captions that name the wrong shapes; the same steps
-give every machine the same captioner, later on a slow one. `--minutes` trains for a budget instead.
+give every machine the same captioner, later on a slow one. `--minutes` trains for a budget instead
+(with `--epochs` as its upper bound).
 Measured in docs/evaluation.md, as are DEMO_SETTINGS' 64 pictures a step.
 """
 
@@ -53,7 +54,8 @@ def _prepare_folder(out: Path) -> None:
 def run_demo(out: Path, minutes: float | None = None, n_images: int = 3000, seed: int = 0,
              epochs: int | None = None) -> dict:
     """Train exactly `epochs` epochs (DEMO_EPOCHS when neither is given: the same model on any machine,
-    however busy), or, given only `minutes`, for that time budget (fewer steps on a slower machine)."""
+    however busy), or, given `minutes`, for that time budget (fewer steps on a slower machine), with
+    `epochs` (else the preset's) as its upper bound."""
     if epochs is None and minutes is None:
         epochs = DEMO_EPOCHS
     started = time.monotonic()
@@ -65,12 +67,12 @@ def run_demo(out: Path, minutes: float | None = None, n_images: int = 3000, seed
     with progress_bar(total=n_images, unit="img", leave=False) as bar:
         annotations = write_dataset(data_dir, n_images, seed=seed, progress=bar.update)
 
-    config = load_config("synth", [*DEMO_SETTINGS, *([f"train.epochs={epochs}"] if epochs else [])])
+    config = load_config("synth", [*DEMO_SETTINGS, *([f"train.epochs={epochs}"] if epochs is not None else [])])
     records = load_dataset([str(annotations)], None, config.data)
-    budget = f"{epochs} epochs" if epochs else f"up to {minutes:g} minutes"
+    budget = f"{epochs} epochs" if minutes is None else f"up to {minutes:g} minutes"
     say(f"[2/4] training Show, Attend and Tell (small CNN from scratch + LSTM with attention) for {budget}")
     summary = train(config, records, run_dir, {"data": [str(annotations.resolve())], "images": None, "features": None},
-                    max_minutes=None if epochs else minutes)
+                    max_minutes=minutes)
 
     say("[3/4] captioning the held-out test pictures (greedy, then beam search with beam 3)")
     report = evaluate_run(run_dir, [str(annotations)], None, "test", beam_size=1, metrics=DEMO_METRICS)
@@ -106,7 +108,7 @@ def run_demo(out: Path, minutes: float | None = None, n_images: int = 3000, seed
                              [report["records"][i].captions[0] for i in picks], run_dir / "samples.png", wrong=absent)
     example = report["records"][picks[0]].path
     say(f"\nsaved the model package in {run_dir} ({summary['steps']} training steps, best epoch {summary['best_epoch']})")
-    if report["hallucinated"]:
+    if objects:
         say(f"  pictures with captions: {samples} ({sum(map(bool, absent))} of {len(picks)} name a shape "
             "that is not in the picture)")
     else:

@@ -198,12 +198,12 @@ def _serve(sub) -> None:
 
 
 def _demo(sub) -> None:
-    p = sub.add_parser("demo", help="synthesise data, train, evaluate and show captions (about 5 minutes)")
+    p = sub.add_parser("demo", help="synthesise data, train, evaluate and show captions (a few minutes)")
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="folder for the data and the run (default demo-run)")
     p.add_argument("--epochs", type=count(1), help="train exactly this many epochs (default: the demo's fixed number, the "
                                                    "same model however fast or busy the machine is)")
-    p.add_argument("--minutes", type=positive, help="train for this many minutes instead of a number of epochs "
-                                                   "(fewer steps, and weaker captions, on a slower machine)")
+    p.add_argument("--minutes", type=positive, help="train for this many minutes instead, --epochs at most (fewer "
+                                                   "steps, and weaker captions, on a slower machine)")
     p.add_argument("--images", type=count(10), default=3000, help="synthetic pictures (default 3000)")
     threads_arg(p)
 

@@ -89,7 +89,7 @@ def samples_figure(paths: Sequence[str | Path], captions: Sequence[str], referen
     fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 4.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    wrong = wrong if wrong is not None else [()] * len(paths)
+    wrong = [*(wrong or []), *[()] * (len(paths) - len(wrong or []))]
     for ax, path, caption, reference, absent in zip(axes.flat, paths, captions, references, wrong):
         try:
             ax.imshow(load_image(path))
