@@ -7,6 +7,7 @@ machine's speed or load."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import run_cli
@@ -69,8 +70,10 @@ def test_demo_trains_its_fixed_epochs_unless_given_minutes(tmp_path):
     assert [h["epoch"] for h in history] == list(range(1, DEMO_EPOCHS + 1))
     assert f"for {DEMO_EPOCHS} epochs" in done.stdout and f"({DEMO_EPOCHS} training steps" in done.stdout
 
-    # a budget too short for a second step: one step of the 3 epochs allowed, then the demo goes on
+    # a budget of 6 ms stops training before the 3 epochs (3 steps) it allows, then the demo goes on;
+    # what the step learned is not looked at (it depends on the machine's speed)
     done = run_cli("demo", "--out", str(out), "--epochs", "3", "--images", "80", "--minutes", "0.0001", timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "for up to 0.0001 minutes" in done.stdout and "(1 training steps" in done.stdout
+    steps = int(re.search(r"\((\d+) training steps", done.stdout).group(1))
+    assert "for up to 0.0001 minutes" in done.stdout and steps < 3
     assert "results on the test split" in done.stdout

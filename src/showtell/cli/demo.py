@@ -108,11 +108,8 @@ def run_demo(out: Path, minutes: float | None = None, n_images: int = 3000, seed
                              [report["records"][i].captions[0] for i in picks], run_dir / "samples.png", wrong=absent)
     example = report["records"][picks[0]].path
     say(f"\nsaved the model package in {run_dir} ({summary['steps']} training steps, best epoch {summary['best_epoch']})")
-    if objects:
-        say(f"  pictures with captions: {samples} ({sum(map(bool, absent))} of {len(picks)} name a shape "
-            "that is not in the picture)")
-    else:
-        say(f"  pictures with captions: {samples}")
+    wrong_samples = f" ({sum(map(bool, absent))} of {len(picks)} name a shape that is not in the picture)" if objects else ""
+    say(f"  pictures with captions: {samples}{wrong_samples}")
     say(f"  full report:            {report['report_path']}")
     say("next:")
     say(f"  showtell caption {run_dir} {example}")
