@@ -52,12 +52,12 @@ def same(a, b) -> bool:
     return a == b
 
 
-def close(a, b) -> bool:
+def close(a, b, drift: float = 1e-5) -> bool:
     """Equal up to float rounding: history lines with the same keys, texts and counts, and numbers
-    within 1e-5 relative; weights within torch.allclose's rtol 1e-3, atol 1e-5."""
+    within 1e-5 relative; weights within `drift` of each other."""
     if isinstance(a, tuple):
         return a[0] == b[0] and a[1].keys() == b[1].keys() and all(
-            torch.allclose(a[1][k], b[1][k], rtol=1e-3, atol=1e-5) for k in a[1])
+            torch.allclose(a[1][k].double(), b[1][k].double(), rtol=0, atol=drift) for k in a[1])
     if a == b:
         return True
     try:
@@ -65,6 +65,15 @@ def close(a, b) -> bool:
     except ValueError:
         return False
     return len(left) == len(right) and all(_close_values(x, y) for x, y in zip(left, right))
+
+
+def adam_drift(history: bytes) -> float:
+    """How far apart two Adam trainings can end when their gradients differ only in the last digits:
+    Adam moves a weight by at most about its learning rate a step whatever the gradient's size, so
+    a near-zero gradient entry whose sign flips moves it up to twice that; twice the largest rate
+    times the steps bounds it (the runs of this file: about 0.03, against 1e-3 seen)."""
+    lines = [json.loads(line) for line in history.decode().splitlines()]
+    return 2 * max(line["lr"] for line in lines) * lines[-1]["step"]
 
 
 def _close_values(x, y) -> bool:
@@ -78,15 +87,23 @@ def _close_values(x, y) -> bool:
 
 
 def assert_uninterrupted(run: Path, whole: Path, why: str, names=None) -> None:
-    """`run` holds what an uninterrupted training writes: bit for bit as a rule. In full-suite runs
-    (CI's, and once here) one of the trainings in this test sometimes takes a first-epoch loss of
-    4.0317298629816545 instead of 4.031730451730971: two discrete outcomes, 7th digit, not tied to
-    resuming (once the uninterrupted run was the odd one), cause not found (an issue of its own).
-    So a run that is not bitwise equal must still be equal up to float rounding; a resume bug (a
-    lost RNG state, a skipped or repeated step) is far outside that (scripts/mutation_check.py)."""
+    """`run` holds what an uninterrupted training writes: bit for bit as a rule. About one run in
+    ten on a busy machine (CI's full suite; reproduced here beside two busy loops) a process's
+    training step comes out different in the last bits of its weights though its inputs, weights,
+    optimiser and generators are bitwise the same (found by dumping every step; which kernel, not
+    found: an issue of its own). Through Adam that grows to 1e-3 in a weight by the end while every
+    loss stays within 1e-6. So a run that is not bitwise equal must have the same history up to float
+    rounding (every epoch's losses, scores and captions: a resume bug, a lost generator state or a
+    skipped or repeated step, is far outside that, scripts/mutation_check.py) and weights within
+    what such rounding can become through Adam (adam_drift)."""
     a, b = files(whole), files(run)
-    for name in names or list(a):
-        assert same(a[name], b[name]) or close(a[name], b[name]), f"{name} differs {why}"
+    chosen = names or list(a)
+    if all(same(a[name], b[name]) for name in chosen):
+        return
+    assert close(a["history.jsonl"], b["history.jsonl"]), f"history.jsonl differs {why}"
+    drift = adam_drift(a["history.jsonl"])
+    for name in chosen:
+        assert same(a[name], b[name]) or close(a[name], b[name], drift), f"{name} differs {why}"
 
 
 @pytest.mark.slow
