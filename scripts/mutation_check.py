@@ -305,8 +305,14 @@ MUTATIONS = [
              "parse_data_spec", 'split, sep, path = str(spec).partition("=")', 'split, sep, path = str(spec).rpartition("=")',
              ["tests/test_data_spec.py"]),
     # exact resume (tests/test_reliability.py): a resumed run is an uninterrupted one, bit for bit
-    Mutation("a resume forgets where torch's random generator was", SRC + "training/state.py", "set_rng_state",
+    Mutation("exact-resume: a resume forgets where torch's random generator was", SRC + "training/state.py", "set_rng_state",
              '    torch.set_rng_state(saved["torch"])\n', "\n",
+             ["tests/test_reliability.py::test_stopped_killed_and_resumed_runs_end_bitwise_identical"]),
+    Mutation("exact-resume: a resume does not restore the optimiser (Adam's moments start again)",
+             SRC + "training/entry.py", "_resume", 'optimizer.load_state_dict(saved["optimizer"])', "pass",
+             ["tests/test_reliability.py::test_stopped_killed_and_resumed_runs_end_bitwise_identical"]),
+    Mutation("exact-resume: a resume mid-epoch replays the epoch's batches from its first", SRC + "training/loop.py",
+             "train_epoch", "[dist.shard(b) for b in batches[state.step_in_epoch:]]", "[dist.shard(b) for b in batches]",
              ["tests/test_reliability.py::test_stopped_killed_and_resumed_runs_end_bitwise_identical"]),
     # threads: --threads 1 is what runs (tests/test_threads_cli.py, with OMP_NUM_THREADS unset)
     Mutation("the training loop never looks at the thread policy", SRC + "training/loop.py", "train_step",
