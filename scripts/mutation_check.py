@@ -31,6 +31,7 @@ TH, R, C = "tests/test_threads_cli.py::", "tests/test_reference_runs.py::", "tes
 P, PI = "tests/test_probe3_outputs.py::", "tests/test_probe3_inputs.py::"
 WEBJS, W = SRC + "inference/web/showtell.js", "tests/test_web_export.py::"
 G = "tests/test_gpu_check.py::test_the_gpu_check_runs_every_stage_on_the_cpu"
+EXACT = "tests/test_reliability.py::test_stopped_killed_and_resumed_runs_end_bitwise_identical"
 PLM, PL = SRC + "models/prefix_lm.py", "tests/test_prefix_lm.py::"
 
 
@@ -307,13 +308,13 @@ MUTATIONS = [
     # exact resume (tests/test_reliability.py): a resumed run is an uninterrupted one, bit for bit
     Mutation("exact-resume: a resume forgets where torch's random generator was", SRC + "training/state.py", "set_rng_state",
              '    torch.set_rng_state(saved["torch"])\n', "\n",
-             ["tests/test_reliability.py::test_stopped_killed_and_resumed_runs_end_bitwise_identical"]),
+             [EXACT]),
     Mutation("exact-resume: a resume does not restore the optimiser (Adam's moments start again)",
              SRC + "training/entry.py", "_resume", 'optimizer.load_state_dict(saved["optimizer"])', "pass",
-             ["tests/test_reliability.py::test_stopped_killed_and_resumed_runs_end_bitwise_identical"]),
+             [EXACT]),
     Mutation("exact-resume: a resume mid-epoch replays the epoch's batches from its first", SRC + "training/loop.py",
              "train_epoch", "[dist.shard(b) for b in batches[state.step_in_epoch:]]", "[dist.shard(b) for b in batches]",
-             ["tests/test_reliability.py::test_stopped_killed_and_resumed_runs_end_bitwise_identical"]),
+             [EXACT]),
     # threads: --threads 1 is what runs (tests/test_threads_cli.py, with OMP_NUM_THREADS unset)
     Mutation("the training loop never looks at the thread policy", SRC + "training/loop.py", "train_step",
              "    check_threads()\n", "\n", [TH + "test_train"]),
