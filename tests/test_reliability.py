@@ -110,7 +110,7 @@ def assert_uninterrupted(run: Path, whole: Path, why: str, names=None) -> None:
 
 
 @pytest.mark.slow
-def test_stopped_killed_and_resumed_runs_end_bitwise_identical(tmp_path, synth_dir):
+def test_stopped_killed_and_resumed_runs_end_as_the_uninterrupted_one(tmp_path, synth_dir):
     """A time-budget stop, a SIGTERM (a clean stop: checkpoint, exit 143), then SIGKILLs at random
     moments, the last in the self-critical epoch; the result is the uninterrupted run's."""
     data = ["--data", str(synth_dir / "dataset.json")]
@@ -118,6 +118,8 @@ def test_stopped_killed_and_resumed_runs_end_bitwise_identical(tmp_path, synth_d
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     run = tmp_path / "killed"
+    # the 60 ms budget stops after however many steps this machine fits in it: any stop point must
+    # resume to the uninterrupted run, so the outcome does not depend on the machine's speed
     budget = run_cli("--quiet", "train", *data, "--out", str(run), *ARGS, "--max-minutes", "0.001")
     assert budget.returncode == 0, budget.stderr[-2000:]
     rng = random.Random(1)
