@@ -40,7 +40,7 @@ def test_preset_and_round_trip_through_json():
     (["model.hiden_dim=5"], "unknown setting 'model.hiden_dim' (did you mean model.hidden_dim?)"),
     (["model.hidden_dim=lots"], "model.hidden_dim: expected int, got 'lots'"),
     (["model.hidden_dim=0"], "model.hidden_dim: 0 is below the minimum 1"),
-    (["model.image_injection=sideways"], "model.image_injection: 'sideways' is not one of init_state, first_input"),
+    (["model.image_injection=sideways"], "model.image_injection: 'sideways' is not one of init_state, first_input, every_step"),
     (["train.lr=nan"], "train.lr: expected float"),
     (["model.freeze_encoder=maybe"], "model.freeze_encoder: expected bool"),
     (["data.split_ratio=0.5,0.5"], "data.split_ratio: expected three fractions"),

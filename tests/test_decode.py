@@ -129,15 +129,16 @@ def test_special_tokens_are_never_generated():
         assert not ((words == START) | (words == END) | (words == UNK)).any()
 
 
-def _nic(seed=0, vocab=12):
+def _nic(seed=0, vocab=12, injection="init_state"):
     torch.manual_seed(seed)
-    decoder = NICDecoder(vocab, feature_dim=10, embed_dim=8, hidden_dim=16, dropout=0.0)
+    decoder = NICDecoder(vocab, feature_dim=10, embed_dim=8, hidden_dim=16, dropout=0.0, image_injection=injection)
     return decoder.eval()
 
 
+@pytest.mark.parametrize("injection", ["init_state", "every_step"])
 @pytest.mark.parametrize("beam", [1, 4])
-def test_batched_decoding_equals_one_image_at_a_time(beam):
-    decoder = _nic()
+def test_batched_decoding_equals_one_image_at_a_time(beam, injection):
+    decoder = _nic(injection=injection)
     features = {"global": torch.randn(7, 10)}
     with torch.no_grad():
         batch = beam_search(decoder, features, beam, 12, n_best=beam) if beam > 1 else greedy(decoder, features, 12)
@@ -311,8 +312,9 @@ def _teacher_forced(decoder, features, words: list[int], finished: bool) -> floa
     return float(F.log_softmax(logits[0].float(), dim=-1).gather(1, torch.tensor(targets).unsqueeze(1)).sum())
 
 
-def test_sample_logprobs_equal_teacher_forcing_and_carry_gradients():
-    decoder = _nic(seed=2)
+@pytest.mark.parametrize("injection", ["init_state", "every_step"])
+def test_sample_logprobs_equal_teacher_forcing_and_carry_gradients(injection):
+    decoder = _nic(seed=2, injection=injection)
     features = {"global": torch.randn(3, 10, requires_grad=True)}
     out, token_lp, mask = sample(decoder, features, max_length=8, generator=torch.Generator().manual_seed(0),
                                  samples_per_image=2, temperature=0.8)

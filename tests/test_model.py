@@ -22,7 +22,7 @@ def test_small_encoder_shapes_and_transform():
     assert encoder.grid_size == 16
 
 
-@pytest.mark.parametrize("injection", ["init_state", "first_input"])
+@pytest.mark.parametrize("injection", ["init_state", "first_input", "every_step"])
 def test_overfits_a_tiny_batch_and_greedy_reads_the_captions_back(synth_dir, injection):
     records = [r for r in read_annotations(str(synth_dir / "dataset.json"), None)][:6]
     for r in records:  # one caption per picture, to be memorised

@@ -38,7 +38,7 @@ def run_blocked(code: str, block: str = "", timeout: float = 300):
                           env={**os.environ, "BLOCK": block})
 
 
-def make_run(dataset: Path, out: Path, decoder: str, steps: int = 60) -> Path:
+def make_run(dataset: Path, out: Path, decoder: str, steps: int = 60, settings: tuple[str, ...] = ()) -> Path:
     """A small model (32 px pictures, 64 hidden units) from a fixed seed whose decoder learns the
     captions of its random encoder's features for a few full-batch steps: enough that its
     captions finish with <end> and differ between pictures (so that beam search's finished pool,
@@ -52,7 +52,7 @@ def make_run(dataset: Path, out: Path, decoder: str, steps: int = 60) -> Path:
 
     torch.manual_seed(0)
     config = load_config("synth", ["model.embed_dim=32", "model.hidden_dim=64", "data.image_size=32",
-                                   "model.attention_dim=32", f"model.decoder={decoder}"])
+                                   "model.attention_dim=32", f"model.decoder={decoder}", *settings])
     records = load_dataset([str(dataset)], None, config.data)
     vocab = Vocabulary.build([t for r in records for t in r.tokens], 1)
     model = build_model(config, vocab, pretrained=False).eval()
@@ -82,13 +82,16 @@ def pictures(tmp_path_factory) -> list[str]:
     return sorted(str(p) for p in (folder / "images").glob("*.png"))
 
 
+def _export(pictures, folder: Path, decoder: str, settings: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    run = make_run(Path(pictures[0]).parents[1] / "dataset.json", folder / "run", decoder, settings=settings)
+    assert main(["--quiet", "export", str(run), str(folder / "package"), "--onnx"]) == 0
+    return run, folder / "package"
+
+
 @pytest.fixture(scope="module", params=["nic", "attention"])
 def exported(request, pictures, tmp_path_factory):
     """(run, ONNX package) of one decoder."""
-    folder = tmp_path_factory.mktemp(f"onnx-{request.param}")
-    run = make_run(Path(pictures[0]).parents[1] / "dataset.json", folder / "run", request.param)
-    assert main(["--quiet", "export", str(run), str(folder / "package"), "--onnx"]) == 0
-    return run, folder / "package"
+    return _export(pictures, tmp_path_factory.mktemp(f"onnx-{request.param}"), request.param)
 
 
 def _hypotheses(results):
@@ -101,7 +104,16 @@ def _logprobs(results):
 
 @pytest.mark.parametrize("beam", [1, 3])
 def test_onnx_captions_equal_pytorch(exported, pictures, beam):
-    run, package = exported
+    _assert_onnx_equals_pytorch(*exported, pictures, beam)
+
+
+def test_onnx_captions_equal_pytorch_with_the_picture_beside_every_word(pictures, tmp_path):
+    """NIC's every_step state carries the picture's input from step to step (beam 3 reorders it)."""
+    run, package = _export(pictures, tmp_path, "nic", ("model.image_injection=every_step",))
+    _assert_onnx_equals_pytorch(run, package, pictures, 3)
+
+
+def _assert_onnx_equals_pytorch(run: Path, package: Path, pictures, beam: int) -> None:
     ours = Captioner.load(package)
     assert ours.backend == "onnx" and Captioner.load(run).backend == "torch"
     theirs = Captioner.load(run).caption(pictures, beam_size=beam, n_best=beam)

@@ -62,8 +62,9 @@ class ModelConfig:
                            choices=tuple(DECODERS))
     image_injection: str = setting(
         "init_state", "how the image conditions the LSTM: as its initial hidden/cell state "
-        "(init_state) or as its input at step -1 (first_input, as in the paper)",
-        choices=("init_state", "first_input"))
+        "(init_state), as its input at step -1 (first_input, as in the paper), or as its initial state and "
+        "beside every word (every_step)",
+        choices=("init_state", "first_input", "every_step"))
     embed_dim: int = setting(512, "word embedding size (follows the vectors when word_embeddings is set)", min=1,
                              max=4096)
     hidden_dim: int = setting(512, "LSTM hidden size (512 in the paper); the transformer decoder's width", min=1,

@@ -82,7 +82,7 @@ def pad_to(xp, x: Array, length: int, axis: int, value=0) -> Array:
 
 def per_picture(name: str) -> bool:
     """State entries named picture_* (after an ensemble's 'N.' prefix) hold the same values for every
-    row of one picture (the attention grid and keys, a Transformer's memory)."""
+    row of one picture (the attention grid and keys, a Transformer's memory, NIC's every-step input)."""
     return name.rsplit(".", 1)[-1].startswith("picture_")
 
 

@@ -14,7 +14,7 @@ replaces another run's files. `export_onnx(RUN, OUT)` does the same, then adds
 Only the encoder and ONE decoder step are graphs, every axis 0 a dynamic batch axis; the decoding
 loop (greedy, beam search) stays the decoding package's Python code, which runs the step graph through
 onnxruntime exactly as it runs the PyTorch model. A decoder can be exported when its state keeps
-its shape from step to step (NIC: h, c; attention: h, c and the grid); one whose state grows with
+its shape from step to step (NIC: h, c, and with every_step the picture's input; attention: h, c and the grid); one whose state grows with
 each word (a Transformer's key/value cache) cannot be one fixed step graph and is refused.
 """
 
