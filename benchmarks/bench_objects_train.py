@@ -1,7 +1,9 @@
 """Which configuration names the shapes that are in the picture within the same CPU minutes (issue
 31)? Trains each arm on the built-in scenes for a fixed number of minutes (or, with --epochs, a
 fixed number of steps), arms alternating within each scene seed, then evaluates each greedily on
-the test split: CIDEr against the human bound, CHAIR_s, CHAIR_i, object recall, steps trained.
+the test split: CIDEr against the human bound, CHAIR_s, CHAIR_i, object recall, steps trained, and
+two counts of slips: captions that swap a circle and a square (NIC's commonest), and captions that
+name one shape twice for a picture of two different shapes (attention's commonest).
 
     python benchmarks/bench_objects_train.py --out /tmp/objects [--minutes 8] [--seeds 0 1]
         [--arms nic attention demo] [--image-size 96] [--images 3000] [--renamed] [--epochs N]
@@ -50,6 +52,22 @@ def scenes(out: Path, seed: int, images: int, renamed: bool) -> Path:
     return path
 
 
+def slips(report: dict, data: Path) -> dict[str, int]:
+    """circle_square_swaps: captions that name an absent shape where every absent one named and
+    every present one left out is a circle or a square (one called the other). repeated_shape:
+    captions of a picture with two kinds of shape that name one kind twice and nothing else."""
+    from showtell.evaluation.chair import SYNTH_SYNONYMS, ObjectWords, synth_objects
+
+    truth, shapes, pair = synth_objects(data), ObjectWords(SYNTH_SYNONYMS), {"circle", "square"}
+    swaps = repeats = 0
+    for record, result in zip(report["records"], report["results"]):
+        drawn, mentions = truth[record.path.name], shapes.mentions(result.caption)
+        absent, missed = set(mentions) - drawn, drawn - set(mentions)
+        swaps += bool(absent) and bool(missed) and absent <= pair and missed <= pair
+        repeats += len(drawn) == 2 and len(mentions) == 2 and len(set(mentions)) == 1
+    return {"circle_square_swaps": swaps, "repeated_shape": repeats}
+
+
 def run_arm(data: Path, run: Path, settings: list[str], minutes: float | None, epochs: int | None) -> dict:
     from showtell.config import load_config
     from showtell.data.formats import load_dataset
@@ -67,7 +85,8 @@ def run_arm(data: Path, run: Path, settings: list[str], minutes: float | None, e
     s, human = report["scores"], report["human"]
     return {"steps": summary["steps"], "minutes": trained / 60, "cider_human": s["CIDEr"] / human["CIDEr"],
             "CHAIR_s": s["CHAIR_s"], "CHAIR_i": s["CHAIR_i"], "recall": s["object_recall"],
-            "distinct": len({r.caption for r in report["results"]}), "images": len(report["results"])}
+            "distinct": len({r.caption for r in report["results"]}), "images": len(report["results"]),
+            **slips(report, data)}
 
 
 def main() -> None:
@@ -91,12 +110,13 @@ def main() -> None:
             name = f"{arm}-{seed}{'-renamed' if args.renamed else ''}"
             r = run_arm(data, args.out / name, settings, args.minutes, args.epochs)
             rows.append((name, r["steps"], f"{r['minutes']:.1f}", f"{r['cider_human']:.2f}", f"{r['CHAIR_s']:.3f}",
-                         f"{r['CHAIR_i']:.3f}", f"{r['recall']:.3f}", f"{r['distinct']}/{r['images']}"))
+                         f"{r['CHAIR_i']:.3f}", f"{r['recall']:.3f}", f"{r['distinct']}/{r['images']}", r["circle_square_swaps"], r["repeated_shape"]))
             print(json.dumps({"arm": name, **r}), flush=True)
     budget = f"{args.epochs} epochs" if args.epochs else f"{args.minutes:g} minutes"
     print(f"\nsynth preset at {args.image_size} px, {args.images} scenes, {budget} per arm, greedy on the test split; "
           f"settings {args.set or 'preset'}; {machine()}; load average {os.getloadavg()[0]:.1f}\n")
-    print(table(rows, ("arm", "steps", "minutes", "CIDEr/human", "CHAIR_s", "CHAIR_i", "recall", "distinct")))
+    print(table(rows, ("arm", "steps", "minutes", "CIDEr/human", "CHAIR_s", "CHAIR_i", "recall", "distinct",
+                       "circle/square swaps", "repeated shape")))
 
 
 if __name__ == "__main__":
