@@ -110,7 +110,8 @@ def main() -> None:
             name = f"{arm}-{seed}{'-renamed' if args.renamed else ''}"
             r = run_arm(data, args.out / name, settings, args.minutes, args.epochs)
             rows.append((name, r["steps"], f"{r['minutes']:.1f}", f"{r['cider_human']:.2f}", f"{r['CHAIR_s']:.3f}",
-                         f"{r['CHAIR_i']:.3f}", f"{r['recall']:.3f}", f"{r['distinct']}/{r['images']}", r["circle_square_swaps"], r["repeated_shape"]))
+                         f"{r['CHAIR_i']:.3f}", f"{r['recall']:.3f}", f"{r['distinct']}/{r['images']}",
+                         r["circle_square_swaps"], r["repeated_shape"]))
             print(json.dumps({"arm": name, **r}), flush=True)
     budget = f"{args.epochs} epochs" if args.epochs else f"{args.minutes:g} minutes"
     print(f"\nsynth preset at {args.image_size} px, {args.images} scenes, {budget} per arm, greedy on the test split; "
