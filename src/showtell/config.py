@@ -413,7 +413,11 @@ def _count_values(tree: Any, limit: int) -> int:
     return count
 
 
-def _read_yaml(text: str, source: str) -> dict[str, Any]:
+BY_DECODER = "by_decoder"
+
+
+def _read_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A config file's settings, flattened, and its `by_decoder` ones: {decoder: settings}."""
     try:
         tree = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -425,12 +429,35 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
     if _count_values(tree, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
         raise ConfigError(f"{source}: holds more than {MAX_CONFIG_VALUES:,} values, counting each alias (*name) as "
                           "the values it repeats; a config is a few dozen settings")
-    return flatten(tree or {}, source)
+    by_decoder = tree.pop(BY_DECODER, None) if isinstance(tree, dict) else None
+    return flatten(tree or {}, source), _by_decoder(by_decoder, source)
+
+
+def _by_decoder(tree: Any, source: str) -> dict[str, dict[str, Any]]:
+    """`by_decoder: {attention: {decode: {beam_size: 3}}}` -> {'attention': {'decode.beam_size': 3}}:
+    settings a file gives one decoder only, as fairseq's architectures give each its defaults."""
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: {BY_DECODER} must map decoder names to sections of settings")
+    settings = {}
+    for decoder, body in tree.items():
+        if decoder not in DECODERS:
+            raise ConfigError(f"{source}: {BY_DECODER}.{decoder}: no such decoder (decoders: {', '.join(DECODERS)})")
+        where = f"{source}: {BY_DECODER}.{decoder}"
+        settings[decoder] = flatten(body or {}, where)
+        for name in settings[decoder]:     # checked now, not only when that decoder is chosen
+            if name not in all_settings():
+                raise _unknown(name, all_settings(), f"{where}: ")
+        if "model.decoder" in settings[decoder]:
+            raise ConfigError(f"{where}: model.decoder cannot depend on the decoder")
+    return settings
 
 
 def load_config(config_file: str | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then a YAML file (or a built-in preset name such as 'synth'), then KEY=VALUE overrides."""
     config, given = Config(), {}     # given: the user's word-vocabulary settings and where each came from
+    user_file = False
     if config_file:
         path = Path(config_file)
         if path.suffix in (".yaml", ".yml", ".json") or path.exists():
@@ -440,18 +467,26 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
                 text = read_bounded(path, FILE_LIMITS["config"], "a config file", ConfigError).decode("utf-8")
             except (OSError, UnicodeDecodeError) as error:
                 raise ConfigError(f"{config_file}: cannot read config file ({error.__class__.__name__})") from None
-            values = _read_yaml(text, config_file)
-            config = apply(config, values, where=f"{config_file}: ")
-            given.update((name, f"{config_file}: ") for name in WORD_SETTINGS if name in values)
+            source, user_file = f"{config_file}: ", True
+            values, by_decoder = _read_yaml(text, config_file)
+            config = apply(config, values, where=source)
+            given.update((name, source) for name in WORD_SETTINGS if name in values)
         elif config_file in preset_names():
             text = resources.files("showtell.presets").joinpath(f"{config_file}.yaml").read_text(encoding="utf-8")
-            config = apply(config, _read_yaml(text, f"preset {config_file}"), where=f"preset {config_file}: ")
+            source = f"preset {config_file}: "
+            values, by_decoder = _read_yaml(text, f"preset {config_file}")
+            config = apply(config, values, where=source)
         else:
             raise ConfigError(f"{config_file}: no such config file or preset (presets: {', '.join(preset_names())})")
     values = parse_overrides(overrides or [])
     if values:
         config = apply(config, values, where="--set ")
         given.update((name, "--set ") for name in WORD_SETTINGS if name in values)
+    if config_file:     # the file's settings for the decoder chosen, under what --set gives
+        own = {k: v for k, v in by_decoder.get(config.model.decoder, {}).items() if k not in values}
+        config = apply(config, own, where=f"{source}{BY_DECODER}.{config.model.decoder}: ")
+        if user_file:
+            given.update((name, source) for name in WORD_SETTINGS if name in own)
     return resolve(_no_word_settings(config, given))
 
 
