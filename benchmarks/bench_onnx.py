@@ -24,6 +24,7 @@ from common import machine, table, timed
 from showtell import Captioner
 from showtell.config import load_config
 from showtell.data.synthetic import write_dataset
+from showtell.decoding.options import decoding_label
 from showtell.inference.export import export_onnx
 from showtell.models.caption_model import build_model
 from showtell.run import Run
@@ -98,7 +99,7 @@ def main(images: int = 64, batch: int = 32) -> str:
                     rates[name] = len(files) / seconds
                 same = captions["PyTorch"] == captions["ONNX"]
                 words = sum(len(c.split()) for c in captions["ONNX"]) / len(files)
-                rows.append((decoder, "greedy" if beam == 1 else f"beam {beam}", f"{rates['PyTorch']:,.1f}",
+                rows.append((decoder, decoding_label(beam), f"{rates['PyTorch']:,.1f}",
                              f"{rates['ONNX']:,.1f}", f"{rates['ONNX'] / rates['PyTorch']:.2f}x",
                              f"{words:.1f}", "yes" if same else "NO"))
     return "\n".join([

@@ -74,7 +74,7 @@ def main() -> str:
         decoder.eval()
         model = Trained(decoder)
         with torch.inference_mode():
-            decode_rate = B / timed(lambda: beam_search(model, features, BEAM, MAX), repeats=2 if big else 3,
+            decode_rate = B / timed(lambda model=model: beam_search(model, features, BEAM, MAX), repeats=2 if big else 3,
                                     warmup=1, min_seconds=0 if big else 0.2)
             words = float(beam_search(model, features, BEAM, MAX).lengths[:, 0].float().mean())
         rates[name] = (train_rate, decode_rate)

@@ -30,6 +30,7 @@ from common import machine, table, timed
 
 from showtell import Captioner
 from showtell.data.synthetic import write_dataset
+from showtell.decoding.options import decoding_label
 from showtell.inference.web_export import ORT_FOLDER, export_web, find_onnxruntime_web, folder_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ def main(images: int = 32) -> str:
                     rates[name] = len(files) / seconds
                 rates["browser"], captions["browser"] = _browser_rate(browser, site, files, beam)
                 same = captions["browser"] == captions["PyTorch"]
-                rows.append((decoder, "greedy" if beam == 1 else f"beam {beam}",
+                rows.append((decoder, decoding_label(beam),
                              *(f"{rates[k]:,.1f}" for k in ("PyTorch", "ONNX", "ONNX, one at a time", "browser")),
                              f"{rates['browser'] / rates['PyTorch']:.2f}x", "yes" if same else "NO"))
         browser.close()

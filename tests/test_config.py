@@ -41,27 +41,33 @@ def test_a_preset_gives_one_decoder_its_own_settings_under_what_set_gives():
     assert load_config("synth").decode.beam_size == 1
     assert load_config("synth", ["model.decoder=attention"]).decode.beam_size == 3
     assert load_config("synth", ["model.decoder=attention", "decode.beam_size=5"]).decode.beam_size == 5
-    assert load_config(None, ["model.decoder=attention"]).decode.beam_size == 3    # the default, not the preset's
 
 
 def test_by_decoder_in_a_config_file(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("decode:\n  beam_size: 2\nby_decoder:\n  attention:\n    decode:\n      beam_size: 4\n"
-                    "  transformer:\n    model:\n      hidden_dim: 64\n")
-    assert load_config(str(path)).decode.beam_size == 2
-    assert load_config(str(path), ["model.decoder=attention"]).decode.beam_size == 4
-    assert load_config(str(path), ["model.decoder=transformer"]).model.hidden_dim == 64
-    for body, message in [
-        ("by_decoder:\n  atention:\n    decode:\n      beam_size: 4\n", "by_decoder.atention: no such decoder"),
-        ("by_decoder:\n  nic:\n    decode:\n      beem_size: 4\n", "by_decoder.nic: unknown setting 'decode.beem_size'"),
+    path.write_text("model:\n  decoder: attention\n  hidden_dim: 90\ndecode:\n  beam_size: 2\nby_decoder:\n"
+                    "  attention:\n    decode:\n      beam_size: 4\n"
+                    "  transformer:\n    model:\n      transformer_heads: 3\n  nic:\n")
+    assert load_config(str(path)).decode.beam_size == 4                              # the file's own decoder
+    assert load_config(str(path), ["model.decoder=nic"]).decode.beam_size == 2
+    # the decoder's section mends a rule the file's other settings break for it (90 is no multiple of 4 heads)
+    transformer = load_config(str(path), ["model.decoder=transformer"]).model
+    assert (transformer.hidden_dim, transformer.transformer_heads) == (90, 3)
+    for body, message in [      # every decoder's section is checked, chosen or not (the default decoder is nic)
+        ("by_decoder:\n  atention:\n    decode:\n      beam_size: 4\n", "by_decoder.'atention': no such decoder"),
+        ("by_decoder:\n  transformer:\n    decode:\n      beem_size: 4\n",
+         "by_decoder.transformer: unknown setting 'decode.beem_size'"),
+        ("by_decoder:\n  attention:\n    decode:\n      beam_size: 0\n",
+         "by_decoder.attention: decode.beam_size: 0 is below the minimum 1"),
+        ("by_decoder:\n  attention:\n    modle:\n      hidden_dim: 4\n", "by_decoder.attention: unknown setting 'modle'"),
         ("by_decoder:\n  nic:\n    model:\n      decoder: attention\n", "model.decoder cannot depend on the decoder"),
         ("by_decoder: [nic]\n", "by_decoder must map decoder names to sections"),
-        ("by_decoder:\n  nic:\n    decode:\n      beam_size: 0\n", "by_decoder.nic: decode.beam_size: 0 is below the minimum 1"),
+        ('by_decoder:\n  "x\\ny": {}\n', "no such decoder"),       # a name on two lines, told on one
     ]:
         path.write_text(body)
         with pytest.raises(ConfigError) as error:
             load_config(str(path))
-        assert message in str(error.value) and str(path) in str(error.value)
+        assert message in str(error.value) and str(path) in str(error.value) and "\n" not in str(error.value), body
 
 
 @pytest.mark.parametrize("override, message", [
@@ -112,6 +118,6 @@ def test_a_word_vocabulary_setting_is_refused_whichever_source_names_the_lm_deco
     assert load_config(str(words), []).data.min_word_count == 2       # a word decoder keeps it
     both = tmp_path / "both.yaml"      # a file's by_decoder section gives it for that decoder alone
     both.write_text("by_decoder:\n  prefix-lm:\n    data:\n      min_word_count: 2\n")
-    with pytest.raises(ConfigError, match=f"^{both}: data.min_word_count: a word-vocabulary setting"):
+    with pytest.raises(ConfigError, match=f"^{both}: by_decoder.prefix-lm: data.min_word_count: a word-vocabulary setting"):
         load_config(str(both), ["model.decoder=prefix-lm"])
     assert load_config(str(both), []).data.min_word_count == Config().data.min_word_count   # not for nic

@@ -35,8 +35,10 @@ def test_demo_trains_a_captioner_that_looks_at_the_pictures(tmp_path):
     for name in ("model.safetensors", "config.json", "vocab.json", "samples.png", "report.html"):
         assert (out / "run" / name).is_file(), name
 
-    # the count under samples.png is that of its eight pictures whose caption names an absent shape
-    predictions = json.loads((out / "run" / "evaluations" / "test-greedy.json").read_text())["predictions"]
+    # the count under samples.png is that of its eight pictures whose caption names an absent shape;
+    # they are decoded as `showtell caption` decodes, with the run's beam 3 (the preset's for attention)
+    assert json.loads((out / "run" / "config.json").read_text())["decode"]["beam_size"] == 3
+    predictions = json.loads((out / "run" / "evaluations" / "test-beam3.json").read_text())["predictions"]
     shapes = {im["filename"]: {o["shape"] for o in im["scene"]["objects"]} for im in json.loads(
         (out / "data" / "dataset.json").read_text())["images"]}
     picks = predictions[::len(predictions) // 8][:8]

@@ -113,9 +113,9 @@ def test_resume_and_self_critical_training_with_a_prefix_lm(tmp_path, synth_dir,
     """A run stopped inside its self-critical epoch and resumed ends as an uninterrupted one: the
     prefix-LM's cache, sampling, CIDEr reward and the fine-tuned LM's optimiser state all go
     through the same code as any decoder's."""
-    import showtell.training.loop as loop
     from test_reliability import assert_uninterrupted
 
+    import showtell.training.loop as loop
     from showtell.config import load_config
     from showtell.data.formats import read_annotations
     from showtell.training.entry import resume, train

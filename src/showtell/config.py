@@ -327,17 +327,24 @@ def apply(config: Config, values: dict[str, Any], where: str = "") -> Config:
     hints = {s: typing.get_type_hints(c) for s, c in _section_classes().items()}
     result = dataclasses.replace(config, **{s: dataclasses.replace(getattr(config, s)) for s in SECTIONS})
     for name, raw in values.items():
-        if name not in known:
-            raise _unknown(name, known, where if where.endswith(": ") else "")
+        value = _value(name, raw, where, known, hints)
         section, key = name.split(".", 1)
-        choices = known[name].metadata["choices"] or ()
-        if isinstance(raw, bool) and "yes" in choices:  # YAML reads a bare `no` as False
-            raw = "yes" if raw else "no"
-        value = _convert(name, raw, hints[section][key], where)
-        _check_range(name, value, known[name].metadata, where)
         setattr(getattr(result, section), key, value)
     validate(result, where)
     return result
+
+
+def _value(name: str, raw: Any, where: str, known: dict, hints: dict) -> Any:
+    """One setting's value as a file or --set gives it, converted to its declared type and range-checked."""
+    if name not in known:
+        raise _unknown(name, known, where if where.endswith(": ") else "")
+    section, key = name.split(".", 1)
+    choices = known[name].metadata["choices"] or ()
+    if isinstance(raw, bool) and "yes" in choices:  # YAML reads a bare `no` as False
+        raw = "yes" if raw else "no"
+    value = _convert(name, raw, hints[section][key], where)
+    _check_range(name, value, known[name].metadata, where)
+    return value
 
 
 def flatten(tree: dict[str, Any], source: str) -> dict[str, Any]:
@@ -435,29 +442,31 @@ def _read_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[str, dict[s
 
 def _by_decoder(tree: Any, source: str) -> dict[str, dict[str, Any]]:
     """`by_decoder: {attention: {decode: {beam_size: 3}}}` -> {'attention': {'decode.beam_size': 3}}:
-    settings a file gives one decoder only, as fairseq's architectures give each its defaults."""
+    settings a file gives one decoder only, as fairseq's architectures give each its defaults. Every
+    value is checked now, not only when its decoder is chosen."""
     if tree is None:
         return {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: {BY_DECODER} must map decoder names to sections of settings")
+    known, hints = all_settings(), {s: typing.get_type_hints(c) for s, c in _section_classes().items()}
     settings = {}
     for decoder, body in tree.items():
         if decoder not in DECODERS:
-            raise ConfigError(f"{source}: {BY_DECODER}.{decoder}: no such decoder (decoders: {', '.join(DECODERS)})")
-        where = f"{source}: {BY_DECODER}.{decoder}"
-        settings[decoder] = flatten(body or {}, where)
-        for name in settings[decoder]:     # checked now, not only when that decoder is chosen
-            if name not in all_settings():
-                raise _unknown(name, all_settings(), f"{where}: ")
+            raise ConfigError(f"{source}: {BY_DECODER}.{shown(decoder)}: no such decoder (decoders: {', '.join(DECODERS)})")
+        where = f"{source}: {BY_DECODER}.{decoder}: "
+        settings[decoder] = flatten(body or {}, where[:-2])
+        for name, raw in settings[decoder].items():
+            _value(name, raw, where, known, hints)
         if "model.decoder" in settings[decoder]:
-            raise ConfigError(f"{where}: model.decoder cannot depend on the decoder")
+            raise ConfigError(f"{where}model.decoder cannot depend on the decoder")
     return settings
 
 
 def load_config(config_file: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then a YAML file (or a built-in preset name such as 'synth'), then KEY=VALUE overrides."""
+    """Defaults, then a YAML file (or a built-in preset name such as 'synth') with its `by_decoder`
+    settings for the decoder chosen, then KEY=VALUE overrides."""
     config, given = Config(), {}     # given: the user's word-vocabulary settings and where each came from
-    user_file = False
+    overrides = parse_overrides(overrides or [])
     if config_file:
         path = Path(config_file)
         if path.suffix in (".yaml", ".yml", ".json") or path.exists():
@@ -467,26 +476,23 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
                 text = read_bounded(path, FILE_LIMITS["config"], "a config file", ConfigError).decode("utf-8")
             except (OSError, UnicodeDecodeError) as error:
                 raise ConfigError(f"{config_file}: cannot read config file ({error.__class__.__name__})") from None
-            source, user_file = f"{config_file}: ", True
-            values, by_decoder = _read_yaml(text, config_file)
-            config = apply(config, values, where=source)
-            given.update((name, source) for name in WORD_SETTINGS if name in values)
+            source, user_file = config_file, True
         elif config_file in preset_names():
             text = resources.files("showtell.presets").joinpath(f"{config_file}.yaml").read_text(encoding="utf-8")
-            source = f"preset {config_file}: "
-            values, by_decoder = _read_yaml(text, f"preset {config_file}")
-            config = apply(config, values, where=source)
+            source, user_file = f"preset {config_file}", False
         else:
             raise ConfigError(f"{config_file}: no such config file or preset (presets: {', '.join(preset_names())})")
-    values = parse_overrides(overrides or [])
-    if values:
-        config = apply(config, values, where="--set ")
-        given.update((name, "--set ") for name in WORD_SETTINGS if name in values)
-    if config_file:     # the file's settings for the decoder chosen, under what --set gives
-        own = {k: v for k, v in by_decoder.get(config.model.decoder, {}).items() if k not in values}
-        config = apply(config, own, where=f"{source}{BY_DECODER}.{config.model.decoder}: ")
+        values, by_decoder = _read_yaml(text, source)
+        chosen = overrides.get("model.decoder", values.get("model.decoder", config.model.decoder))
+        own = by_decoder.get(chosen, {}) if isinstance(chosen, str) else {}
+        # one layer, so the decoder's own settings may mend a rule the file's others break for it
+        config = apply(config, {**values, **own}, where=f"{source}: ")
         if user_file:
-            given.update((name, source) for name in WORD_SETTINGS if name in own)
+            given.update((name, f"{source}: {BY_DECODER}.{chosen}: " if name in own else f"{source}: ")
+                         for name in WORD_SETTINGS if name in values or name in own)
+    if overrides:
+        config = apply(config, overrides, where="--set ")
+        given.update((name, "--set ") for name in WORD_SETTINGS if name in overrides)
     return resolve(_no_word_settings(config, given))
 
 

@@ -36,10 +36,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .architectures import decoder as decoder_traits
 from .config import Config, config_from_dict
 from .errors import RunError
 from .fileio import FILE_LIMITS, atomic_write_text, load_state, load_weights, read_bounded, save_state, save_weights, sha256_file
-from .architectures import decoder as decoder_traits
 from .tokenizer import LM_COPY, lm_copy, load_tokenizer
 from .vocab import Vocabulary
 

@@ -25,6 +25,11 @@ from dataclasses import dataclass
 from ..config import all_settings, whole_number_of
 from ..errors import ArgumentError
 
+
+def decoding_label(beam_size: int) -> str:
+    """'greedy', 'beam 3', ...: a decoding in words, as tables, reports and the model card name it."""
+    return "greedy" if beam_size == 1 else f"beam {beam_size}"
+
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "seed")
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)     # what torch.Generator.manual_seed accepts
 

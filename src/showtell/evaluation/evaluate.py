@@ -21,7 +21,7 @@ from ..data.coco_results import check_output_file, record_image_id, write_result
 from ..data.features import FeatureCache
 from ..data.formats import ImageRecord, load_dataset, parse_data_spec
 from ..decoding.captions import CaptionResult, result_from
-from ..decoding.options import PYTHON, DecodeOptions, Spelling, whole_number
+from ..decoding.options import PYTHON, DecodeOptions, Spelling, decoding_label, whole_number
 from ..device import check_threads, ensure_threads
 from ..errors import DataError, RunError, ShowtellError
 from ..fileio import shown_in, write_json
@@ -210,7 +210,7 @@ def object_hallucination(records, results, ok, data, objects: str | None) -> dic
 # --- write -----------------------------------------------------------------------------------------------
 def decoding_name(beam: int, extra_models: int = 0) -> str:
     """'greedy', 'beam3', ... ('-ensemble3' added for three models averaged): the evaluation's file name."""
-    return ("greedy" if beam == 1 else f"beam{beam}") + (f"-ensemble{extra_models + 1}" if extra_models else "")
+    return decoding_label(beam).replace(" ", "") + (f"-ensemble{extra_models + 1}" if extra_models else "")
 
 
 def _kept(what: str, path: Path, write):
@@ -252,7 +252,7 @@ def _write_in_run(run: Run, captioner: Captioner, chosen: Split, decoded: Decode
     decoding = decoding_name(options.beam_size, len(models) - 1) + (f"-first{max_images}" if max_images else "")
     report_path = None
     if write_html:
-        title = f"{run.path.name}: {chosen.name} split, " + ("greedy" if options.beam_size == 1 else f"beam {options.beam_size}")
+        title = f"{run.path.name}: {chosen.name} split, " + decoding_label(options.beam_size)
         facts = {"images": len(ok), "perplexity": f"{summary['perplexity']:.3f}",
                  "distinct captions": f"{summary['distinct_captions']} of {len(ok)}", "models": ", ".join(models)}
         if scored.hallucination:

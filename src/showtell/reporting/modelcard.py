@@ -22,6 +22,7 @@ import yaml
 
 from ..architectures import card_decoder
 from ..data.formats import parse_data_spec
+from ..decoding.options import decoding_label
 from ..errors import RunError
 from ..fileio import atomic_write_text
 from ..run import CONFIG, DATA, HISTORY, MODEL, TRAINING, VOCAB, Run
@@ -105,8 +106,7 @@ def _dataset_names(sources: dict) -> list[str]:
 
 
 def _label(evaluation: dict) -> str:
-    beam = evaluation.get("beam_size", 1)
-    return "greedy" if beam == 1 else f"beam {beam}"
+    return decoding_label(evaluation.get("beam_size", 1))
 
 
 def metadata(run: Path, config: dict, sources: dict, evals: list[dict], history: list[dict]) -> dict:
