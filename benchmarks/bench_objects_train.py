@@ -8,7 +8,7 @@ name one shape twice for a picture of two different shapes (attention's commones
 
     python benchmarks/bench_objects_train.py --out /tmp/objects [--minutes 8] [--seeds 0 1]
         [--arms nic attention demo] [--image-size 96] [--images 3000] [--renamed] [--epochs N]
-        [--set KEY=VALUE ...]     (each arm's settings on top of the synth preset)
+        [--set KEY=VALUE]...     (each arm's settings on top of the synth preset, one per --set)
 
 `--renamed` rewrites every colour word of the captions (red -> crimson, ...), so a choice cannot
 be tuned to one set of words; CHAIR counts shapes, which keep their names. Times are the machine's,

@@ -1,13 +1,17 @@
 """bfloat16 (train.precision: bf16, autocast) against float32, for a training step and for beam search.
 
 Two training steps: a COCO-sized NIC decoder alone (as bench_train), and the synth preset's whole
-step at 96 px (the small CNN trained from scratch + NIC, 32 pictures x 3 captions), where the CNN
-takes most of the time. bf16 pays only where the CPU has bf16 hardware; to see another kind of
-CPU's kernels on this one, hold oneDNN to them: `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16` (AVX-512 with
-bf16, no AMX), `ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2`.
+step at 96 px (the small CNN trained from scratch + NIC, the preset's pictures x 3 captions), timed
+in alternating rounds of fp32 and bf16 so that a slower stretch of a shared machine hits both; the
+spread of the rounds is printed. bf16 pays only where the CPU has bf16 hardware; to see another
+kind of CPU's kernels on this one, hold oneDNN to them: `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`
+(AVX-512 with bf16, no AMX), `ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+ONEDNN_MAX_CPU_ISA=AVX2`.
 """
 
 from __future__ import annotations
+
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -20,18 +24,19 @@ from showtell.models.caption_model import build_model
 from showtell.models.nic import NICDecoder
 from showtell.vocab import END, START, Vocabulary
 
-PICTURES, SIZE = 32, 96
+SIZE, ROUNDS = 96, 6
+PRESET = load_config("synth", [f"data.image_size={SIZE}"])
+PICTURES = PRESET.train.batch_size
 
 
 def preset_step(precision: str):
     """One training step of the synth preset's NIC at SIZE px, CNN included, on random pictures."""
-    torch.manual_seed(0)
-    config = load_config("synth", [f"data.image_size={SIZE}"])
+    generator = torch.Generator().manual_seed(0)
     vocab = Vocabulary.build([[f"w{i}" for i in range(30)]], min_word_count=1)
-    model = build_model(config, vocab).train()
-    repeats = config.train.captions_per_image
-    images = torch.randint(0, 256, (PICTURES, 3, SIZE, SIZE), dtype=torch.uint8)
-    tokens = torch.randint(4, len(vocab), (PICTURES * repeats, 14))
+    model = build_model(PRESET, vocab).train()
+    repeats = PRESET.train.captions_per_image
+    images = torch.randint(0, 256, (PICTURES, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
+    tokens = torch.randint(4, len(vocab), (PICTURES * repeats, 14), generator=generator)
     tokens[:, 0], tokens[:, -1] = START, END
     optimizer = torch.optim.Adam(model.parameters(), 1e-4)
 
@@ -63,17 +68,28 @@ def main() -> str:
                 beam_search(model.eval(), {"global": features["global"][:16]}, 3, 12)
             model.train()
 
-        times[precision] = (timed(train_step, repeats=3, warmup=1, min_seconds=0.3),
-                            timed(decode, repeats=3, warmup=1, min_seconds=0.3),
-                            timed(preset_step(precision), repeats=3, warmup=2, min_seconds=0.5))
+        times[precision] = [timed(train_step, repeats=3, warmup=1, min_seconds=0.3),
+                            timed(decode, repeats=3, warmup=1, min_seconds=0.3)]
+    steps = {precision: preset_step(precision) for precision in times}
+    for step in steps.values():
+        timed(step, repeats=1, warmup=2, min_seconds=0)
+    rounds = {precision: [] for precision in steps}
+    for _ in range(ROUNDS):          # alternating, each round at least a second
+        for precision, step in steps.items():
+            rounds[precision].append(timed(step, repeats=1, warmup=0, min_seconds=1.0))
+    for precision, seconds in rounds.items():
+        times[precision].append(statistics.median(seconds))
     for precision, (train_s, decode_s, preset_s) in times.items():
+        spread = f"{PICTURES / max(rounds[precision]):,.0f}-{PICTURES / min(rounds[precision]):,.0f}"
         rows.append((precision, f"{int(positions.sum()) / train_s:,.0f}", f"{16 / decode_s:,.1f}",
-                     f"{PICTURES / preset_s:,.0f}"))
+                     f"{PICTURES / preset_s:,.0f} ({spread})"))
     fp32, bf16 = matmul_flops(torch.float32), matmul_flops(torch.bfloat16, n=512)
-    return "\n".join([f"precision, NIC decoder as in bench_train ({B} captions); {machine()}",
+    return "\n".join([f"precision: NIC decoder as in bench_train ({B} captions); synth NIC step at {SIZE} px with its "
+                      f"CNN, {PICTURES} pictures x {PRESET.train.captions_per_image} captions, median of {ROUNDS} "
+                      f"alternating rounds (their range); {machine()}",
                       f"matmul limit measured in this run: fp32 {fp32 / 1e9:.1f} GFLOP/s, bf16 {bf16 / 1e9:.2f} GFLOP/s", "",
                       table(rows, ("precision", "training tokens/s", "beam-3 captions/s",
-                                   f"synth NIC step at {SIZE} px, pictures/s")), "",
+                                   f"synth NIC step at {SIZE} px, pictures/s (rounds)")), "",
                       f"bf16 vs fp32: training {times['fp32'][0] / times['bf16'][0]:.2f}x, "
                       f"decoding {times['fp32'][1] / times['bf16'][1]:.2f}x, "
                       f"synth NIC step {times['fp32'][2] / times['bf16'][2]:.2f}x"])
