@@ -324,7 +324,7 @@ def _check_range(name: str, value: Any, meta, where: str) -> None:
 def apply(config: Config, values: dict[str, Any], where: str = "") -> Config:
     """Return a copy of `config` with dotted-name `values` applied and checked."""
     known = all_settings()
-    hints = {s: typing.get_type_hints(c) for s, c in _section_classes().items()}
+    hints = _type_hints()
     result = dataclasses.replace(config, **{s: dataclasses.replace(getattr(config, s)) for s in SECTIONS})
     for name, raw in values.items():
         value = _value(name, raw, where, known, hints)
@@ -332,6 +332,11 @@ def apply(config: Config, values: dict[str, Any], where: str = "") -> Config:
         setattr(getattr(result, section), key, value)
     validate(result, where)
     return result
+
+
+def _type_hints() -> dict[str, dict[str, Any]]:
+    """Each section's settings' declared types, by section name."""
+    return {s: typing.get_type_hints(c) for s, c in _section_classes().items()}
 
 
 def _value(name: str, raw: Any, where: str, known: dict, hints: dict) -> Any:
@@ -448,7 +453,7 @@ def _by_decoder(tree: Any, source: str) -> dict[str, dict[str, Any]]:
         return {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: {BY_DECODER} must map decoder names to sections of settings")
-    known, hints = all_settings(), {s: typing.get_type_hints(c) for s, c in _section_classes().items()}
+    known, hints = all_settings(), _type_hints()
     settings = {}
     for decoder, body in tree.items():
         if decoder not in DECODERS:
