@@ -53,18 +53,43 @@ def same(a, b) -> bool:
 
 
 def close(a, b, drift: float = 1e-5) -> bool:
-    """History lines with the same keys, texts and counts, and numbers within 1e-5 relative (float
-    rounding); weights with the same metadata and each number within `drift` of the other's."""
+    """Weights with the same metadata and each number within `drift` of the other's; histories
+    that agree up to float rounding (histories_agree)."""
     if isinstance(a, tuple):
         return a[0] == b[0] and a[1].keys() == b[1].keys() and all(
             torch.allclose(a[1][k].double(), b[1][k].double(), rtol=0, atol=drift) for k in a[1])
-    if a == b:
-        return True
+    return a == b or histories_agree(a, b)
+
+
+# what an epoch's own steps give; a lost generator or optimiser state, or replayed batches, move
+# them by far more than float rounding does (scripts/mutation_check.py -k "exact-resume")
+SCHEDULE, TRAINING = ("epoch", "step", "phase", "lr"), ("train_loss", "train_perplexity")
+
+
+def histories_agree(a: bytes, b: bytes) -> bool:
+    """Two history.jsonl files of one run's settings that differ at most by float rounding: the same
+    lines, keys and schedule (epoch, step, phase, learning rate) throughout; the first line that
+    differs does so only in its numbers, within 1e-5 relative; and every epoch's training loss
+    stays within 1e-4. What comes after that first line is rounding that grows: an untrained
+    model's greedy captions sit on near-ties, so one flipped word changes the validation captions,
+    CIDEr and the "best" mark (a run on one thread against two: val CIDEr 0.064 against 0.057 by
+    epoch 4, every training loss within 4e-6)."""
     try:
         left, right = [[json.loads(line) for line in x.decode().splitlines()] for x in (a, b)]
     except ValueError:
         return False
-    return len(left) == len(right) and all(_close_values(x, y) for x, y in zip(left, right))
+    if len(left) != len(right):
+        return False
+    diverged = False
+    for x, y in zip(left, right):
+        if x.keys() != y.keys() or any(x[k] != y[k] for k in SCHEDULE):
+            return False
+        if not all(_close_values(x[k], y[k], rel_tol=1e-4) for k in TRAINING):
+            return False
+        if not diverged and not _close_values(x, y):
+            return False
+        diverged = diverged or x != y
+    return True
 
 
 def adam_drift(history: bytes) -> float:
@@ -78,13 +103,14 @@ def adam_drift(history: bytes) -> float:
     return 2 * max(line["lr"] for line in lines) * lines[-1]["step"]
 
 
-def _close_values(x, y) -> bool:
+def _close_values(x, y, rel_tol: float = 1e-5) -> bool:
+    """Equal texts, counts and structure; floats within `rel_tol` (None only matches None)."""
     if isinstance(x, float) or isinstance(y, float):
-        return isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-8)
+        return isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=rel_tol, abs_tol=1e-8)
     if isinstance(x, dict):
-        return isinstance(y, dict) and x.keys() == y.keys() and all(_close_values(x[k], y[k]) for k in x)
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_close_values(x[k], y[k], rel_tol) for k in x)
     if isinstance(x, list):
-        return isinstance(y, list) and len(x) == len(y) and all(map(_close_values, x, y))
+        return isinstance(y, list) and len(x) == len(y) and all(_close_values(u, v, rel_tol) for u, v in zip(x, y))
     return x == y
 
 
@@ -94,11 +120,12 @@ def assert_uninterrupted(run: Path, whole: Path, why: str, names=None) -> None:
     training step comes out different in the last bits of its weights though its inputs, weights,
     optimiser and generators are bitwise the same (found by dumping every step; which kernel, not
     found: an issue of its own). Through Adam that grows to 1e-3 in a weight by the end while every
-    loss stays within 1e-6. So a run that is not bitwise equal must have the same history up to float
-    rounding (every epoch's losses, learning rate, scores and captions, which are what tells a resume
-    bug: a lost generator or optimiser state, replayed batches, scripts/mutation_check.py -k
-    "exact-resume"), weight files with the same metadata (epoch, step) and weights within Adam's
-    coarse limit (adam_drift)."""
+    loss stays within 1e-6, and the validation captions of a near-untrained model can flip a word (CI,
+    stop 40). So a run that is not bitwise equal must have the same history up to float rounding
+    (histories_agree: its schedule, every epoch's training loss, and everything up to where the two
+    first part, which is what tells a resume bug: a lost generator or optimiser state, replayed
+    batches, scripts/mutation_check.py -k "exact-resume"), weight files with the same metadata
+    (epoch, step) and weights within Adam's coarse limit (adam_drift)."""
     a, b = files(whole), files(run)
     chosen = names or list(a)
     if all(same(a[name], b[name]) for name in chosen):
