@@ -97,6 +97,7 @@ def test_transform_is_the_weights_own(name):
 @pytest.mark.parametrize("name, grid, dims", [
     ("vgg16", (196, 512), 4096), ("resnet50", (49, 2048), 2048), ("efficientnet_b0", (49, 1280), 1280),
     ("convnext_tiny", (49, 768), 768), ("vit_b_16", (196, 768), 768), ("resnet101", (49, 2048), 2048),
+    ("small", (16, 480), 960), ("small_narrow", (16, 240), 480),   # hypercolumns; each stage's mean and max
 ])
 def test_one_encoder_gives_the_vector_and_the_grid(name, grid, dims):
     encoder = Encoder(name, "none").eval()

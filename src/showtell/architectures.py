@@ -170,7 +170,7 @@ class EncoderFamily:
 
 
 ENCODER_FAMILIES = (
-    EncoderFamily("small", "showtell.models.encoder:build_small", None, ("small",), "none",
+    EncoderFamily("small", "showtell.models.encoder:build_small", None, ("small", "small_narrow"), "none",
                   imagenet="the small encoder has no ImageNet weights"),
     EncoderFamily("timm", "showtell.models.hub_encoders:build_timm", "timm:", (), "imagenet", imagenet=None),
     EncoderFamily("clip", "showtell.models.hub_encoders:build_clip", "clip:", (), "openai",

@@ -45,14 +45,15 @@ def setting(default, help: str, choices: tuple | None = None, min: float | None 
 class ModelConfig:
     encoder: str = setting(
         "vgg16", "what turns a picture into a vector and a grid: 'small' (compact CNN trained from scratch on "
-        "small images), a torchvision classification model name (vgg16 as in the Show and Tell write-up, resnet50, "
-        "efficientnet_b0, convnext_tiny, vit_b_16, ...), 'timm:NAME' (any timm model; showtell[timm]) or "
-        "'clip:NAME' (open_clip's image tower, e.g. clip:ViT-B-32; showtell[clip])")
+        "small images; 'small_narrow': the same with half its channels), a torchvision classification model "
+        "name (vgg16 as in the Show and Tell write-up, resnet50, efficientnet_b0, convnext_tiny, vit_b_16, ...), "
+        "'timm:NAME' (any timm model; showtell[timm]) or 'clip:NAME' (open_clip's image tower, e.g. "
+        "clip:ViT-B-32; showtell[clip])")
     encoder_weights: str = setting(
         "auto", "'imagenet' (torchvision's or timm's pretrained weights, downloaded once into the library's cache), "
         "an open_clip pretrained tag for clip: encoders ('openai', 'laion2b_s34b_b79k', ...), 'none' (random "
         "initialisation), the path of a .pth/.safetensors state dict, or 'auto': imagenet for torchvision and timm "
-        "encoders, openai for clip:, none for 'small'")
+        "encoders, openai for clip:, none for 'small' and 'small_narrow'")
     freeze_encoder: bool | None = setting(
         None, "keep the CNN fixed; empty (auto) freezes pretrained weights (their features can then be "
         "cached) and trains random ones. A frozen random CNN is refused: it would caption every picture alike")

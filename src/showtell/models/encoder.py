@@ -13,6 +13,9 @@ pretrained tag, a local state dict, or nothing (random). The normalisation and g
 the weights' own metadata, so preprocessing cannot mismatch the network.
 `small` is a compact CNN for training from scratch on small pictures; it sees two extra input
 channels holding each pixel's x and y (CoordConv), so its features know where things are.
+`small_narrow` is the same CNN with half the channels: 2.4x the NIC training steps a second at
+96 px, and on the synthetic scenes it names their shapes better in the same minutes (the synth
+preset's NIC uses it; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..errors import ConfigError, WeightsError
 from .weight_files import load_into, read_state_dict
 
 SMALL_DEFAULT_SIZE = 64
+SMALL_CHANNELS = {"small": (32, 64, 128, 256), "small_narrow": (16, 32, 64, 128)}   # each stage's output
 
 
 class SmallCNN(nn.Module):
@@ -41,13 +45,14 @@ class SmallCNN(nn.Module):
 
     - the grid: every stage average-pooled to the last stage's (S/16) x (S/16) locations and
       stacked (hypercolumns): 32 + 64 + 128 + 256 = 480 channels at each of 16 places for a 64 px
-      picture, so an attended place carries its colour as well as its shape;
-    - the vector: each stage's average and maximum over all locations, 960 numbers.
+      picture (`small`; 240 for `small_narrow`), so an attended place carries its colour as well as
+      its shape;
+    - the vector: each stage's average and maximum over all locations, 960 numbers (480).
 
     With only the last stage, learning colour from captions stalls for minutes. The 4 x 4 grid at
     64 px was chosen over 8 x 8, which scored lower on the synthetic scenes (README)."""
 
-    def __init__(self, channels=(32, 64, 128, 256)):
+    def __init__(self, channels=SMALL_CHANNELS["small"]):
         super().__init__()
         stages, cin = [], 5  # RGB + the x and y coordinate channels
         for cout in channels:
@@ -158,7 +163,7 @@ def _carve(name: str, model: nn.Module) -> tuple[nn.Module, nn.Module]:
         return GridTrunk(OrderedDict(model.features.named_children())), PoolHead()
     raise ConfigError(f"model.encoder: {name} is a torchvision model showtell cannot take apart; use one of "
                       "vgg*, resnet*, resnext*, wide_resnet*, regnet*, efficientnet*, mobilenet*, convnext*, "
-                      "densenet*, swin*, vit*, alexnet, squeezenet* or 'small'")
+                      "densenet*, swin*, vit*, alexnet, squeezenet*, 'small' or 'small_narrow'")
 
 
 def _default_weights(name: str):
@@ -206,7 +211,7 @@ def build_small(name: str, weights: Weights, image_size: int | None, pretrained:
     size = image_size or SMALL_DEFAULT_SIZE
     if size % 16:
         raise ConfigError(f"data.image_size: the small encoder needs a multiple of 16, got {size}")
-    backbone = Backbone(SmallCNN(), VectorHead(), ImageTransform(crop=size, resize=size, mode="squash"),
+    backbone = Backbone(SmallCNN(SMALL_CHANNELS[name]), VectorHead(), ImageTransform(crop=size, resize=size, mode="squash"),
                         [0.5] * 3, [0.5] * 3)
     if pretrained and weights.kind == "file":
         load_into(nn.ModuleDict({"trunk": backbone.trunk, "head": backbone.head}), read_state_dict(weights.value),
@@ -216,7 +221,7 @@ def build_small(name: str, weights: Weights, image_size: int | None, pretrained:
 
 def build_torchvision(name: str, weights: Weights, image_size: int | None, pretrained: bool) -> Backbone:
     if name not in torchvision.models.list_models(module=torchvision.models):
-        raise ConfigError(f"model.encoder: unknown encoder {name!r} (use 'small' or a torchvision "
+        raise ConfigError(f"model.encoder: unknown encoder {name!r} (use 'small', 'small_narrow' or a torchvision "
                           "classification model such as vgg16, resnet50, efficientnet_b0, vit_b_16)")
     meta = _default_weights(name)
     model = torchvision.models.get_model(name, weights=None)
