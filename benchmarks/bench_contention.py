@@ -116,7 +116,7 @@ def main(quick: bool = False) -> str:
                              f"{r['decode_captions_s']:.1f}", f"{r['decode_captions_s'] / best_decode:.2f}"))
     nic = {busy: results[busy, "nic", "auto"] for busy in (False, True)}
     attention = {busy: results[busy, "attention", "auto"] for busy in (False, True)}
-    lines = [f"synth preset (64 px, small CNN trained, batch 32 x 3 captions of 13 words; beam 3, 20 words, 16 "
+    lines = [f"synth preset (64 px, small CNN trained (small_narrow for NIC), batch 32 x 3 captions of 13 words; beam 3, 20 words, 16 "
              f"pictures); {os.cpu_count()} cores, {instruction_set()}, {steps} steps per measurement", "",
              table(rows, ("machine", "decoder", "threads (used)", "train samples/s", "of best fixed",
                           "beam-3 captions/s", "of best fixed")), ""]

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_onnx.py [--images 64] [--batch 32]
 
-Builds the `synth` preset's model (small CNN at 64 px, NIC and attention decoders, random weights
+Builds the `synth` preset's model (small CNNs at 64 px: small_narrow for NIC, small for attention; random weights
 from seed 0: speed does not depend on training), exports it with `showtell export --onnx`, and
 captions the same synthetic pictures with `Captioner.load(run)` (PyTorch) and
 `Captioner.load(package)` (onnxruntime), greedy and beam 3, checking that the captions are equal.

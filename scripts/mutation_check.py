@@ -4,7 +4,7 @@ Each mutation is a text substitution inside one function of a temporary copy of 
 named for it run against that copy (PYTHONPATH) and must fail. The unmutated copy runs first and
 must pass, so a "caught" mutation is one the tests tell apart from the real code.
 
-    python scripts/mutation_check.py            # all 122 mutations (about 25 minutes on 2 cores when there were 105)
+    python scripts/mutation_check.py            # all 124 mutations (about 25 minutes on 2 cores when there were 105)
     python scripts/mutation_check.py -k sign    # only mutations whose name contains "sign"
     python scripts/mutation_check.py --ci       # the CI_SUBSET below (about two minutes): make test runs it
 """
@@ -311,6 +311,12 @@ MUTATIONS = [
     Mutation("config: by_decoder values are checked only when their decoder is chosen", SRC + "config.py",
              "_by_decoder", "            _value(name, raw, where, known, hints)\n", "            pass\n",
              ["tests/test_config.py::test_by_decoder_in_a_config_file"]),
+    Mutation("fine-tuning never unfreezes the encoder", SRC + "training/phases.py", "start_finetuning",
+             "    s.model.encoder.freeze(False)\n", "\n",
+             ["tests/test_features.py::test_finetuning_unfreezes_the_encoder_and_leaves_the_cache"]),
+    Mutation("small_narrow builds the small CNN's full width", SRC + "models/encoder.py", "build_small",
+             "SmallCNN(SMALL_CHANNELS[name])", "SmallCNN()",
+             ["tests/test_encoders.py::test_one_encoder_gives_the_vector_and_the_grid"]),
     Mutation("the schema offers attention maps to a model without attention", SRC + "serve/app.py", "create_app",
              "include_in_schema=captioner.has_attention", "include_in_schema=True",
              ["tests/test_schema.py::test_schemathesis_with_every_check_finds_nothing"]),

@@ -55,6 +55,24 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
                           cwd=cwd, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def preset_encoder(decoder: str = "nic") -> str:
+    """The synth preset's CNN for `decoder`: small_narrow for NIC, small for the others."""
+    from showtell.config import load_config
+
+    return load_config("synth", [f"model.decoder={decoder}"]).model.encoder
+
+
+def save_preset_encoder(path: Path, decoder: str = "nic") -> Path:
+    """That CNN at 32 px with random weights, saved to a file as a 'pretrained' encoder an offline user
+    would have (a frozen random encoder is refused)."""
+    from safetensors.torch import save_file
+
+    from showtell.models.encoder import Encoder
+
+    save_file({k: v.contiguous() for k, v in Encoder(preset_encoder(decoder), "none", 32).state_dict().items()}, str(path))
+    return path
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import save_preset_encoder
 
 from showtell.cli import main
 from showtell.config import load_config
@@ -155,15 +156,12 @@ def test_scheduled_sampling_trains_and_self_critical_starts_from_the_best_cross_
 
 
 def test_attention_trains_from_cached_spatial_features(tmp_path, synth_dir):
-    from safetensors.torch import save_file
-
     from showtell.data.features import FeatureCache
-    from showtell.models.encoder import Encoder
     from showtell.training.prepare import prepare
 
     records = read_annotations(str(synth_dir / "dataset.json"), None)
     weights = tmp_path / "small.safetensors"   # a "pretrained" encoder: a frozen random one is refused
-    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    save_preset_encoder(weights, "attention")
     config = load_config("synth", ["model.decoder=attention", "model.attention_dim=16", "model.freeze_encoder=true",
                                    f"model.encoder_weights={weights}", "data.image_size=32", "model.hidden_dim=16",
                                    "train.epochs=1", "train.batch_size=16"])

@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import save_preset_encoder
 from PIL import Image
 
 from showtell.data.images import load_image
@@ -145,12 +146,9 @@ def test_the_service_refuses_bad_uploads_without_500(suite, trained_run):
 
 
 def test_training_and_prepare_skip_and_count_bad_pictures(suite, tmp_path, caplog):
-    from safetensors.torch import save_file
-
     from showtell.config import load_config
     from showtell.data.features import FeatureCache
     from showtell.data.formats import load_dataset
-    from showtell.models.encoder import Encoder
     from showtell.training.entry import train
     from showtell.training.prepare import prepare
 
@@ -170,7 +168,7 @@ def test_training_and_prepare_skip_and_count_bad_pictures(suite, tmp_path, caplo
         assert caplog.text.count(f"skipping {folder / name}") == 1, name  # once, not every epoch
 
     weights = tmp_path / "small.safetensors"   # a "pretrained" encoder: a frozen random one is refused
-    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    save_preset_encoder(weights)
     frozen = load_config("synth", ["data.image_size=32", "model.freeze_encoder=true", "data.max_image_pixels=10000000",
                                    f"model.encoder_weights={weights}"])
     prepare(records, frozen, tmp_path / "cache", show_progress=False)

@@ -15,7 +15,7 @@ def test_train_writes_a_complete_run(trained_run):
     for name in ("config.json", "vocab.json", "model.safetensors", "data.json", "history.jsonl"):
         assert (trained_run / name).is_file(), name
     config = json.loads((trained_run / "config.json").read_text())
-    assert config["model"]["encoder"] == "small" and config["train"]["epochs"] == 2
+    assert config["model"]["encoder"] == "small_narrow" and config["train"]["epochs"] == 2
     history = [json.loads(line) for line in (trained_run / "history.jsonl").read_text().splitlines()]
     assert len(history) == 2
     assert {"train_loss", "train_perplexity", "val_loss", "val_perplexity", "val_CIDEr"} <= set(history[0])

@@ -31,7 +31,7 @@ def test_yaml_then_overrides(tmp_path):
 
 def test_preset_and_round_trip_through_json():
     config = load_config("synth", ["train.epochs=3"])
-    assert config.model.encoder == "small" and config.train.epochs == 3
+    assert config.model.encoder == "small_narrow" and config.train.epochs == 3
     again = config_from_dict(json.loads(config.to_json()), "config.json")
     assert again == config
 
@@ -41,6 +41,11 @@ def test_a_preset_gives_one_decoder_its_own_settings_under_what_set_gives():
     assert load_config("synth").decode.beam_size == 1
     assert load_config("synth", ["model.decoder=attention"]).decode.beam_size == 3
     assert load_config("synth", ["model.decoder=attention", "decode.beam_size=5"]).decode.beam_size == 5
+    # NIC's CNN is the narrow one, trained 60 epochs (about 8 minutes at 96 px); attention keeps the wide one
+    nic, attention = load_config("synth").model, load_config("synth", ["model.decoder=attention"])
+    assert (nic.encoder, load_config("synth").train.epochs) == ("small_narrow", 60)
+    assert (attention.model.encoder, attention.train.epochs) == ("small", 30)
+    assert load_config("synth", ["model.encoder=small"]).model.encoder == "small"
 
 
 def test_by_decoder_in_a_config_file(tmp_path):

@@ -9,11 +9,9 @@ import sys
 
 import pytest
 import torch
-from conftest import free_port
-from safetensors.torch import save_file
+from conftest import free_port, save_preset_encoder
 
 from showtell.fileio import load_weights
-from showtell.models.encoder import Encoder
 
 
 def one_and_two_processes(tmp_path, *args: str):
@@ -32,7 +30,7 @@ def one_and_two_processes(tmp_path, *args: str):
 def random_small_encoder(tmp_path, seed: int):
     torch.manual_seed(seed)
     weights = tmp_path / "small.safetensors"
-    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    save_preset_encoder(weights)
     return weights
 
 

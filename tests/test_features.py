@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import preset_encoder, save_preset_encoder
 from safetensors.torch import save_file
 
 from showtell.config import load_config
@@ -29,7 +30,7 @@ def small_weights(tmp_path_factory):
     """A 'pretrained' small encoder saved to a file, as an offline user would have it."""
     torch.manual_seed(11)
     path = tmp_path_factory.mktemp("weights") / "small.safetensors"
-    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(path))
+    save_preset_encoder(path)
     return path
 
 
@@ -47,7 +48,7 @@ def test_prepare_writes_the_frozen_encoders_features(tmp_path, synth_dir, small_
         assert (out / name).is_file(), name
     features = np.load(out / "global.npy")
     assert features.dtype == np.float16 and features.shape[0] == len(records)
-    encoder = Encoder("small", str(small_weights), 32)
+    encoder = Encoder(preset_encoder(), str(small_weights), 32)
     encoder.freeze(True)
     from showtell.data.images import load_tensor
 
@@ -140,7 +141,8 @@ def test_finetuning_unfreezes_the_encoder_and_leaves_the_cache(tmp_path, synth_d
     with caplog.at_level(logging.INFO, logger="showtell"):
         train(cache.adapt(config), cache.records(), tmp_path / "run", show_progress=False, features=cache)
     assert "fine-tuning the encoder from epoch 2" in caplog.text
-    trained = load_weights(tmp_path / "run" / "model.safetensors")
+    # the newest checkpoint, not model.safetensors: the best epoch may be the frozen first one
+    trained = load_weights(max((tmp_path / "run" / "checkpoints").glob("step-*.safetensors")))
     start = load_weights(small_weights)
     moved = [k for k in start if k.startswith("trunk") and k.endswith("weight") and
              not torch.equal(trained[f"encoder.{k}"], start[k])]

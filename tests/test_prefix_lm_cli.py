@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from conftest import save_preset_encoder
 from test_prefix_lm import _save_lm  # noqa: E402
 
 from showtell.cli import main  # noqa: E402
@@ -179,13 +180,10 @@ def test_prepare_then_train_and_evaluate_from_the_feature_cache(tmp_path, synth_
     """`prepare` caches a frozen encoder's vectors and the LM's tokenizer; a prefix-LM trains from the
     cache, and evaluating from the cache equals evaluating from the pictures."""
     import torch
-    from safetensors.torch import save_file
-
-    from showtell.models.encoder import Encoder
 
     torch.manual_seed(11)
     weights = tmp_path / "small.safetensors"
-    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    save_preset_encoder(weights, "prefix-lm")
     lm, cache, run = _save_lm(tmp_path / "lm", pretrain_steps=60), tmp_path / "cache", tmp_path / "run"
     common = [*SETTINGS, "--set", f"model.language_model={lm}", "--set", f"model.encoder_weights={weights}",
               "--set", "model.freeze_encoder=true"]

@@ -45,7 +45,7 @@ def png_bytes(width, height, colour=(200, 10, 10)):
 
 def test_health_page_and_openapi(server):
     health = httpx.get(server.url + "/healthz").json()
-    assert health["status"] == "ok" and health["model"]["encoder"] == "small"
+    assert health["status"] == "ok" and health["model"]["encoder"] == "small_narrow"   # the synth preset's NIC CNN
     assert health["limits"]["max_images"] == 4
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]

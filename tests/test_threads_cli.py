@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from conftest import save_preset_encoder
 
 from showtell import device
 from showtell.cli import main
-from showtell.models.encoder import Encoder
 
 
 class Recorded:
@@ -57,7 +56,7 @@ def test_train(recorded, tmp_path, synth_dir, tiny_config_args):
 
 def test_prepare(recorded, tmp_path, synth_dir):
     weights = tmp_path / "small.safetensors"
-    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    save_preset_encoder(weights)
     assert main(["--quiet", "prepare", "--data", str(synth_dir / "dataset.json"), "--out", str(tmp_path / "cache"),
                  "--config", "synth", "--set", f"model.encoder_weights={weights}", "--set", "data.image_size=32",
                  "--set", "model.freeze_encoder=true",

@@ -10,9 +10,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, save_preset_encoder
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 import showtell.training.budget as budget
 import showtell.training.epochs as epochs
@@ -23,7 +22,6 @@ from showtell.config import all_settings, load_config
 from showtell.data.formats import read_annotations
 from showtell.errors import ConfigError
 from showtell.fileio import load_weights
-from showtell.models.encoder import Encoder
 from showtell.training.entry import resume, train
 from showtell.training.epochs import choose_best, score_of, warn_if_collapsed
 from showtell.training.schedules import Plan
@@ -335,7 +333,7 @@ def test_prepare_resumed_with_another_world_size_equals_an_uninterrupted_cache(t
 
     torch.manual_seed(2)
     weights = tmp_path / "small.safetensors"
-    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    save_preset_encoder(weights)
     config = load_config("synth", [f"model.encoder_weights={weights}", "model.freeze_encoder=true", "data.image_size=32"])
     records = records_of(synth_dir)
     extract.prepare(records, config, tmp_path / "whole", batch_size=8, show_progress=False)
@@ -376,7 +374,7 @@ def test_a_feature_set_pickles_without_its_arrays_and_reads_batches_as_rows(tmp_
 
     torch.manual_seed(2)
     weights = tmp_path / "small.safetensors"
-    save_file({k: v.contiguous() for k, v in Encoder("small", "none", 32).state_dict().items()}, str(weights))
+    save_preset_encoder(weights, "attention")
     config = load_config("synth", [f"model.encoder_weights={weights}", "model.freeze_encoder=true", "data.image_size=32",
                                    "model.decoder=attention"])
     prepare(records_of(synth_dir), config, tmp_path / "cache", show_progress=False)
