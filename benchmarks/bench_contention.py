@@ -28,6 +28,7 @@ WORKER = Path(__file__).resolve()
 def measure(decoder: str, threads: str, steps: int) -> dict:
     """In this process: samples/s of `steps` training steps and captions/s of beam-3 decoding."""
     import torch
+    from common import WIDE_CNN
 
     from showtell.config import load_config
     from showtell.device import configure_threads
@@ -35,7 +36,7 @@ def measure(decoder: str, threads: str, steps: int) -> dict:
     from showtell.vocab import END, Vocabulary
 
     chosen = configure_threads(threads)
-    config = load_config("synth", [f"model.decoder={decoder}"])
+    config = load_config("synth", [f"model.decoder={decoder}", WIDE_CNN])
     vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *[f"w{i}" for i in range(60)]])
     torch.manual_seed(0)
     model = build_model(config, vocab, pretrained=True)
@@ -116,7 +117,7 @@ def main(quick: bool = False) -> str:
                              f"{r['decode_captions_s']:.1f}", f"{r['decode_captions_s'] / best_decode:.2f}"))
     nic = {busy: results[busy, "nic", "auto"] for busy in (False, True)}
     attention = {busy: results[busy, "attention", "auto"] for busy in (False, True)}
-    lines = [f"synth preset (64 px, small CNN trained (small_narrow for NIC), batch 32 x 3 captions of 13 words; beam 3, 20 words, 16 "
+    lines = [f"synth preset (64 px, small CNN trained, batch 32 x 3 captions of 13 words; beam 3, 20 words, 16 "
              f"pictures); {os.cpu_count()} cores, {instruction_set()}, {steps} steps per measurement", "",
              table(rows, ("machine", "decoder", "threads (used)", "train samples/s", "of best fixed",
                           "beam-3 captions/s", "of best fixed")), ""]

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_onnx.py [--images 64] [--batch 32]
 
-Builds the `synth` preset's model (small CNNs at 64 px: small_narrow for NIC, small for attention; random weights
+Builds the `synth` preset's model (small CNN at 64 px, NIC and attention decoders, random weights
 from seed 0: speed does not depend on training), exports it with `showtell export --onnx`, and
 captions the same synthetic pictures with `Captioner.load(run)` (PyTorch) and
 `Captioner.load(package)` (onnxruntime), greedy and beam 3, checking that the captions are equal.
@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from common import machine, table, timed
+from common import WIDE_CNN, machine, table, timed
 
 from showtell import Captioner
 from showtell.config import load_config
@@ -69,7 +69,7 @@ def install_sizes() -> list[tuple]:
 
 def _package(folder: Path, decoder: str, pictures: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
-    config = load_config("synth", [f"model.decoder={decoder}"])
+    config = load_config("synth", [f"model.decoder={decoder}", WIDE_CNN])
     import json
 
     captions = json.loads((pictures / "dataset.json").read_text())

@@ -16,7 +16,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 from bench_train import B, D, E, H, V, batch
-from common import machine, matmul_flops, table, timed
+from common import WIDE_CNN, machine, matmul_flops, table, timed
 
 from showtell.config import load_config
 from showtell.decoding.search import beam_search
@@ -25,18 +25,19 @@ from showtell.models.nic import NICDecoder
 from showtell.vocab import END, START, Vocabulary
 
 SIZE, ROUNDS = 96, 6
-PRESET = load_config("synth", [f"data.image_size={SIZE}"])
+PRESET = load_config("synth", [f"data.image_size={SIZE}", WIDE_CNN])
 PICTURES = PRESET.train.batch_size
 
 
-def preset_step(precision: str):
-    """One training step of the synth preset's NIC at SIZE px, CNN included, on random pictures."""
+def preset_step(precision: str, config=PRESET):
+    """One training step of the synth preset's NIC (`config`: at SIZE px, the wide CNN), CNN included,
+    on random pictures."""
     generator = torch.Generator().manual_seed(0)
     vocab = Vocabulary.build([[f"w{i}" for i in range(30)]], min_word_count=1)
-    model = build_model(PRESET, vocab).train()
-    repeats = PRESET.train.captions_per_image
-    images = torch.randint(0, 256, (PICTURES, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
-    tokens = torch.randint(4, len(vocab), (PICTURES * repeats, 14), generator=generator)
+    model = build_model(config, vocab).train()
+    size, pictures, repeats = config.data.image_size, config.train.batch_size, config.train.captions_per_image
+    images = torch.randint(0, 256, (pictures, 3, size, size), dtype=torch.uint8, generator=generator)
+    tokens = torch.randint(4, len(vocab), (pictures * repeats, 14), generator=generator)
     tokens[:, 0], tokens[:, -1] = START, END
     optimizer = torch.optim.Adam(model.parameters(), 1e-4)
 

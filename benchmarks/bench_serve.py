@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import torch
-from common import machine, table
+from common import WIDE_CNN, machine, table
 from PIL import Image
 
 from showtell.config import load_config
@@ -33,7 +33,7 @@ def make_run(folder: Path) -> Path:
     import json
 
     captions = [s["tokens"] for im in json.loads(data.read_text())["images"] for s in im["sentences"]]
-    config = load_config("synth")
+    config = load_config("synth", [WIDE_CNN])
     vocab = Vocabulary.build(captions, 1)
     torch.manual_seed(0)
     model = build_model(config, vocab)

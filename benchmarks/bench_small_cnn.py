@@ -10,39 +10,19 @@ from __future__ import annotations
 import statistics
 import time
 
-import torch
+from bench_precision import preset_step
 from common import machine, table
 
 from showtell.config import load_config
-from showtell.models.caption_model import build_model
-from showtell.vocab import END, START, Vocabulary
 
 ENCODERS, SIZES, ROUNDS, STEPS = ("small", "small_narrow"), (64, 96), 5, 5
-
-
-def preset_step(size: int, encoder: str):
-    config = load_config("synth", [f"data.image_size={size}", f"model.encoder={encoder}"])
-    generator = torch.Generator().manual_seed(0)
-    vocab = Vocabulary.build([[f"w{i}" for i in range(30)]], min_word_count=1)
-    model = build_model(config, vocab).train()
-    pictures, repeats = config.train.batch_size, config.train.captions_per_image
-    images = torch.randint(0, 256, (pictures, 3, size, size), dtype=torch.uint8, generator=generator)
-    tokens = torch.randint(4, len(vocab), (pictures * repeats, 14), generator=generator)
-    tokens[:, 0], tokens[:, -1] = START, END
-    optimizer = torch.optim.Adam(model.parameters(), 1e-4)
-
-    def step():
-        loss = model(tokens, images=images, repeats=repeats).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return step
 
 
 def main() -> str:
     rows = []
     for size in SIZES:
-        steps = {name: preset_step(size, name) for name in ENCODERS}
+        steps = {name: preset_step("fp32", load_config("synth", [f"data.image_size={size}", f"model.encoder={name}"]))
+                 for name in ENCODERS}
         seconds = {name: [] for name in ENCODERS}
         for step in steps.values():
             step()

@@ -3,7 +3,7 @@ on the same pictures in one run, and the size of the folder the page is served f
 
     python benchmarks/bench_web.py [--images 32]
 
-Builds the `synth` preset's model (small CNNs at 64 px: small_narrow for NIC, small for attention;
+Builds the `synth` preset's model (the demo's size: small CNN at 64 px; NIC and attention decoders,
 random weights from seed 0, as bench_onnx.py does: speed does not depend on training), exports it
 with `showtell export --web` (onnxruntime-web copied from web/node_modules: run `npm ci` in web/
 first), serves the folder on 127.0.0.1 and captions the pictures on the page, greedy and beam 3,

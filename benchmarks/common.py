@@ -9,6 +9,11 @@ import time
 
 import torch
 
+# The wide small CNN of the demo and of attention, for NIC too: the preset's NIC has small_narrow
+# since 2026-12-07 (bench_small_cnn.py compares them), and these benchmarks' recorded figures and
+# NIC-against-attention ratios are of the wide one.
+WIDE_CNN = "model.encoder=small"
+
 
 def timed(fn, repeats: int = 5, warmup: int = 2, min_seconds: float = 0.3) -> float:
     """Median seconds per call over `repeats` rounds (each round loops until min_seconds)."""
