@@ -16,7 +16,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 from bench_train import B, D, E, H, V, batch
-from common import WIDE_CNN, machine, matmul_flops, table, timed
+from common import WIDE_CNN, alternating_rounds, machine, matmul_flops, table, timed
 
 from showtell.config import load_config
 from showtell.decoding.search import beam_search
@@ -71,13 +71,7 @@ def main() -> str:
 
         times[precision] = [timed(train_step, repeats=3, warmup=1, min_seconds=0.3),
                             timed(decode, repeats=3, warmup=1, min_seconds=0.3)]
-    steps = {precision: preset_step(precision) for precision in times}
-    for step in steps.values():
-        timed(step, repeats=1, warmup=2, min_seconds=0)
-    rounds = {precision: [] for precision in steps}
-    for _ in range(ROUNDS):          # alternating, each round at least a second
-        for precision, step in steps.items():
-            rounds[precision].append(timed(step, repeats=1, warmup=0, min_seconds=1.0))
+    rounds = alternating_rounds({precision: preset_step(precision) for precision in times}, ROUNDS)
     for precision, seconds in rounds.items():
         times[precision].append(statistics.median(seconds))
     for precision, (train_s, decode_s, preset_s) in times.items():

@@ -32,6 +32,18 @@ def timed(fn, repeats: int = 5, warmup: int = 2, min_seconds: float = 0.3) -> fl
     return statistics.median(rounds)
 
 
+def alternating_rounds(steps: dict, rounds: int, min_seconds: float = 1.0) -> dict[str, list[float]]:
+    """Seconds per call of each of `steps` (name -> fn), in `rounds` rounds that take turns (each at
+    least `min_seconds`), so that a slower stretch of a shared machine falls on every one of them."""
+    for step in steps.values():
+        timed(step, repeats=1, warmup=2, min_seconds=0)
+    seconds = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            seconds[name].append(timed(step, repeats=1, warmup=0, min_seconds=min_seconds))
+    return seconds
+
+
 def matmul_flops(dtype=torch.float32, n: int = 2048, device: str = "cpu") -> float:
     """FLOP/s of a large square matrix product: the machine's practical limit for dense work."""
     a = torch.randn(n, n, device=device, dtype=dtype)
